@@ -1,0 +1,54 @@
+"""The few collectives rlkit needs, as no-ops when only one process runs.
+
+Objectives compute loss normalisers (token counts, sequence counts, selection thresholds) over the whole
+optimizer step *and all ranks*; these helpers are how. They work on any initialised
+``torch.distributed`` group (gloo on CPU, nccl on GPU), which is what ``accelerate launch`` sets up.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``t`` over ranks (a new tensor; ``t`` is left alone)."""
+    if world_size() == 1:
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` over ranks."""
+    if world_size() == 1:
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def all_gather_rows(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """Concatenate every rank's ``t`` along dim 0 (ranks may hold different row counts; other dims equal).
+
+    Returns the concatenation (rank order) and the slice of it that is this rank's own rows, so a rule
+    computed on the gathered tensor can be cut back to the local rows.
+    """
+    if world_size() == 1:
+        return t, slice(0, t.shape[0])
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([t.shape[0]], dtype=torch.long))
+    counts = [int(c) for c in counts]
+    longest = max(counts)
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    rank = dist.get_rank()
+    start = sum(counts[:rank])
+    return torch.cat([p[:n] for p, n in zip(parts, counts)]), slice(start, start + t.shape[0])
