@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from rewards.registry import get_verifier
 
 
-@dataclass(frozen=True)
-class RewardSpec:
-    """One recipe entry of ``rewards:``: a verifier, its weight, and extra keyword arguments."""
+class RewardSpec(BaseModel):
+    """One entry of a recipe's ``rewards:`` list."""
 
-    verifier: str
-    weight: float = 1.0
-    name: str | None = None
-    kwargs: dict = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verifier: str = Field(description="registered name, 'module:function' or 'file.py:function'")
+    weight: float = Field(1.0, description="weight of this verifier in the total reward")
+    name: str | None = Field(None, description="label in metrics (default: the verifier)")
+    kwargs: dict = Field(default_factory=dict, description="extra keyword arguments for the verifier")
 
     @property
     def label(self) -> str:

@@ -19,6 +19,7 @@ class StepBatch:
     logp_old: torch.Tensor | None = None    # [B,T] policy log-probs at rollout time; None = on-policy
     logp_ref: torch.Tensor | None = None    # [B,T] frozen reference model log-probs
     entropy: torch.Tensor | None = None     # [B,T] policy entropy at rollout time (nats)
+    truncated: torch.Tensor | None = None   # [B] bool, the completion hit max_new_tokens without EOS
     progress: float = 0.0                   # training progress in [0,1] (schedules, e.g. D3S)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # part-specific [B,T] statistics
 

@@ -3,7 +3,7 @@
 Usage inside any training loop (the trainer does exactly this)::
 
     objective = build_objective({"preset": "grpo"})
-    batch.advantages = objective.advantage(rewards, group_ids)
+    batch.advantages = objective.advantages(rewards, batch)
     weights = objective.prepare(batch, metrics)              # once per optimizer step, whole batch
     for rows in micro_batches:
         loss = objective.loss(logp[rows], batch.rows(rows), weights[rows], metrics)
@@ -51,6 +51,11 @@ class Objective:
     def needs(self) -> frozenset[str]:
         """What the trainer must compute before ``prepare``: subset of logp_old, logp_ref, entropy."""
         return frozenset().union(*(p.needs for p in self.parts))
+
+    def advantages(self, rewards: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+        """Advantages [B] from scalar rewards [B]; ``batch`` (log-probs already filled) is there for
+        reward-side terms such as a KL penalty in the reward."""
+        return self.advantage(rewards, batch.group_ids)
 
     def prepare(self, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
         """Per-token weights W [B,T] for the whole optimizer step (selection, aggregation, weighting)."""
