@@ -22,6 +22,10 @@ class StepBatch:
     truncated: torch.Tensor | None = None   # [B] bool, the completion hit max_new_tokens without EOS
     progress: float = 0.0                   # training progress in [0,1] (schedules, e.g. D3S)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # part-specific [B,T] statistics
+    # token ids, for the trainer's forward passes (prompt left-padded to P tokens)
+    prompt_ids: torch.Tensor | None = None        # [B,P] long
+    prompt_mask: torch.Tensor | None = None       # [B,P] long
+    completion_ids: torch.Tensor | None = None    # [B,T] long
 
     @property
     def n_rows(self) -> int:
@@ -34,3 +38,32 @@ class StepBatch:
                    if torch.is_tensor(getattr(self, f.name)) or getattr(self, f.name) is None}
         changes["extras"] = {k: v[index] for k, v in self.extras.items()}
         return replace(self, **changes)
+
+
+def group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Dense group index 0..n-1 per row [B] (whatever the labels) and the number of groups n."""
+    labels, index = torch.unique(group_ids, return_inverse=True)
+    return index, labels.numel()
+
+
+def group_sum(values: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum of ``values`` [B, ...] per group -> [n_groups, ...] (dtype of ``values``)."""
+    out = values.new_zeros((n_groups, *values.shape[1:]))
+    return out.index_add_(0, index, values)
+
+
+def group_moments(rewards: torch.Tensor, group_ids: torch.Tensor):
+    """Per-group count of valid rewards, mean, and sum of squared deviations (float64, [n_groups] each),
+    plus the dense group index of every row [B]."""
+    valid = ~torch.isnan(rewards)
+    r = torch.where(valid, rewards, 0.0).double()
+    index, n_groups = group_index(group_ids)
+    count = group_sum(valid.double(), index, n_groups)
+    mean = group_sum(r, index, n_groups) / count.clamp(min=1)
+    sq_dev = group_sum(torch.where(valid, (r - mean[index]).square(), 0.0), index, n_groups)
+    return count, mean, sq_dev, index
+
+
+def fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least single precision (log-ratios, cumsums and entropies are never bf16/fp16)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()

@@ -7,6 +7,10 @@ With d = logp_ref - logp per sampled token:
 A trailing ``+`` (``k3+``) is the straight-through variant: the value of the estimator, the gradient of
 k2 (verl: the expected gradient of k1/k3 is not the gradient of KL). k3 follows verl's guards: d is
 clamped to [-20, 20] and the result to [-10, 10].
+
+Two placements, two parts of kind ``kl``: ``kl`` adds beta * k per token to the loss (GRPO, TRL, verl
+``use_kl_loss``); ``kl_in_reward`` subtracts beta * sum_t k from each completion's reward before the
+advantage (PPO style, verl ``use_kl_in_reward``). Switching is ``kl: {type: kl_in_reward, beta: ...}``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Literal
 import torch
 
 from rlkit.metrics import Metrics
-from rlkit.objectives.batch import StepBatch
+from rlkit.objectives.batch import StepBatch, fp32
 from rlkit.objectives.registry import Part, register_part
 
 
@@ -37,16 +41,60 @@ def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str) -> t
     raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
-@register_part("kl", "kl")
-class KLPenalty(Part):
-    """beta * KL(pi || pi_ref) per token, added to the surrogate and aggregated with it (TRL's placement)."""
+class Regulariser(Part):
+    """A KL-to-reference term: beta times a per-token estimate, in the loss or in the reward."""
 
     needs = frozenset({"logp_ref"})
 
     beta: float = 0.0
     estimator: Literal["k1", "k2", "k3", "k1+", "k2+", "k3+"] = "k3"
 
-    def loss(self, logp: torch.Tensor, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
-        kl = kl_estimate(logp, batch.logp_ref, self.estimator)
+    def loss(self, logp: torch.Tensor, batch: StepBatch, metrics: Metrics) -> torch.Tensor | float:
+        """Per-token term added to the surrogate [b,T] (0 when the KL lives in the reward)."""
+        return 0.0
+
+    def reward_penalty(self, batch: StepBatch, metrics: Metrics | None) -> torch.Tensor | float:
+        """Amount [B] subtracted from the scalar rewards before the advantage (0 when in the loss)."""
+        return 0.0
+
+
+@register_part("kl", "kl")
+class KLPenalty(Regulariser):
+    """beta * KL(pi || pi_ref) per token in the loss, aggregated with the surrogate (TRL's placement).
+
+    Default k3, GRPO's estimator (2402.03300 eq. 4). Because it shares the step's weights W, selected-out
+    tokens carry no KL either.
+    """
+
+    def loss(self, logp, batch, metrics):
+        kl = kl_estimate(fp32(logp), fp32(batch.logp_ref), self.estimator)
         metrics.mean("objective/kl", kl, batch.mask)
         return self.beta * kl
+
+
+@register_part("kl", "kl_in_reward")
+class KLInReward(Regulariser):
+    """KL in the reward (verl ``algorithm.use_kl_in_reward``): R_i <- R_i - beta * sum_t m_t k(t).
+
+    k is the estimator on the policy at rollout time vs the reference (verl's default ``kl`` = k1, hence
+    the default here); the sequence sum is what verl's outcome estimators see after summing its
+    token-level rewards. Only a fixed beta (verl also has an adaptive controller). The rollout-time
+    log-probs of the sampled tokens come from :meth:`on_logits` (so on-policy steps, which have no
+    ``logp_old``, get them too). Nothing is added to the loss.
+    """
+
+    needs = frozenset({"logp_ref", "logits"})
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+
+    def on_logits(self, logits, completion_ids, mask, group_ids=None):
+        logits = fp32(logits)
+        picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
+        return {"kl_rollout_logp": picked - torch.logsumexp(logits, -1)}
+
+    def reward_penalty(self, batch, metrics):
+        kl = kl_estimate(fp32(batch.extras["kl_rollout_logp"]), fp32(batch.logp_ref), self.estimator)
+        penalty = self.beta * torch.where(batch.mask > 0, kl, 0.0).sum(-1)
+        if metrics is not None:
+            metrics.mean("objective/kl", kl, batch.mask)
+            metrics.mean("objective/kl_reward_penalty", penalty)
+        return penalty

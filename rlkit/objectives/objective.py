@@ -18,17 +18,22 @@ gradients over ranks while the weights already hold global normalisers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlkit.distributed import all_sum, world_size
 from rlkit.metrics import Metrics
 from rlkit.objectives.aggregation import Aggregation
-from rlkit.objectives.batch import StepBatch
-from rlkit.objectives.kl import KLPenalty
+from rlkit.objectives.batch import StepBatch, fp32, group_index, group_sum
+from rlkit.objectives.kl import Regulariser
 from rlkit.objectives.registry import Part
+from rlkit.objectives.selection import Selection
 from rlkit.objectives.surrogates import Surrogate
-from rlkit.advantages import AdvantageEstimator
+from rlkit.objectives.weighting import Weighting
+
+if TYPE_CHECKING:  # rlkit.advantages imports this package
+    from rlkit.advantages import AdvantageEstimator
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,9 @@ class Objective:
     advantage: AdvantageEstimator
     surrogate: Surrogate
     aggregation: Aggregation
-    kl: KLPenalty
-    selection: tuple[Part, ...] = ()
-    weighting: tuple[Part, ...] = ()
+    kl: Regulariser
+    selection: tuple[Selection, ...] = ()
+    weighting: tuple[Weighting, ...] = ()
     entropy_bonus: float = 0.0
     name: str = field(default="custom", compare=False)
 
@@ -49,37 +54,59 @@ class Objective:
 
     @property
     def needs(self) -> frozenset[str]:
-        """What the trainer must compute before ``prepare``: subset of logp_old, logp_ref, entropy."""
+        """What the trainer must provide: subset of logp_old, logp_ref, entropy, logits (see Part.needs).
+        With ``entropy_bonus`` the trainer must also pass the current entropy (with gradient) to loss."""
         return frozenset().union(*(p.needs for p in self.parts))
 
-    def advantages(self, rewards: torch.Tensor, batch: StepBatch) -> torch.Tensor:
-        """Advantages [B] from scalar rewards [B]; ``batch`` (log-probs already filled) is there for
-        reward-side terms such as a KL penalty in the reward."""
-        return self.advantage(rewards, batch.group_ids)
+    def on_logits(self, logits: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
+                  group_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every part's statistics from the no-grad scoring pass of a chunk of whole groups
+        (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b]) -> name -> [b,T]."""
+        out: dict[str, torch.Tensor] = {}
+        for part in self.parts:
+            if "logits" in part.needs:
+                out.update(part.on_logits(logits, completion_ids, mask, group_ids))
+        return out
+
+    def advantages(self, rewards: torch.Tensor, batch: StepBatch, metrics: Metrics | None = None) -> torch.Tensor:
+        """Advantages [B] from scalar rewards [B] (NaN = no reward). ``batch`` (log-probs and extras
+        already filled) provides reward-side terms: a KL-in-reward penalty is subtracted first."""
+        advantages = self.advantage(rewards - self.kl.reward_penalty(batch, metrics), batch.group_ids)
+        if metrics is not None:
+            index, n_groups = group_index(batch.group_ids)
+            signal = group_sum((advantages != 0).double(), index, n_groups) > 0
+            zero, total = all_sum(torch.stack([(~signal).sum().double(), signal.new_tensor(n_groups).double()]))
+            metrics.mean("objective/zero_adv_group_frac", float(zero / total.clamp(min=1)))
+        return advantages
 
     def prepare(self, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
         """Per-token weights W [B,T] for the whole optimizer step (selection, aggregation, weighting)."""
         mask = batch.mask
         for rule in self.selection:
             mask = rule.select(mask, batch, metrics)
-        weights = self.aggregation.weights(mask, batch)
+        weights = self.aggregation.weights(mask, batch, metrics)
         for rule in self.weighting:
             weights = rule.weigh(weights, mask, batch, metrics)
-        kept, total = all_sum(torch.stack([mask.sum(), batch.mask.sum()]).float())
-        metrics.mean("objective/kept_token_frac", float(kept / total.clamp(min=1)))
+        counts = all_sum(torch.stack([mask.sum(), batch.mask.sum(), (mask.sum(-1) > 0).sum(),
+                                      (batch.mask.sum(-1) > 0).sum()]).double())
+        metrics.mean("objective/kept_token_frac", float(counts[0] / counts[1].clamp(min=1)))
+        metrics.mean("objective/kept_seq_frac", float(counts[2] / counts[3].clamp(min=1)))
         return weights
 
     def loss(self, logp: torch.Tensor, batch: StepBatch, weights: torch.Tensor, metrics: Metrics,
              entropy: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar loss of a micro-batch: world_size * sum(W * l), l = surrogate + KL - entropy bonus.
+        """Scalar loss of a micro-batch: world_size * sum(W * l), l = surrogate + KL - bonus * entropy.
 
-        ``logp``, ``weights``, ``entropy``: [b,T]; ``batch``: the micro-batch's rows of the step batch.
+        ``logp``, ``weights``: [b,T]; ``entropy``: [b,T] current policy entropy (with gradient; needed
+        when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step.
         """
-        per_token = self.surrogate.loss(logp, batch, metrics)
-        if self.kl.beta:
-            per_token = per_token + self.kl.loss(logp, batch, metrics)
+        per_token = self.surrogate.loss(logp, batch, metrics) + self.kl.loss(logp, batch, metrics)
         if self.entropy_bonus:
-            per_token = per_token - self.entropy_bonus * entropy
+            if entropy is None:
+                raise ValueError("entropy_bonus is set: pass the policy entropy [b,T] to Objective.loss")
+            per_token = per_token - self.entropy_bonus * fp32(entropy)
+        if entropy is not None:
+            metrics.mean("objective/entropy", entropy.detach(), batch.mask)
         # where(), not multiplication alone: a non-finite value at a zero-weight position must not leak
         per_token = torch.where(weights != 0, per_token, 0.0)
         metrics.mean("objective/loss", per_token.detach(), batch.mask)

@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from rlkit.objectives.objective import Objective
-from rlkit.objectives.registry import build_part
+from rlkit.objectives.registry import KINDS, PARTS, build_part
+
+NO_KL = {"type": "kl", "beta": 0.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "grpo": {
@@ -23,6 +25,70 @@ PRESETS: dict[str, dict[str, Any]] = {
         "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
         "aggregation": {"type": "seq_mean_token_mean"},
         "kl": {"type": "kl", "beta": 0.04, "estimator": "k3"},
+    },
+    "dr_grpo": {
+        "description": "Dr. GRPO (2503.20783): mean-centred advantages (no std), token sums over a constant "
+                       "(set aggregation.norm to max_new_tokens), no KL",
+        "advantage": {"type": "group_mean"},
+        "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
+        "aggregation": {"type": "seq_mean_token_sum_norm"},
+        "kl": NO_KL,
+    },
+    # DAPO's soft overlong punishment is a reward: add the rewards helper's overlong verifier to the
+    # recipe (L_max, L_cache); truncated completions can also be dropped with {type: mask_truncated}.
+    "dapo": {
+        "description": "DAPO (2503.14476): clip-higher 0.2/0.28, token-mean, dynamic sampling (refill), no KL; "
+                       "add the soft-overlong reward in rewards:",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28},
+        "aggregation": {"type": "token_mean"},
+        "selection": [{"type": "dynamic_sampling", "mode": "refill", "max_rounds": 10}],
+        "kl": NO_KL,
+    },
+    "gspo": {
+        "description": "GSPO (2507.18071): sequence-level ratio clipped at 3e-4/4e-4, seq-mean-token-mean, no KL",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "gspo", "eps_low": 3e-4, "eps_high": 4e-4},
+        "aggregation": {"type": "seq_mean_token_mean"},
+        "kl": NO_KL,
+    },
+    # token-mean as the official code and config (the summarised paper shows seq-mean-token-mean: 9.2)
+    "ctpo": {
+        "description": "CTPO (2605.07331): cumulative token ratio, log-space window 0.025/0.05 * sqrt(t), "
+                       "dual clip, token-mean, no KL",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "ctpo", "mode": "cumprod", "eps_low": 0.025, "eps_high": 0.05, "eps_c": 0.05,
+                      "power": 0.5},
+        "aggregation": {"type": "token_mean"},
+        "kl": NO_KL,
+    },
+    # GRPO with only the aggregation changed (BA has no hyperparameter); no KL, whose BA aggregation
+    # the paper leaves open (ALGORITHMS.md 9.1)
+    "ba": {
+        "description": "Balanced Aggregation (2605.04077): GRPO with sign-balanced token means per group, no KL",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
+        "aggregation": {"type": "balanced"},
+        "kl": NO_KL,
+    },
+    "d3s": {
+        "description": "D3S (2509.22115): max-variance samples across the batch, then top-K tokens by |A|*H, "
+                       "both on a schedule; token-mean, no KL",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
+        "aggregation": {"type": "token_mean"},
+        "selection": [{"type": "d3s_sample", "keep_init": 0.25, "keep_final": 0.75, "cross_group": True},
+                      {"type": "d3s_token", "k_init": 0.2, "k_final": 0.6}],
+        "kl": NO_KL,
+    },
+    "tw_grpo": {
+        "description": "TW-GRPO (2505.24718): token weights from intra-group divergence (alpha 1.7), "
+                       "clip 0.2/0.28, token-mean, std eps 1e-4, no KL",
+        "advantage": {"type": "group_zscore", "eps": 1e-4},
+        "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28},
+        "aggregation": {"type": "token_mean"},
+        "weighting": [{"type": "tw_grpo", "alpha": 1.7}],
+        "kl": NO_KL,
     },
 }
 
@@ -65,9 +131,26 @@ def build_objective(config: dict[str, Any]) -> Objective:
         advantage=build_part("advantage", spec["advantage"]),
         surrogate=build_part("surrogate", spec["surrogate"]),
         aggregation=build_part("aggregation", spec["aggregation"]),
-        kl=build_part("kl", spec["kl"] or {"type": "kl", "beta": 0.0}),
+        kl=build_part("kl", spec["kl"] or NO_KL),
         selection=tuple(build_part("selection", s) for s in spec["selection"]),
         weighting=tuple(build_part("weighting", s) for s in spec["weighting"]),
         entropy_bonus=float(spec["entropy_bonus"]),
         name=spec["name"],
     )
+
+
+def describe() -> str:
+    """Text for ``rlkit objectives``: every part kind, its parts with options and defaults, the presets."""
+    lines = ["Objective parts (recipe: objective.<kind>: {type: NAME, option: value})", ""]
+    for kind in KINDS:
+        lines.append(f"{kind}:")
+        for name, cls in sorted(PARTS[kind].items()):
+            options = ", ".join(f"{k}={f.default!r}" for k, f in cls.model_fields.items())
+            lines.append(f"  {name:<24} {cls.description()}")
+            if options:
+                lines.append(f"  {'':<24} options: {options}")
+        lines.append("")
+    lines += ["entropy_bonus: a float; the loss subtracts it times the policy entropy per token", "",
+              "Presets (recipe: objective.preset: NAME; any part can be overridden)"]
+    lines += [f"  {name:<10} {preset['description']}" for name, preset in PRESETS.items()]
+    return "\n".join(lines)

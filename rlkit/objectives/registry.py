@@ -33,8 +33,9 @@ class Part(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: inputs this part reads from the StepBatch besides mask/advantages/group ids:
-    #: any of "logp_old", "logp_ref", "entropy" (policy entropy at rollout time).
+    #: inputs this part reads from the StepBatch besides mask/advantages/group ids: any of "logp_old",
+    #: "logp_ref", "entropy" (policy entropy at rollout time), "logits" (the trainer must run its no-grad
+    #: scoring pass, even on-policy, and call :meth:`on_logits`).
     needs: ClassVar[frozenset[str]] = frozenset()
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
@@ -43,11 +44,13 @@ class Part(BaseModel):
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
-    def on_logits(self, logits, completion_ids, mask) -> dict[str, Any]:
+    def on_logits(self, logits, completion_ids, mask, group_ids=None) -> dict[str, Any]:
         """Per-token statistics taken from the no-grad scoring pass (whole groups at a time).
 
-        ``logits``: [b,T,V] of the policy at rollout time; ``mask``: [b,T]. Returns name -> [b,T]
-        tensors, which the trainer concatenates into ``StepBatch.extras``. Most parts need nothing.
+        ``logits``: [b,T,V] of the policy at rollout time, ``logits[:, t]`` scoring ``completion_ids[:, t]``
+        [b,T]; ``mask``: [b,T]; ``group_ids``: [b] (any labels; every group of the chunk is whole).
+        Returns name -> [b,T] tensors, which the trainer concatenates into ``StepBatch.extras``.
+        Only parts that declare the need "logits" are called.
         """
         return {}
 

@@ -1,0 +1,87 @@
+"""A toy differentiable policy and step batches for objective tests (plain tensors, no model).
+
+The policy is a table of logits theta [B,T,V]; logp = log_softmax(theta)[tokens] has a gradient, and
+the rollout-time / reference policies are perturbed copies, so ratios and KL terms are not trivial.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlkit.metrics import Metrics
+from rlkit.objectives import Objective, StepBatch
+from rlkit.objectives.aggregation import Aggregation
+
+N_GROUPS, G, T, V = 4, 4, 7, 6
+
+
+class HalfTokenMean(Aggregation):
+    """A user's own part, plugged in by import path in test_presets."""
+
+    def weights(self, mask, batch, metrics):
+        return 0.5 * mask / mask.sum().clamp(min=1)
+
+
+def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
+    """(theta, batch fields, rewards, rollout logits, tokens) for N_GROUPS groups of G rollouts.
+
+    Lengths vary (one row is empty), one group has all-equal rewards, one row is truncated.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    b = N_GROUPS * G
+    theta = torch.randn(b, T, V, generator=gen, dtype=torch.float64)
+    old_logits = theta + 0.3 * torch.randn(b, T, V, generator=gen, dtype=torch.float64)
+    ref_logits = theta + 0.3 * torch.randn(b, T, V, generator=gen, dtype=torch.float64)
+    tokens = torch.randint(V, (b, T), generator=gen)
+    lengths = torch.randint(1, T + 1, (b,), generator=gen)
+    lengths[3] = 0
+    mask = (torch.arange(T)[None] < lengths[:, None]).double()
+    if empty_mask:
+        mask.zero_()
+    rewards = torch.randint(0, 2, (b,), generator=gen).double()
+    rewards[G:2 * G] = 1.0                          # a group without learning signal
+    rewards[2 * G:3 * G] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a group with signal for sure
+    group_ids = torch.arange(N_GROUPS).repeat_interleave(G)
+    old = old_logits.log_softmax(-1)
+    batch = StepBatch(
+        mask=mask, advantages=torch.zeros(b, dtype=torch.float64), group_ids=group_ids,
+        logp_old=token_logp(old_logits, tokens), logp_ref=token_logp(ref_logits, tokens),
+        entropy=-(old.exp() * old).sum(-1), truncated=lengths == T, progress=progress)
+    return theta, batch, rewards, old_logits, tokens
+
+
+def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows=None):
+    """Fill a toy step for ``objective`` as the trainer would: extras, advantages, weights.
+
+    ``rows``: the rows of the step this process holds (whole groups), default all."""
+    theta, batch, rewards, old_logits, tokens = toy_step(seed, empty_mask)
+    if rows is not None:
+        theta, batch, rewards, old_logits, tokens = theta[rows], batch.rows(rows), rewards[rows], \
+            old_logits[rows], tokens[rows]
+    batch.extras = objective.on_logits(old_logits, tokens, batch.mask, batch.group_ids)
+    metrics = Metrics()
+    batch.advantages = objective.advantages(rewards, batch, metrics)
+    weights = objective.prepare(batch, metrics)
+    return theta, batch, weights, tokens, metrics
+
+
+def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty_mask: bool = False,
+                  rows=None, split_seed: int = 0):
+    """(total loss, d loss / d theta) of one optimizer step split into ``micro_batches`` random row sets."""
+    theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows)
+    theta = theta.clone().requires_grad_(True)
+    order = torch.randperm(batch.n_rows, generator=torch.Generator().manual_seed(split_seed))
+    total = 0.0
+    for part in order.chunk(micro_batches):
+        logits = theta[part]
+        logp = token_logp(logits, tokens[part])
+        entropy = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
+        loss = objective.loss(logp, batch.rows(part), weights[part], metrics, entropy=entropy)
+        loss.backward()
+        total += float(loss.detach())
+    return total, theta.grad, metrics
+
