@@ -1,0 +1,109 @@
+"""Run model-written Python against test cases without letting it touch the machine.
+
+One sample = one sandbox process, ``python3 -I`` running :mod:`rewards._sandbox_runner`, which runs
+each test in a forked child. The layers, and what each one guarantees:
+
+- **Namespaces** (when ``unshare --net --pid --mount`` works, i.e. as root or with user namespaces
+  allowed; checked once per process): no network at all (a fresh network namespace has only a
+  down loopback); a private pid namespace whose init is the runner, so model code cannot signal
+  anything outside it and every process it started dies with it, even one that called ``setsid``;
+  private size-capped tmpfs mounts on /tmp, /var/tmp and /dev/shm, so files it writes never reach
+  the host and their total is bounded. Without namespaces (a warning is logged once) the code runs in
+  a temporary directory with only the Python-level network guard below; it can write to the host's
+  world-writable directories, and a process that calls ``setsid`` escapes the final kill.
+- **User**: when we are root, the runner stays root and each test runs as ``nobody``, so model code
+  cannot write, delete or kill anything owned by another user, the runner included. Otherwise it runs
+  as the calling user, and can touch that user's files and kill the runner (the sample then fails).
+- **rlimits** per test (``resource``): address space, CPU seconds, file size (which also caps captured
+  output: stdout/stderr go to files), open files, and processes (RLIMIT_NPROC counts all processes of
+  the user, ``nobody`` here, so it is shared by sandboxes running at the same time; root ignores it).
+- **Wall clock**: the runner kills each test's process group (and, in its namespace, everything but
+  itself) at ``timeout_s``; this module kills the whole sandbox process group (``start_new_session``)
+  when the total budget runs out, or when the caller is interrupted (e.g. by a verifier timeout).
+- **Clean environment**: only ``PATH`` and ``LANG`` are passed, so no secrets are inherited;
+  ``-I`` makes Python ignore ``PYTHON*`` variables and the user site directory.
+- **Python-level network guard**: an audit hook refusing every ``socket.*`` event; anything that
+  starts another program or uses ctypes gets past it, so alone it is a speed bump, not a wall.
+
+Not covered: memory is limited per process, not per sandbox (a fork bomb of memory bombs can use
+``processes x memory_mb``); cgroups would be needed for that.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RUNNER = (Path(__file__).with_name("_sandbox_runner.py")).read_text()
+CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+NAMESPACES = ["unshare", "--net", "--pid", "--mount-proc", "--fork", "--kill-child"]
+STARTUP_S = 5.0  # budget for starting the sandbox, on top of the tests' own timeouts
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one test of a sandboxed sample."""
+
+    timeout_s: float = 2.0      # wall clock per test
+    cpu_s: float = 2.0          # CPU seconds per process (RLIMIT_CPU, whole seconds, at least 1)
+    memory_mb: int = 512        # address space per process (RLIMIT_AS)
+    output_bytes: int = 1 << 20  # largest file it may write, stdout and stderr included (RLIMIT_FSIZE)
+    open_files: int = 64        # RLIMIT_NOFILE
+    processes: int = 32         # RLIMIT_NPROC, per user
+    disk_mb: int = 64           # size of each private tmpfs (namespaces only)
+
+
+@functools.cache
+def namespaces_available() -> bool:
+    """Whether this process may create network, pid and mount namespaces (checked once)."""
+    try:
+        ok = subprocess.run([*NAMESPACES, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        log.warning("code sandbox: cannot create namespaces (not root?); model code runs as this user "
+                    "with rlimits and a Python-level network guard only")
+    return ok
+
+
+def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: str = "python3") -> list[bool]:
+    """Run ``code`` against each test and return which passed.
+
+    A test is ``{"assert": "assert f(2) == 4"}`` (Python run after the solution, in its namespace) or
+    ``{"input": "2\\n", "output": "4\\n"}`` (the solution as a program reading stdin; output compared
+    ignoring trailing whitespace). Raises ``TimeoutError`` if the sandbox exceeds its total budget and
+    ``RuntimeError`` if it fails to report.
+    """
+    for test in tests:
+        if not (set(test) == {"assert"} or set(test) == {"input", "output"}):
+            raise ValueError(f"a test is {{'assert': str}} or {{'input': str, 'output': str}}, got keys {sorted(test)}")
+    isolate = namespaces_available()
+    request = json.dumps({"code": code, "tests": tests, "limits": asdict(limits), "isolate": isolate})
+    command = [*(NAMESPACES if isolate else []), python, "-I", "-c", RUNNER]
+    budget = STARTUP_S + limits.timeout_s * len(tests)
+    with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as workdir:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=workdir, env=CLEAN_ENV, start_new_session=True, text=True)
+        try:
+            out, err = proc.communicate(request, timeout=budget)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"sandbox did not finish {len(tests)} tests in {budget:.0f} s") from None
+        finally:  # also when the caller is interrupted: nothing may outlive this call
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    try:
+        return json.loads(out)["passed"]
+    except (ValueError, KeyError):
+        raise RuntimeError(f"sandbox runner failed (exit {proc.returncode}): {err[-2000:]}") from None
