@@ -61,10 +61,10 @@ def clipped_pg(log_rho: torch.Tensor, adv: torch.Tensor, lo, hi, log_dual, mask:
     entries count in the metrics. Returns the loss shaped like log_rho.
     """
     rho = log_rho.exp()
-    clipped = torch.minimum(torch.maximum(log_rho, torch.as_tensor(lo)), torch.as_tensor(hi)).exp()
+    clipped = log_rho.clamp(lo, hi).exp()
     loss = torch.maximum(-adv * rho, -adv * clipped)
     if log_dual is not None:
-        cap = -adv * torch.as_tensor(log_dual).exp()
+        cap = -adv * (log_dual.exp() if torch.is_tensor(log_dual) else math.exp(log_dual))
         dual = (adv < 0) & (loss > cap)
         loss = torch.where(dual, cap, loss)
         metrics.mean("objective/clip_frac_dual", dual.float(), mask)
