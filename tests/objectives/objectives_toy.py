@@ -85,3 +85,28 @@ def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty
         total += float(loss.detach())
     return total, theta.grad, metrics
 
+
+
+def two_rank_worker(rank: int, world: int, port: int, out_path: str) -> None:
+    """One of ``world`` gloo processes: every preset's DDP-averaged gradient when this rank holds a
+    contiguous block of whole groups of the toy step; rank 0 saves {preset: gradient}."""
+    import os
+
+    import torch.distributed as dist
+
+    from rlkit.objectives import PRESETS, build_objective
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    groups_per_rank = N_GROUPS // world
+    rows = torch.arange(rank * groups_per_rank * G, (rank + 1) * groups_per_rank * G)
+    out = {}
+    for name in PRESETS:
+        _, grad, _ = step_gradient(build_objective({"preset": name}), 2, rows=rows)
+        full = torch.zeros(N_GROUPS * G, T, V, dtype=grad.dtype)
+        full[rows] = grad
+        dist.all_reduce(full)                        # what DDP does: the mean over ranks
+        out[name] = full / world
+    if rank == 0:
+        torch.save(out, out_path)
+    dist.destroy_process_group()
