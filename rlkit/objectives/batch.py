@@ -22,6 +22,9 @@ class StepBatch:
     truncated: torch.Tensor | None = None   # [B] bool, the completion hit max_new_tokens without EOS
     progress: float = 0.0                   # training progress in [0,1] (schedules, e.g. D3S)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # part-specific [B,T] statistics
+    completion_ids: torch.Tensor | None = None  # [B,T] long, the sampled tokens (for the trainer's passes)
+    prompt_ids: torch.Tensor | None = None      # [B,P] long, left-padded prompts
+    prompt_mask: torch.Tensor | None = None     # [B,P] 1 on prompt tokens
     # token ids, for the trainer's forward passes (prompt left-padded to P tokens)
     prompt_ids: torch.Tensor | None = None        # [B,P] long
     prompt_mask: torch.Tensor | None = None       # [B,P] long
