@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from math_verify import parse, verify
 
 from rewards.answers import extract_answer, last_number_string
 from rewards.registry import register
+
+
+class _NoTimeoutNotice(logging.Filter):
+    """Drop math-verify's "Timeout is disabled" notice: we disable it on purpose (see math_equal)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_NoTimeoutNotice())
 
 
 def _latex(answer: str) -> str:

@@ -2,51 +2,43 @@
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: it cannot stop a task that hangs (say, inside one
 C call that ignores the worker's own SIGALRM); that worker stays busy forever, and killing it breaks the
-whole executor. Here each worker has its own pipe, so the parent knows which sample each worker holds
+whole executor. Here each worker has its own socket, so the parent knows which sample each worker holds
 and since when, kills only a worker that overruns its deadline, records a timeout for that sample and
-starts a replacement. Workers use the 'spawn' start method: safe in a process that has imported torch
-or started threads (fork is not).
+starts a replacement. Workers are fresh interpreters (:mod:`rewards.worker`, started like 'spawn' with
+fork+exec): safe in a process that has imported torch or started threads, which plain fork is not.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 
-from rewards.calls import Outcome, Task, call
+from rewards.calls import Outcome, Task
 
 GRACE_S = 2.0  # a worker gets this long after a task's own timeout before it is killed
 
 
-def _serve(conn, specs: list[tuple[str, dict]]) -> None:
-    """Worker loop: resolve the verifiers once, say so, then answer tasks until the pipe closes."""
-    from rewards.registry import get_verifier  # the package's built-in verifiers register on import
-
-    functions = [(get_verifier(name), kwargs) for name, kwargs in specs]
-    conn.send("ready")
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        fn, kwargs = functions[task.spec]
-        conn.send(call(fn, kwargs, task))
-
-
 class _Worker:
-    def __init__(self, context, specs):
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, specs), daemon=True)
-        self.process.start()
-        child.close()
+    def __init__(self, specs: list[tuple[str, dict]]):
+        ours, theirs = socket.socketpair()
+        # Same interpreter and import path as this process, so user verifiers resolve the same way there.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.process = subprocess.Popen([sys.executable, "-m", "rewards.worker", str(theirs.fileno())],
+                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(specs)
         self.ready = False
         self.job: tuple[int, float] | None = None  # (task index, deadline) while busy
 
     def kill(self):
         self.process.kill()
-        self.process.join()
+        self.process.wait()
         self.conn.close()
 
 
@@ -57,8 +49,7 @@ class VerifierPool:
         if workers < 1:
             raise ValueError(f"a verifier pool needs at least one worker, got {workers}")
         self.specs = specs
-        self.context = multiprocessing.get_context("spawn")
-        self.workers = [_Worker(self.context, specs) for _ in range(workers)]
+        self.workers = [_Worker(specs) for _ in range(workers)]
 
     def map(self, tasks: list[Task]) -> list[Outcome]:
         """Outcomes of ``tasks``, in order; a worker that dies or overruns gives that task a failure."""
@@ -86,7 +77,7 @@ class VerifierPool:
             message = worker.conn.recv()
         except EOFError:  # the worker died (os._exit, segfault, OOM kill)
             if not worker.ready:
-                raise RuntimeError(f"a verifier worker failed to start (exit code {worker.process.exitcode}); "
+                raise RuntimeError(f"a verifier worker failed to start (exit code {worker.process.wait()}); "
                                    "see its traceback above") from None
             if worker.job:
                 outcomes[worker.job[0]] = Outcome(None, "error", "verifier worker process died")
@@ -100,7 +91,7 @@ class VerifierPool:
 
     def _replace(self, n: int) -> None:
         self.workers[n].kill()
-        self.workers[n] = _Worker(self.context, self.specs)
+        self.workers[n] = _Worker(self.specs)
 
     def close(self) -> None:
         for worker in self.workers:
