@@ -67,6 +67,8 @@ class KLPenalty(Regulariser):
     """
 
     def loss(self, logp, batch, metrics):
+        if not self.beta:  # inactive: the trainer provides no logp_ref (and 0 * KL could be 0 * inf)
+            return 0.0
         kl = kl_estimate(fp32(logp), fp32(batch.logp_ref), self.estimator)
         metrics.mean("objective/kl", kl, batch.mask)
         return self.beta * kl
@@ -92,6 +94,8 @@ class KLInReward(Regulariser):
         return {"kl_rollout_logp": picked - torch.logsumexp(logits, -1)}
 
     def reward_penalty(self, batch, metrics):
+        if not self.beta:
+            return 0.0
         kl = kl_estimate(fp32(batch.extras["kl_rollout_logp"]), fp32(batch.logp_ref), self.estimator)
         penalty = self.beta * torch.where(batch.mask > 0, kl, 0.0).sum(-1)
         if metrics is not None:

@@ -1,13 +1,18 @@
 """An objective: advantage estimator x surrogate x selection x aggregation x weighting x KL.
 
-Usage inside any training loop (the trainer does exactly this)::
+Usage on plain tensors, inside any training loop (the trainer does exactly this)::
 
-    objective = build_objective({"preset": "grpo"})
-    batch.advantages = objective.advantages(rewards, batch)
-    weights = objective.prepare(batch, metrics)              # once per optimizer step, whole batch
-    for rows in micro_batches:
-        loss = objective.loss(logp[rows], batch.rows(rows), weights[rows], metrics)
+    objective = build_objective({"preset": "dapo", "surrogate": {"eps_high": 0.3}})
+    batch = StepBatch(mask=mask, advantages=torch.zeros(B), group_ids=group_ids,  # [B,T], [B], [B]
+                      logp_old=logp_old)          # + whatever objective.needs lists (None = on-policy)
+    # parts that need "logits": batch.extras = objective.on_logits(logits, completion_ids, mask, group_ids)
+    batch.advantages = objective.advantages(rewards, batch)          # rewards [B]
+    metrics = Metrics()
+    weights = objective.prepare(batch, metrics)                      # once per optimizer step, whole batch
+    for rows in torch.arange(B).split(micro_batch_size):             # any split of the rows
+        loss = objective.loss(logp_of(rows), batch.rows(rows), weights[rows], metrics)
         loss.backward()
+    metrics.result()                                                 # {"objective/clip_frac_high": ...}
 
 ``prepare`` computes every selection rule and normaliser over the whole optimizer step and all ranks;
 ``loss`` is then a plain weighted sum, so the gradient is the same for any micro-batch split. Under

@@ -53,12 +53,13 @@ def with_token_gradient(log_value: torch.Tensor, logp: torch.Tensor) -> torch.Te
 
 
 def clipped_pg(log_rho: torch.Tensor, adv: torch.Tensor, lo, hi, log_dual, mask: torch.Tensor,
-               metrics: Metrics) -> torch.Tensor:
+               metrics: Metrics) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared clipped policy-gradient loss, with its metrics.
 
     log_rho [b,T] or [b,1] (fp32); adv broadcastable to it; lo, hi: window in log space (floats or
     tensors shaped like log_rho); log_dual: log of the dual-clip threshold c (or None); mask: which
-    entries count in the metrics. Returns the loss shaped like log_rho.
+    entries count in the metrics. Returns the loss shaped like log_rho and where the window clipped
+    (ratio below it with A < 0 or above it with A > 0).
     """
     rho = log_rho.exp()
     clipped = log_rho.clamp(lo, hi).exp()
@@ -75,7 +76,7 @@ def clipped_pg(log_rho: torch.Tensor, adv: torch.Tensor, lo, hi, log_dual, mask:
     metrics.mean("objective/ratio_mean", rho, mask)
     metrics.max("objective/ratio_max", rho, mask)
     metrics.min("objective/ratio_min", rho, mask)
-    return loss
+    return loss, low | high
 
 
 class ClippedSurrogate(Surrogate):
@@ -109,7 +110,7 @@ class PPOClip(ClippedSurrogate):
     def loss(self, logp, batch, metrics):
         log_ratio = token_log_ratio(logp, batch)
         metrics.mean("objective/ppo_kl", -log_ratio, batch.mask)
-        return clipped_pg(log_ratio, batch.advantages[:, None], *self.window(), batch.mask, metrics)
+        return clipped_pg(log_ratio, batch.advantages[:, None], *self.window(), batch.mask, metrics)[0]
 
 
 def seq_log_ratio(logp: torch.Tensor, batch: StepBatch) -> torch.Tensor:
@@ -135,7 +136,7 @@ class GSPO(ClippedSurrogate):
     def loss(self, logp, batch, metrics):
         log_s = seq_log_ratio(logp, batch).clamp(max=LOG_RHO_MAX)
         rows = (batch.mask.sum(-1, keepdim=True) > 0).float()
-        loss = clipped_pg(log_s, batch.advantages[:, None], *self.window(), rows, metrics)
+        loss, _ = clipped_pg(log_s, batch.advantages[:, None], *self.window(), rows, metrics)
         return loss.expand_as(batch.mask)
 
 
@@ -152,7 +153,7 @@ class GSPOToken(ClippedSurrogate):
 
     def loss(self, logp, batch, metrics):
         log_s = with_token_gradient(seq_log_ratio(logp, batch), logp).clamp(max=LOG_RHO_MAX)
-        return clipped_pg(log_s, batch.advantages[:, None], *self.window(), batch.mask, metrics)
+        return clipped_pg(log_s, batch.advantages[:, None], *self.window(), batch.mask, metrics)[0]
 
 
 @register_part("surrogate", "ctpo")
@@ -180,7 +181,9 @@ class CTPO(Surrogate):
     def loss(self, logp, batch, metrics):
         m = batch.mask
         position = fp32(m).cumsum(-1).clamp(min=1)
-        cum = token_log_ratio(logp, batch).cumsum(-1)
+        log_ratio = token_log_ratio(logp, batch)
+        metrics.mean("objective/ppo_kl", -log_ratio, m)
+        cum = log_ratio.cumsum(-1)
         if self.mode == "geomean":
             cum = cum / position
         log_rho = with_token_gradient(cum, logp)
@@ -188,9 +191,8 @@ class CTPO(Surrogate):
         log_rho = log_rho.clamp(max=LOG_RHO_MAX)
         scale = position ** self.power
         log_dual = None if self.eps_c is None else self.eps_c * scale
-        adv = batch.advantages[:, None]
-        loss = clipped_pg(log_rho, adv, -self.eps_low * scale, self.eps_high * scale, log_dual, m, metrics)
-        clipped = ((log_rho < -self.eps_low * scale) & (adv < 0)) | ((log_rho > self.eps_high * scale) & (adv > 0))
+        loss, clipped = clipped_pg(log_rho, batch.advantages[:, None], -self.eps_low * scale,
+                                   self.eps_high * scale, log_dual, m, metrics)
         self.log_by_position(clipped, position, m, metrics)
         return loss
 

@@ -54,11 +54,14 @@ def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
     return theta, batch, rewards, old_logits, tokens
 
 
-def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows=None):
-    """Fill a toy step for ``objective`` as the trainer would: extras, advantages, weights.
-
-    ``rows``: the rows of the step this process holds (whole groups), default all."""
+def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows=None, on_policy: bool = False):
+    """Fill a toy step for ``objective`` as the trainer would: only what it needs, extras, advantages,
+    weights. ``rows``: the rows of the step this process holds (whole groups), default all."""
     theta, batch, rewards, old_logits, tokens = toy_step(seed, empty_mask)
+    needs = objective.needs
+    batch.logp_old = None if on_policy or "logp_old" not in needs else batch.logp_old
+    batch.logp_ref = batch.logp_ref if "logp_ref" in needs else None
+    batch.entropy = batch.entropy if "entropy" in needs else None
     if rows is not None:
         theta, batch, rewards, old_logits, tokens = theta[rows], batch.rows(rows), rewards[rows], \
             old_logits[rows], tokens[rows]
@@ -70,9 +73,9 @@ def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows
 
 
 def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty_mask: bool = False,
-                  rows=None, split_seed: int = 0):
+                  rows=None, split_seed: int = 0, on_policy: bool = False):
     """(total loss, d loss / d theta) of one optimizer step split into ``micro_batches`` random row sets."""
-    theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows)
+    theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows, on_policy)
     theta = theta.clone().requires_grad_(True)
     order = torch.randperm(batch.n_rows, generator=torch.Generator().manual_seed(split_seed))
     total = 0.0
