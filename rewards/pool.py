@@ -10,6 +10,7 @@ fork+exec): safe in a process that has imported torch or started threads, which 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -20,7 +21,8 @@ from multiprocessing.connection import Connection, wait
 
 from rewards.calls import Outcome, Task
 
-GRACE_S = 2.0  # a worker gets this long after a task's own timeout before it is killed
+GRACE_S = 2.0    # a worker gets this long after a task's own timeout before it is killed
+QUEUE_DEPTH = 4  # tasks sent ahead to each worker
 
 
 class _Worker:
@@ -34,7 +36,8 @@ class _Worker:
         self.conn = Connection(ours.detach())
         self.conn.send(specs)
         self.ready = False
-        self.job: tuple[int, float] | None = None  # (task index, deadline) while busy
+        self.jobs: deque[int] = deque()  # indices of the tasks sent, oldest (the one running) first
+        self.deadline = math.inf         # for jobs[0]: it started when the previous outcome arrived
 
     def kill(self):
         self.process.kill()
@@ -50,47 +53,59 @@ class VerifierPool:
             raise ValueError(f"a verifier pool needs at least one worker, got {workers}")
         self.specs = specs
         self.workers = [_Worker(specs) for _ in range(workers)]
+        self.tasks: list[Task] = []
+        self.outcomes: list[Outcome | None] = []
+        self.pending: deque[int] = deque()
+        while not all(w.ready for w in self.workers):  # start-up errors surface here, not mid-training
+            self._receive(None)
 
     def map(self, tasks: list[Task]) -> list[Outcome]:
-        """Outcomes of ``tasks``, in order; a worker that dies or overruns gives that task a failure."""
-        outcomes: list[Outcome | None] = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
-        while pending or any(w.job for w in self.workers):
+        """Outcomes of ``tasks``, in order; a worker that dies or overruns gives its running task a failure."""
+        self.tasks, self.outcomes, self.pending = tasks, [None] * len(tasks), deque(range(len(tasks)))
+        while self.pending or any(w.jobs for w in self.workers):
             for worker in self.workers:
-                if worker.ready and worker.job is None and pending:
-                    i = pending.popleft()
+                # A few tasks queued ahead, so that a worker never waits for this (maybe busy) process.
+                while worker.ready and len(worker.jobs) < QUEUE_DEPTH and self.pending:
+                    i = self.pending.popleft()
                     worker.conn.send(tasks[i])
-                    worker.job = (i, time.monotonic() + tasks[i].timeout_s + GRACE_S)
-            deadlines = [w.job[1] for w in self.workers if w.job]
-            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            for conn in wait([w.conn for w in self.workers], timeout):
-                self._receive(next(w for w in self.workers if w.conn is conn), outcomes)
+                    if not worker.jobs:
+                        worker.deadline = time.monotonic() + tasks[i].timeout_s + GRACE_S
+                    worker.jobs.append(i)
+            self._receive(max(0.0, min(w.deadline for w in self.workers) - time.monotonic()))
             for n, worker in enumerate(self.workers):
-                if worker.job and time.monotonic() > worker.job[1]:
-                    i = worker.job[0]
-                    outcomes[i] = Outcome(None, "timeout", f"worker killed after {tasks[i].timeout_s + GRACE_S} s")
-                    self._replace(n)
-        return outcomes
+                if worker.jobs and time.monotonic() > worker.deadline:
+                    timeout = tasks[worker.jobs[0]].timeout_s + GRACE_S
+                    self._fail(n, Outcome(None, "timeout", f"worker killed after {timeout} s"))
+        return self.outcomes
 
-    def _receive(self, worker: _Worker, outcomes: list) -> None:
-        try:
-            message = worker.conn.recv()
-        except EOFError:  # the worker died (os._exit, segfault, OOM kill)
-            if not worker.ready:
-                raise RuntimeError(f"a verifier worker failed to start (exit code {worker.process.wait()}); "
-                                   "see its traceback above") from None
-            if worker.job:
-                outcomes[worker.job[0]] = Outcome(None, "error", "verifier worker process died")
-            self._replace(self.workers.index(worker))
-            return
-        if message == "ready":
-            worker.ready = True
-        else:
-            outcomes[worker.job[0]] = message
-            worker.job = None
+    def _receive(self, timeout: float | None) -> None:
+        for conn in wait([w.conn for w in self.workers], None if timeout == math.inf else timeout):
+            n = next(n for n, w in enumerate(self.workers) if w.conn is conn)
+            worker = self.workers[n]
+            try:
+                message = conn.recv()
+            except EOFError:  # the worker died (os._exit, segfault, OOM kill)
+                if not worker.ready:
+                    raise RuntimeError(f"a verifier worker failed to start (exit code {worker.process.wait()}); "
+                                       "see its traceback above") from None
+                self._fail(n, Outcome(None, "error", "verifier worker process died"))
+                continue
+            if message == "ready":
+                worker.ready = True
+                continue
+            self.outcomes[worker.jobs.popleft()] = message
+            if worker.jobs:
+                worker.deadline = time.monotonic() + self.tasks[worker.jobs[0]].timeout_s + GRACE_S
+            else:
+                worker.deadline = math.inf
 
-    def _replace(self, n: int) -> None:
-        self.workers[n].kill()
+    def _fail(self, n: int, outcome: Outcome) -> None:
+        """Record ``outcome`` for worker ``n``'s running task, requeue the rest of its queue, replace it."""
+        worker = self.workers[n]
+        if worker.jobs:
+            self.outcomes[worker.jobs.popleft()] = outcome
+            self.pending.extendleft(reversed(worker.jobs))
+        worker.kill()
         self.workers[n] = _Worker(self.specs)
 
     def close(self) -> None:
