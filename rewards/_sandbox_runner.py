@@ -71,7 +71,7 @@ def block_network(event, args):
         raise PermissionError(f"network access is disabled in the sandbox ({event})")
 
 
-def test_child(code, test, ok_fd, limits):
+def run_child(code, test, ok_fd, limits):
     """Forked per test: redirect stdio to files, apply limits, run the solution and the test."""
     os.setpgid(0, 0)
     stdin = os.open("stdin.txt", os.O_RDONLY) if "input" in test else os.open(os.devnull, os.O_RDONLY)
@@ -135,7 +135,7 @@ def run_test(code, test, limits, in_namespace):
     pid = os.fork()
     if pid == 0:
         os.close(ok_read)
-        test_child(code, test, ok_write, limits)
+        run_child(code, test, ok_write, limits)
     os.close(ok_write)
     pidfd = os.pidfd_open(pid)
     select.select([pidfd], [], [], limits["timeout_s"])  # returns when the child exits or at the deadline

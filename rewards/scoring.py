@@ -63,15 +63,18 @@ class Scores:
     total: list[float]                          # [B] sum_k w_k * r_k over non-abstaining verifiers; NaN if all abstain
     per_verifier: dict[str, list[float | None]]  # label -> [B]; failures hold the spec's on_failure value
     metrics: dict[str, float]                   # reward/<label>/{mean, failures, timeouts}
-    failures: list[Failure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)  # one per failed (verifier, sample), to log with it
 
 
 class RewardScorer:
     """Scores batches with weighted verifiers: total = sum_k w_k * r_k, abstentions (None) skipped.
 
-    Each verifier is called once per sample (routed by ``RewardSpec.when``), in ``workers`` spawned
-    processes, or in this process when ``workers == 0`` (tests, tiny batches; time limits then only
-    work in the main thread). Create it once per run and ``close()`` it (or use ``with``).
+    Each verifier is called once per sample (routed by ``RewardSpec.when``), in ``workers`` processes
+    (:class:`rewards.pool.VerifierPool`), or in this process when ``workers == 0`` (tests, tiny batches;
+    time limits then only work in the main thread). A verifier that raises or times out on a sample
+    scores that sample ``on_failure``, is counted in the metrics, logged with the completion and listed
+    in ``Scores.failures``; it never raises out of here. Create the scorer once per run and ``close()``
+    it (or use ``with``).
     """
 
     def __init__(self, specs: list[RewardSpec], workers: int = 0):
