@@ -1,0 +1,125 @@
+"""The recipe schema: every field of a recipe, documented once, here.
+
+A recipe is YAML validated into :class:`Recipe`. Unknown keys are errors (``extra="forbid"``) that the
+loader reports with their key path, the YAML line and the closest valid key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rewards.scoring import RewardSpec
+from rlkit.data import BUILTIN_TASKS
+from rlkit.models import BUILTIN_TINY
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _existing_path(value: str | None, what: str) -> str | None:
+    if value is not None and not Path(value).exists():
+        raise ValueError(f"{what} {value!r} does not exist (relative paths are from the working directory)")
+    return value
+
+
+class WarmStartConfig(Section):
+    """A short supervised stage on the task's answers before RL; its result is cached by its settings."""
+
+    steps: int = Field(400, gt=0, description="optimizer steps of supervised fine-tuning")
+    lr: float = Field(1e-3, gt=0, description="learning rate (AdamW, linear decay)")
+    batch_size: int = Field(64, gt=0, description="examples per step")
+
+
+class ModelConfig(Section):
+    path: str = Field(BUILTIN_TINY, description="'builtin:tiny' or a local Hugging Face model folder")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
+    warm_start: WarmStartConfig | None = Field(None, description="supervised stage before RL (cached)")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v):
+        return v if v == BUILTIN_TINY else _existing_path(v, "model folder")
+
+
+class DataConfig(Section):
+    task: str | None = Field("builtin:addition", description=f"built-in task, one of {BUILTIN_TASKS}; "
+                                                              "null to use train/eval files")
+    train: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv with a 'prompt' column")
+    eval: str | None = Field(None, description="held-out file (default: a slice of train)")
+    eval_size: int = Field(200, gt=0, description="held-out prompts used for evaluation")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v):
+        if v is not None and v not in BUILTIN_TASKS:
+            raise ValueError(f"unknown built-in task {v!r}; choose one of {BUILTIN_TASKS} or set task: null")
+        return v
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _file_exists(cls, v):
+        return _existing_path(v, "data file")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.task is None) == (self.train is None):
+            raise ValueError("give exactly one of data.task (built-in) and data.train (a file)")
+        return self
+
+
+class RolloutConfig(Section):
+    worker: Literal["hf"] = Field("hf", description="generation engine: 'hf' (transformers generate)")
+    samples_per_prompt: int = Field(8, ge=1, description="G: completions sampled per prompt (one group)")
+    max_new_tokens: int = Field(16, gt=0, description="completion length limit in tokens")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
+
+
+class TrainerConfig(Section):
+    steps: int = Field(100, gt=0, description="RL steps; each samples one rollout batch")
+    prompts_per_step: int = Field(8, gt=0, description="prompts per rollout batch, over all processes")
+    mini_batches: int = Field(1, gt=0, description="optimizer steps per pass over a rollout batch "
+                                                     "(whole groups per mini-batch)")
+    epochs_per_rollout: int = Field(1, gt=0, description="passes over each rollout batch")
+    micro_batch_size: int = Field(16, gt=0, description="completions per forward/backward (memory only: "
+                                                         "the update does not depend on it)")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="after warmup")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping by global norm; null = off")
+    seed: int = Field(0, description="seeds data order, sampling and initialisation")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = Field(2, gt=0, description="most recent checkpoints kept on disk")
+    resume: bool = Field(True, description="continue from the latest checkpoint in output_dir if one exists")
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if self.prompts_per_step % self.mini_batches:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be divisible by "
+                             f"mini_batches ({self.mini_batches}): mini-batches hold whole groups")
+        return self
+
+
+class LogConfig(Section):
+    every: int = Field(10, gt=0, description="steps between metric lines and completion samples")
+    eval_every: int = Field(50, ge=0, description="steps between held-out evaluations (0 = start and end only)")
+    samples: int = Field(2, ge=0, description="completions shown (and saved) at each log step")
+    trackers: list[Literal["tensorboard"]] = Field(["tensorboard"], description="accelerate trackers")
+
+
+class Recipe(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(verifier="exact_number")],
+                                      min_length=1, description="verifiers and their weights")
+    objective: dict[str, Any] = Field(default_factory=lambda: {"preset": "grpo"},
+                                      description="preset name plus part overrides (see `rlkit objectives`)")
+    trainer: TrainerConfig = TrainerConfig()
+    log: LogConfig = LogConfig()
+    output_dir: str = Field(description="where the run writes metrics, samples, checkpoints and summary.json")

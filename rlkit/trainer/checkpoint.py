@@ -1,0 +1,54 @@
+"""Checkpoints: a Hugging Face model folder plus accelerate's full training state.
+
+Layout of ``OUTPUT_DIR/checkpoints/step-000050/``::
+
+    model/               save_pretrained + tokenizer: loads with AutoModelForCausalLM.from_pretrained
+    state/               accelerator.save_state: model, optimizer, scheduler, RNG of every process
+    trainer_state.json   step, elapsed seconds, held-out metrics at the start of RL; written last,
+                         so a folder without it is an interrupted save and is ignored
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, model, tokenizer, output_dir, step: int, trainer_state: dict, keep: int) -> Path:
+    path = checkpoint_dir(output_dir, step)
+    accelerator.save_state(str(path / "state"))
+    # get_state_dict gathers ZeRO-3 / FSDP shards; every rank must call it
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(path / "model", state_dict=state_dict)
+        tokenizer.save_pretrained(path / "model")
+        (path / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        _prune(Path(output_dir) / "checkpoints", keep)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore model, optimizer, scheduler and RNG from ``path``; returns its trainer state."""
+    accelerator.load_state(str(path / "state"))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def _prune(root: Path, keep: int) -> None:
+    complete = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,36 @@
+"""Per-token log-probabilities of completions under a model (training forward and scoring pass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+
+@dataclass
+class TokenScores:
+    logp: torch.Tensor                  # [b,T] log pi(completion token | prefix)
+    entropy: torch.Tensor | None        # [b,T] entropy of pi(. | prefix), nats
+    logits: torch.Tensor | None         # [b,T,V] tempered logits (only when asked for)
+
+
+def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float,
+                      with_entropy: bool = False, with_logits: bool = False) -> TokenScores:
+    """Log-probs of ``completion_ids`` [b,T] after ``prompt_ids`` [b,P] (left-padded).
+
+    Logits are divided by the sampling temperature, so ratios compare the distribution the rollout was
+    actually drawn from. Only the T+1 last positions are projected to the vocabulary
+    (``logits_to_keep``), and TRL's ``selective_log_softmax`` avoids a full [b,T,V] log-softmax copy.
+    Position ids count real tokens only, matching what ``generate`` used for left-padded prompts.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    T = completion_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
+    logits = logits.float() / temperature
+    logp = selective_log_softmax(logits, completion_ids)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return TokenScores(logp=logp, entropy=entropy, logits=logits if with_logits else None)

@@ -1,0 +1,351 @@
+"""The RL loop: rollouts -> rewards -> advantages -> objective -> optimizer, on accelerate.
+
+One step, as in DESIGN.md::
+
+    prompts -> rollout worker -> RolloutBatch -> verifiers -> rewards
+            -> scoring pass (old / reference log-probs, entropy) -> advantages
+            -> for each epoch, mini-batch: objective.prepare (global weights), then per micro-batch
+               forward -> token log-probs -> objective.loss -> backward; optimizer step
+            -> metrics (reduced over ranks) -> progress bar, trackers, samples, checkpoints
+
+The loop never looks at which objective it runs: it computes what ``objective.needs`` asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
+from transformers import get_scheduler
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+
+from rewards.scoring import RewardScorer
+from rlkit.data import load_task, render_prompt
+from rlkit.distributed import all_max, all_sum
+from rlkit.metrics import Metrics
+from rlkit.models import load_model, load_tokenizer, resolve_model_path
+from rlkit.objectives import StepBatch, build_objective
+from rlkit.recipe import Recipe
+from rlkit.rollout import WORKERS, RolloutBatch
+from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlkit.trainer.logprobs import completion_scores
+from rlkit.trainer.tracking import RunLog
+from rlkit.warm_start import warm_start
+
+MAX_BAD_STEPS = 5  # consecutive non-finite losses or gradient norms before the run stops
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss or the gradients stay non-finite; the last checkpoint is intact."""
+
+
+@dataclass
+class EvalResult:
+    accuracy: float      # mean score of the first verifier on greedy completions
+    reward: float        # mean total reward on greedy completions
+
+
+def _process_group_kwargs() -> list:
+    """gloo for multi-process CPU runs: accelerate's own collectives need it too (see CPU-NOTES).
+    A single process must not ask for a backend, or accelerate expects a process group."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        cfg = recipe.trainer
+        self.objective = build_objective(recipe.objective)
+        self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
+        start_path = resolve_model_path(recipe.model.path)
+        if recipe.model.warm_start is not None:
+            # before our Accelerator exists: the HF Trainer inside sets up (and spreads over) the processes
+            start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
+                                    log=int(os.environ.get("RANK", "0")) == 0)
+        self.accelerator = Accelerator(
+            log_with=recipe.log.trackers or None, project_dir=recipe.output_dir,
+            kwargs_handlers=_process_group_kwargs(),
+        )
+        set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
+        self.tokenizer = load_tokenizer(start_path)
+        model = load_model(start_path, recipe.model.dtype)
+        self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=cfg.steps * self.updates_per_step)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
+
+        r = recipe.rollout
+        self.worker = WORKERS[r.worker](self.tokenizer, r.max_new_tokens, r.temperature, r.top_p)
+        self.scorer = RewardScorer(recipe.rewards)
+        world = self.accelerator.num_processes
+        if cfg.prompts_per_step % world:
+            raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the "
+                             f"number of processes ({world})")
+        self.prompts_per_rank = cfg.prompts_per_step // world
+        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
+                          recipe.model_dump())
+
+    # ---------------------------------------------------------------- setup helpers
+    def _prepare_reference(self, path):
+        reference = load_model(path, self.recipe.model.dtype).eval().requires_grad_(False)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return prepare_deepspeed(reference, self.accelerator)  # sharded like the policy under ZeRO-3
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
+    @property
+    def _zero3(self) -> bool:
+        plugin = self.accelerator.state.deepspeed_plugin
+        return plugin is not None and plugin.zero_stage == 3
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        cfg, log_cfg = self.recipe.trainer, self.recipe.log
+        start_step, state = self._resume()
+        t0 = time.time() - state.get("elapsed", 0.0)
+        eval_start = state.get("eval_start")
+        if eval_start is None:
+            eval_start = self.evaluate().__dict__
+            self.log.metrics(0, {f"eval/{k}": v for k, v in eval_start.items()})
+            self.log.write(f"held-out accuracy at the start of RL: {eval_start['accuracy']:.3f}")
+        bad_steps, step = 0, start_step
+        for step in range(start_step + 1, cfg.steps + 1):
+            metrics, samples = self.step(step)
+            bad_steps = bad_steps + 1 if metrics["train/skipped_updates"] else 0
+            if bad_steps >= MAX_BAD_STEPS:
+                raise TrainingDiverged(f"non-finite loss or gradients in {bad_steps} consecutive steps "
+                                       f"(step {step}); last checkpoint kept in {self.recipe.output_dir}")
+            self.log.step(step, metrics)
+            if step % log_cfg.every == 0 or step == cfg.steps:
+                metrics["time/elapsed_s"] = time.time() - t0
+                self.log.metrics(step, metrics)
+                self.log.samples(step, samples[: log_cfg.samples])
+            if log_cfg.eval_every and step % log_cfg.eval_every == 0 and step != cfg.steps:
+                self._log_eval(step)
+            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+                self._save(step, t0, eval_start)
+        eval_end = self._log_eval(cfg.steps)
+        self._save(cfg.steps, t0, eval_start)
+        summary = {"steps": cfg.steps, "resumed_from": start_step or None, "wall_seconds": time.time() - t0,
+                   "objective": self.objective.name, "eval_start": eval_start, "eval_end": eval_end.__dict__}
+        self.log.summary(summary)
+        self.log.close()
+        return summary
+
+    def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
+        """One RL step: rollouts, rewards, advantages and the optimizer updates. Returns metrics, samples."""
+        metrics = Metrics()
+        t = time.time()
+        rollout = self.rollout(step)
+        metrics.mean("time/rollout_s", time.time() - t)
+        scores = self.scorer(rollout.prompts, rollout.completions, rollout.columns)
+        rewards = torch.tensor(scores.total, dtype=torch.float32, device=rollout.completion_ids.device)
+        batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps)
+        batch.advantages = self.objective.advantages(rewards, batch, metrics)
+        t = time.time()
+        self.update(batch, metrics)
+        metrics.mean("time/update_s", time.time() - t)
+        self._rollout_metrics(metrics, rollout, rewards, scores.metrics)
+        samples = [{"prompt": rollout.prompts[i], "completion": rollout.completions[i],
+                    "reward": float(rewards[i]), "advantage": float(batch.advantages[i])}
+                   for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)]
+        return self._reduce(metrics), samples
+
+    # ---------------------------------------------------------------- stages
+    def prompts_for(self, step: int) -> tuple[list, dict[str, list]]:
+        """This rank's prompts of ``step``: consecutive slices of seeded permutations of the train set.
+
+        Depends only on (seed, step, rank), so a resumed run sees exactly the prompts it would have.
+        """
+        n, total = len(self.data.train), self.recipe.trainer.prompts_per_step
+        first = (step - 1) * total + self.accelerator.process_index * self.prompts_per_rank
+        positions = range(first, first + self.prompts_per_rank)
+        perms: dict[int, np.ndarray] = {}
+        indices = []
+        for pos in positions:
+            epoch = pos // n
+            if epoch not in perms:
+                perms[epoch] = np.random.default_rng([self.recipe.trainer.seed, epoch]).permutation(n)
+            indices.append(int(perms[epoch][pos % n]))
+        rows = self.data.train.select(indices)
+        return list(rows["prompt"]), {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> RolloutBatch:
+        prompts, columns = self.prompts_for(step)
+        rendered = [render_prompt(p, self.tokenizer) for p in prompts]
+        self.model.eval()
+        with unwrap_model_for_generation(self.model, self.accelerator) as policy:
+            batch = self.worker.generate(policy, rendered, columns, self.recipe.rollout.samples_per_prompt,
+                                         synced_gpus=self._zero3 and self.accelerator.num_processes > 1)
+        self.model.train()
+        return batch
+
+    @torch.no_grad()
+    def score(self, rollout: RolloutBatch, progress: float) -> StepBatch:
+        """The no-grad pass before the update: what ``objective.needs`` asks for, plus parts' hooks."""
+        batch = StepBatch(
+            mask=rollout.completion_mask, advantages=torch.zeros(len(rollout)), group_ids=rollout.group_ids,
+            truncated=rollout.truncated, progress=progress, prompt_ids=rollout.prompt_ids,
+            prompt_mask=rollout.prompt_mask, completion_ids=rollout.completion_ids,
+        )
+        needs = self.objective.needs
+        off_policy = self.updates_per_step > 1 and "logp_old" in needs
+        with_logits = "logits" in needs
+        with_entropy = "entropy" in needs
+        outputs: dict[str, list[torch.Tensor]] = {}
+        for rows in self._group_chunks(len(rollout)):
+            chunk = batch.rows(rows)
+            if off_policy or with_entropy or with_logits:
+                s = self._forward(self.model, chunk, with_entropy=with_entropy, with_logits=with_logits)
+                outputs.setdefault("logp_old", []).append(s.logp)
+                outputs.setdefault("entropy", []).append(s.entropy)
+                if with_logits:
+                    stats = self.objective.on_logits(s.logits, chunk.completion_ids, chunk.mask, chunk.group_ids)
+                    for k, v in stats.items():
+                        outputs.setdefault(f"extras.{k}", []).append(v)
+            if self.reference is not None:
+                outputs.setdefault("logp_ref", []).append(self._forward(self.reference, chunk).logp)
+        if off_policy:
+            batch.logp_old = torch.cat(outputs["logp_old"])
+        if with_entropy:
+            batch.entropy = torch.cat(outputs["entropy"])
+        if self.reference is not None:
+            batch.logp_ref = torch.cat(outputs["logp_ref"])
+        batch.extras = {k[len("extras."):]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
+        return batch
+
+    def update(self, batch: StepBatch, metrics: Metrics) -> None:
+        """``epochs_per_rollout`` x ``mini_batches`` optimizer steps on one rollout batch."""
+        cfg = self.recipe.trainer
+        G = self.recipe.rollout.samples_per_prompt
+        groups_per_mini = batch.n_rows // G // cfg.mini_batches
+        for _ in range(cfg.epochs_per_rollout):
+            for m in range(cfg.mini_batches):
+                rows = torch.arange(m * groups_per_mini * G, (m + 1) * groups_per_mini * G)
+                self.optimizer_step(batch.rows(rows), metrics)
+
+    def optimizer_step(self, batch: StepBatch, metrics: Metrics) -> None:
+        """One optimizer step on ``batch`` (a mini-batch of whole groups), in micro-batches.
+
+        The weights come from ``objective.prepare`` on the whole mini-batch, so the gradient does not
+        depend on ``micro_batch_size``. Rows whose weights are all zero are skipped. Every rank runs
+        the same number of micro-batches (ZeRO-3 gathers parameters collectively in each forward).
+        """
+        weights = self.objective.prepare(batch, metrics)
+        active = torch.nonzero(weights.abs().sum(-1) > 0).flatten()
+        if len(active) == 0:  # nothing to learn on this rank: a zero-weight row keeps ranks in step
+            active = torch.zeros(1, dtype=torch.long)
+        chunks = list(active.split(self.recipe.trainer.micro_batch_size))
+        n_real, n_micro = len(chunks), int(all_max(torch.tensor(len(chunks))))
+        chunks += [active[:1]] * (n_micro - n_real)  # padding micro-batches, given zero weight below
+        for i, rows in enumerate(chunks):
+            rows_batch = batch.rows(rows)
+            w = weights[rows] if i < n_real else torch.zeros_like(weights[rows])
+            with self._grad_sync(last=i == n_micro - 1):
+                s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus))
+                loss = self.objective.loss(s.logp, rows_batch, w, metrics, entropy=s.entropy)
+                self.accelerator.backward(loss)
+        self._apply_gradients(metrics)
+
+    def _apply_gradients(self, metrics: Metrics) -> None:
+        max_norm = self.recipe.trainer.max_grad_norm
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm or math.inf)
+        grad_norm = float(grad_norm) if grad_norm is not None else math.nan
+        finite = math.isfinite(grad_norm) or self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics.mean("train/grad_norm", grad_norm)
+        metrics.mean("train/skipped_updates", 0.0 if finite else 1.0)
+        metrics.mean("train/lr", self.scheduler.get_last_lr()[0])
+
+    # ---------------------------------------------------------------- evaluation and records
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult:
+        """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        shard = self.data.eval.select(range(rank, len(self.data.eval), world))
+        first, total = torch.zeros(2), torch.zeros(2)
+        self.model.eval()
+        with unwrap_model_for_generation(self.model, self.accelerator) as policy:
+            for start in range(0, len(shard), 256):
+                rows = shard.select(range(start, min(start + 256, len(shard))))
+                prompts = [render_prompt(p, self.tokenizer) for p in rows["prompt"]]
+                columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
+                out = self.worker.generate(policy, prompts, columns, 1, greedy=True,
+                                           synced_gpus=self._zero3 and world > 1)
+                scores = self.scorer(out.prompts, out.completions, out.columns)
+                head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
+                first += torch.tensor([sum(head), len(head)])
+                valid = [s for s in scores.total if not math.isnan(s)]
+                total += torch.tensor([sum(valid), len(valid)])
+        self.model.train()
+        first, total = all_sum(first), all_sum(total)
+        return EvalResult(accuracy=float(first[0] / first[1].clamp(min=1)),
+                          reward=float(total[0] / total[1].clamp(min=1)))
+
+    def _log_eval(self, step: int) -> EvalResult:
+        result = self.evaluate()
+        self.log.metrics(step, {f"eval/{k}": v for k, v in result.__dict__.items()})
+        self.log.write(f"step {step}: held-out accuracy {result.accuracy:.3f}")
+        return result
+
+    def _rollout_metrics(self, metrics: Metrics, rollout: RolloutBatch, rewards: torch.Tensor,
+                         verifier_metrics: dict[str, float]) -> None:
+        valid = ~torch.isnan(rewards)
+        metrics.mean("reward/mean", rewards, valid)
+        metrics.mean("reward/std", rewards[valid].std() if valid.sum() > 1 else 0.0)
+        metrics.mean("reward/abstained_frac", (~valid).float())
+        for k, v in verifier_metrics.items():
+            metrics.mean(k, v)
+        metrics.mean("rollout/len_mean", rollout.lengths)
+        metrics.max("rollout/len_max", rollout.lengths)
+        metrics.mean("rollout/truncated_frac", rollout.truncated.float())
+
+    def _reduce(self, metrics: Metrics) -> dict[str, float]:
+        if self.accelerator.num_processes == 1:
+            return metrics.result()
+        return Metrics.combine(gather_object([metrics.state()]))
+
+    def _resume(self) -> tuple[int, dict]:
+        path = latest_checkpoint(self.recipe.output_dir) if self.recipe.trainer.resume else None
+        if path is None:
+            return 0, {}
+        state = load_checkpoint(self.accelerator, path)
+        self.log.start_at(state["step"])
+        self.log.write(f"resumed from {path} (step {state['step']})")
+        return state["step"], state
+
+    def _save(self, step: int, t0: float, eval_start: dict) -> None:
+        state = {"step": step, "elapsed": time.time() - t0, "eval_start": eval_start}
+        save_checkpoint(self.accelerator, self.model, self.tokenizer, self.recipe.output_dir, step, state,
+                        self.recipe.trainer.keep_checkpoints)
+
+    # ---------------------------------------------------------------- small utilities
+    def _group_chunks(self, n_rows: int) -> list[slice]:
+        """Row slices of whole groups, about ``micro_batch_size`` rows each (scoring pass)."""
+        G = self.recipe.rollout.samples_per_prompt
+        size = max(G, self.recipe.trainer.micro_batch_size // G * G)
+        return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
+
+    def _forward(self, model, batch: StepBatch, **kwargs):
+        return completion_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.mask,
+                                 self.recipe.rollout.temperature, **kwargs)
+
+    def _grad_sync(self, last: bool):
+        """Gradients are reduced across ranks only on the last micro-batch of an optimizer step."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            self.model.set_gradient_accumulation_boundary(last)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)

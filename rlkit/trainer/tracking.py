@@ -1,0 +1,88 @@
+"""What a run shows and records: progress bar, metrics.jsonl, samples.jsonl, trackers, summary.json.
+
+Only the main process writes. ``metrics.jsonl`` has one JSON object per logged step; on resume, lines
+after the checkpoint's step are dropped so the file continues exactly where the checkpoint was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+class RunLog:
+    def __init__(self, accelerator, output_dir: str | Path, total_steps: int, trackers: list[str], config: dict):
+        self.accelerator = accelerator
+        self.dir = Path(output_dir)
+        self.main = accelerator.is_main_process
+        self.bar = None
+        if self.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.bar = tqdm(total=total_steps, desc="rl", dynamic_ncols=True)
+        if trackers:
+            accelerator.init_trackers("rlkit", config=_flatten(config))
+
+    def start_at(self, step: int) -> None:
+        """Resume: keep the metric lines up to ``step`` and move the progress bar there."""
+        if not self.main:
+            return
+        path = self.dir / "metrics.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.bar.update(step)
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        if self.main:
+            self.bar.update(1)
+            self.bar.set_postfix({"reward": _fmt(metrics.get("reward/mean")),
+                                  "kl": _fmt(metrics.get("objective/kl")),
+                                  "len": _fmt(metrics.get("rollout/len_mean"))})
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.accelerator.log(clean, step=step)
+        if self.main:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **clean}) + "\n")
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        if not self.main or not rows:
+            return
+        with open(self.dir / "samples.jsonl", "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        for row in rows:
+            self.write(f"  step {step}  reward {row['reward']:+.2f}  {row['prompt']!r} -> {row['completion']!r}")
+
+    def write(self, text: str) -> None:
+        if self.main:
+            tqdm.write(text)
+
+    def summary(self, summary: dict) -> None:
+        if self.main:
+            (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.accelerator.end_training()
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """Nested recipe -> flat scalars (TensorBoard hparams accept only scalars and strings)."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

@@ -1,0 +1,67 @@
+"""The warm start: a short supervised stage (TRL's SFTTrainer) before RL, cached by its settings.
+
+RL needs a policy that is sometimes right: from a random model every group's rewards are equal and
+every advantage is zero. The stage trains on the task's prompt/answer pairs (loss on the answer only)
+and saves the result under ``$RLKIT_CACHE/warm_start/<hash>``, where the hash covers everything that
+changes the result (start model, data, settings, seed, library versions); a second run loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+import trl
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from rlkit.models import cache_dir, load_model, load_tokenizer
+
+CACHE_VERSION = 1  # bump when this stage's recipe changes
+
+
+def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = True) -> Path:
+    """Fine-tune ``model_path`` on ``train`` (columns prompt, answer); return the cached result's folder."""
+    key = json.dumps({"v": CACHE_VERSION, "model": _fingerprint(model_path), "data": train._fingerprint,
+                      "cfg": cfg.model_dump(), "seed": seed, "transformers": transformers.__version__,
+                      "trl": trl.__version__}, sort_keys=True)
+    out = cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (out / "config.json").is_file():
+        if log:
+            print(f"warm start: cached, {out}")
+        return out
+    if "answer" not in train.column_names:
+        raise ValueError("model.warm_start needs an 'answer' column in the training data")
+    tokenizer, model = load_tokenizer(model_path), load_model(model_path)
+    pairs = train.map(lambda row: {"prompt": row["prompt"], "completion": row["answer"]},
+                      remove_columns=[c for c in train.column_names if c not in ("prompt",)])
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    args = SFTConfig(
+        output_dir=str(tmp / "trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, lr_scheduler_type="linear", seed=seed, save_strategy="no", report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=max(1, cfg.steps // 5), disable_tqdm=not log, log_level="warning" if log else "error",
+    )
+    if log:
+        print(f"warm start: {cfg.steps} supervised steps -> {out}")
+    SFTTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer).train()
+    shutil.rmtree(tmp / "trainer")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.replace(out)
+    except OSError:  # a concurrent run finished first
+        shutil.rmtree(tmp)
+    return out
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap identity of a model folder: file names, sizes and modification times."""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps([(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                                      for p in files]).encode()).hexdigest()
