@@ -80,7 +80,7 @@ class Objective:
         if metrics is not None:
             index, n_groups = group_index(batch.group_ids)
             signal = group_sum((advantages != 0).double(), index, n_groups) > 0
-            zero, total = all_sum(torch.stack([(~signal).sum().double(), signal.new_tensor(n_groups).double()]))
+            zero, total = all_sum(torch.stack([(~signal).sum().double(), torch.tensor(float(n_groups), dtype=torch.double)]))
             metrics.mean("objective/zero_adv_group_frac", float(zero / total.clamp(min=1)))
         return advantages
 
