@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
 class RolloutBatch:
     """B = n_prompts * G completions, prompt of P tokens (left-padded), completion of T tokens.
 
-    Rows of one prompt are consecutive and share a ``group_ids`` value.
+    Rows of one prompt are consecutive and share a ``group_ids`` value (0..n_groups-1, in order).
     """
 
     prompt_ids: torch.Tensor        # [B,P] long, left-padded with the pad token
@@ -23,11 +24,52 @@ class RolloutBatch:
     prompts: list[str]              # [B] prompt text as given to the model
     completions: list[str]          # [B] decoded completion, special tokens removed
     columns: dict[str, list]        # dataset columns, one value per row (for verifiers)
+    rewards: torch.Tensor | None = None  # [B] total reward, once the verifiers ran (NaN = all abstained)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
     @property
+    def n_groups(self) -> int:
+        return int(self.group_ids.max()) + 1 if len(self) else 0
+
+    @property
     def lengths(self) -> torch.Tensor:
         """[B] completion lengths in tokens."""
         return self.completion_mask.sum(-1)
+
+    def select_groups(self, keep: torch.Tensor) -> "RolloutBatch":
+        """The groups where ``keep`` [n_groups] (bool) is True, renumbered 0..k-1 in their order."""
+        rows = keep[self.group_ids]
+        new_id = keep.long().cumsum(0) - 1
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if torch.is_tensor(value):
+                out[f.name] = value[rows]
+            elif isinstance(value, list):
+                out[f.name] = [v for v, r in zip(value, rows.tolist()) if r]
+        out["columns"] = {k: [v for v, r in zip(vals, rows.tolist()) if r] for k, vals in self.columns.items()}
+        out["group_ids"] = new_id[self.group_ids[rows]]
+        return replace(self, **out)
+
+    @staticmethod
+    def concat(batches: list["RolloutBatch"], pad_token_id: int) -> "RolloutBatch":
+        """Rows of all ``batches`` (group ids shifted to stay distinct), re-padded to common lengths."""
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        T = max(b.completion_ids.shape[1] for b in batches)
+        left = lambda t, v: F.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
+        right = lambda t, v: F.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
+        offsets = torch.tensor([0] + [b.n_groups for b in batches[:-1]]).cumsum(0)
+        return RolloutBatch(
+            prompt_ids=torch.cat([left(b.prompt_ids, pad_token_id) for b in batches]),
+            prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
+            completion_ids=torch.cat([right(b.completion_ids, pad_token_id) for b in batches]),
+            completion_mask=torch.cat([right(b.completion_mask, 0) for b in batches]),
+            group_ids=torch.cat([b.group_ids + o for b, o in zip(batches, offsets)]),
+            truncated=torch.cat([b.truncated for b in batches]),
+            prompts=[p for b in batches for p in b.prompts],
+            completions=[c for b in batches for c in b.completions],
+            columns={k: [v for b in batches for v in b.columns[k]] for k in batches[0].columns},
+            rewards=None if batches[0].rewards is None else torch.cat([b.rewards for b in batches]),
+        )

@@ -32,6 +32,7 @@ from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
 from rlkit.models import load_model, load_tokenizer, resolve_model_path
 from rlkit.objectives import StepBatch, build_objective
+from rlkit.objectives.selection import DynamicSampling, keep_groups
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
 from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -86,7 +87,7 @@ class Trainer:
 
         r = recipe.rollout
         self.worker = WORKERS[r.worker](self.tokenizer, r.max_new_tokens, r.temperature, r.top_p)
-        self.scorer = RewardScorer(recipe.rewards)
+        self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
         world = self.accelerator.num_processes
         if cfg.prompts_per_step % world:
             raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the "
@@ -139,49 +140,87 @@ class Trainer:
                    "objective": self.objective.name, "eval_start": eval_start, "eval_end": eval_end.__dict__}
         self.log.summary(summary)
         self.log.close()
+        self.scorer.close()
         return summary
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
         """One RL step: rollouts, rewards, advantages and the optimizer updates. Returns metrics, samples."""
         metrics = Metrics()
         t = time.time()
-        rollout = self.rollout(step)
+        rollout = self.collect(step, metrics)
         metrics.mean("time/rollout_s", time.time() - t)
-        scores = self.scorer(rollout.prompts, rollout.completions, rollout.columns)
-        rewards = torch.tensor(scores.total, dtype=torch.float32, device=rollout.completion_ids.device)
         batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps)
-        batch.advantages = self.objective.advantages(rewards, batch, metrics)
+        batch.advantages = self.objective.advantages(rollout.rewards, batch, metrics)
         t = time.time()
         self.update(batch, metrics)
         metrics.mean("time/update_s", time.time() - t)
-        self._rollout_metrics(metrics, rollout, rewards, scores.metrics)
         samples = [{"prompt": rollout.prompts[i], "completion": rollout.completions[i],
-                    "reward": float(rewards[i]), "advantage": float(batch.advantages[i])}
+                    "reward": float(rollout.rewards[i]), "advantage": float(batch.advantages[i])}
                    for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)]
         return self._reduce(metrics), samples
 
-    # ---------------------------------------------------------------- stages
-    def prompts_for(self, step: int) -> tuple[list, dict[str, list]]:
-        """This rank's prompts of ``step``: consecutive slices of seeded permutations of the train set.
+    def collect(self, step: int, metrics: Metrics) -> RolloutBatch:
+        """The step's scored rollouts. With dynamic sampling in ``refill`` mode (DAPO), groups whose
+        rewards are all equal are replaced by groups of fresh prompts, round after round, until every
+        rank holds its quota of informative groups or ``max_rounds`` rounds ran; a shortfall is filled
+        with uninformative groups, which the objective then masks, so batch shapes never change."""
+        rollout = self.rewards_for(self.rollout(step), metrics)
+        refill = [p for p in self.objective.selection if isinstance(p, DynamicSampling) and p.mode == "refill"]
+        if not refill:
+            return rollout
+        quota, max_rounds = rollout.n_groups, refill[0].max_rounds
+        kept, rejected, rounds = [], [], 0
+        while True:
+            keep = keep_groups(rollout.rewards, rollout.group_ids)
+            kept.append(rollout.select_groups(keep))
+            rejected.append(rollout.select_groups(~keep))
+            rounds += 1
+            missing = max(0, quota - sum(b.n_groups for b in kept))
+            if int(all_sum(torch.tensor(missing))) == 0 or 0 < max_rounds <= rounds:
+                break
+            rollout = self.rewards_for(self.rollout(step, round=rounds), metrics)
+        metrics.mean("rollout/refill_rounds", float(rounds))
+        metrics.mean("rollout/refill_shortfall_groups", float(missing))
+        full = RolloutBatch.concat(kept + rejected, self.tokenizer.pad_token_id)
+        return full.select_groups(torch.arange(full.n_groups) < quota)
 
-        Depends only on (seed, step, rank), so a resumed run sees exactly the prompts it would have.
+    def rewards_for(self, rollout: RolloutBatch, metrics: Metrics) -> RolloutBatch:
+        """Run the verifiers on ``rollout`` and record the total rewards in it."""
+        columns = {**rollout.columns, "completion_tokens": rollout.lengths.long().tolist()}
+        scores = self.scorer(rollout.prompts, rollout.completions, columns)
+        for failure in scores.failures[:3]:
+            self.log.write(f"  reward failure: {failure}")
+        rollout.rewards = torch.tensor(scores.total, dtype=torch.float32)
+        self._rollout_metrics(metrics, rollout, scores.metrics)
+        return rollout
+
+    # ---------------------------------------------------------------- stages
+    def prompts_for(self, step: int, round: int = 0) -> tuple[list, dict[str, list]]:
+        """This rank's prompts of ``step``: consecutive slices of seeded permutations of the train set;
+        refill rounds (``round`` > 0) draw from a permutation seeded by (seed, step, round).
+
+        Depends only on (seed, step, round, rank), so a resumed run sees exactly the prompts it would have.
         """
-        n, total = len(self.data.train), self.recipe.trainer.prompts_per_step
-        first = (step - 1) * total + self.accelerator.process_index * self.prompts_per_rank
-        positions = range(first, first + self.prompts_per_rank)
-        perms: dict[int, np.ndarray] = {}
-        indices = []
-        for pos in positions:
-            epoch = pos // n
-            if epoch not in perms:
-                perms[epoch] = np.random.default_rng([self.recipe.trainer.seed, epoch]).permutation(n)
-            indices.append(int(perms[epoch][pos % n]))
+        n, total, seed = len(self.data.train), self.recipe.trainer.prompts_per_step, self.recipe.trainer.seed
+        offset = self.accelerator.process_index * self.prompts_per_rank
+        if round:
+            order = np.random.default_rng([seed, step, round]).permutation(n)
+            indices = [int(order[(offset + i) % n]) for i in range(self.prompts_per_rank)]
+        else:
+            first = (step - 1) * total + offset
+            perms: dict[int, np.ndarray] = {}
+            indices = []
+            for pos in range(first, first + self.prompts_per_rank):
+                epoch = pos // n
+                if epoch not in perms:
+                    perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+                indices.append(int(perms[epoch][pos % n]))
         rows = self.data.train.select(indices)
         return list(rows["prompt"]), {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
 
     @torch.no_grad()
-    def rollout(self, step: int) -> RolloutBatch:
-        prompts, columns = self.prompts_for(step)
+    def rollout(self, step: int, round: int = 0) -> RolloutBatch:
+        prompts, columns = self.prompts_for(step, round)
         rendered = [render_prompt(p, self.tokenizer) for p in prompts]
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
@@ -235,7 +274,12 @@ class Trainer:
                 self.optimizer_step(batch.rows(rows), metrics)
 
     def optimizer_step(self, batch: StepBatch, metrics: Metrics) -> None:
-        """One optimizer step on ``batch`` (a mini-batch of whole groups), in micro-batches.
+        """One optimizer step on ``batch``, a mini-batch of whole groups."""
+        self.accumulate_gradients(batch, metrics)
+        self._apply_gradients(metrics)
+
+    def accumulate_gradients(self, batch: StepBatch, metrics: Metrics) -> None:
+        """The gradient of the objective on ``batch``, accumulated over micro-batches into ``.grad``.
 
         The weights come from ``objective.prepare`` on the whole mini-batch, so the gradient does not
         depend on ``micro_batch_size``. Rows whose weights are all zero are skipped. Every rank runs
@@ -255,7 +299,6 @@ class Trainer:
                 s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus))
                 loss = self.objective.loss(s.logp, rows_batch, w, metrics, entropy=s.entropy)
                 self.accelerator.backward(loss)
-        self._apply_gradients(metrics)
 
     def _apply_gradients(self, metrics: Metrics) -> None:
         max_norm = self.recipe.trainer.max_grad_norm
@@ -301,8 +344,8 @@ class Trainer:
         self.log.write(f"step {step}: held-out accuracy {result.accuracy:.3f}")
         return result
 
-    def _rollout_metrics(self, metrics: Metrics, rollout: RolloutBatch, rewards: torch.Tensor,
-                         verifier_metrics: dict[str, float]) -> None:
+    def _rollout_metrics(self, metrics: Metrics, rollout: RolloutBatch, verifier_metrics: dict[str, float]) -> None:
+        rewards = rollout.rewards
         valid = ~torch.isnan(rewards)
         metrics.mean("reward/mean", rewards, valid)
         metrics.mean("reward/std", rewards[valid].std() if valid.sum() > 1 else 0.0)
