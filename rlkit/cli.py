@@ -1,4 +1,4 @@
-"""The ``rlkit`` command: train, check, verify, objectives."""
+"""The ``rlkit`` command: train, check, verify, objectives, plot."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def cmd_objectives(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from rlkit.plot import plot_runs
+
+    try:
+        print(f"wrote {plot_runs(args.runs, args.out)}")
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlkit", description="RL post-training for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="verifier processes (0: score in this process)")
     p.set_defaults(fn=cmd_verify)
     sub.add_parser("objectives", help="list objective parts and presets").set_defaults(fn=cmd_objectives)
+    p = sub.add_parser("plot", help="held-out accuracy and training reward of runs against step, as a PNG")
+    p.add_argument("runs", nargs="+", help="run folders (output_dir of a training run)")
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.set_defaults(fn=cmd_plot)
     return parser
 
 
