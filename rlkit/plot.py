@@ -47,7 +47,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     for ax, (key, title) in zip(axes, PANELS):
         for run_dir in run_dirs:
             steps, values = read_series(run_dir, key)
-            ax.plot(steps, values, marker="o" if len(steps) < 20 else None, label=run_label(run_dir))
+            ax.plot(steps, values, marker="o", markersize=3, label=run_label(run_dir))
         ax.set(title=title, xlabel="step", ylabel=key)
         ax.grid(alpha=0.3)
     axes[0].legend()
