@@ -1,7 +1,10 @@
 """The warm start: a short supervised stage (TRL's SFTTrainer) before RL, cached by its settings.
 
 RL needs a policy that is sometimes right: from a random model every group's rewards are equal and
-every advantage is zero. The stage trains on the task's prompt/answer pairs (loss on the answer only)
+every advantage is zero. The default schedule is a constant learning rate, stopped part-way: measured
+on the built-in task, RL lifts a model stopped mid-training (0.52 -> 0.73 held-out in 30 steps), while
+one annealed to LR 0 at a similar accuracy sits where policy-gradient noise outweighs the reward
+signal and RL lowered its held-out accuracy (0.23 -> 0.15, and 0.59 -> 0.52). The stage trains on the task's prompt/answer pairs (loss on the answer only)
 and saves the result under ``$RLKIT_CACHE/warm_start/<hash>``, where the hash covers everything that
 changes the result (start model, data, settings, seed, library versions); a second run loads it.
 """
@@ -43,7 +46,7 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     args = SFTConfig(
         output_dir=str(tmp / "trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, lr_scheduler_type="linear", seed=seed, save_strategy="no", report_to=[],
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_schedule, seed=seed, save_strategy="no", report_to=[],
         use_cpu=not torch.cuda.is_available(),
         logging_steps=max(1, cfg.steps // 5), disable_tqdm=not log, log_level="warning" if log else "error",
     )

@@ -22,6 +22,7 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, fp32
@@ -173,9 +174,9 @@ class CTPO(Surrogate):
     """
 
     mode: Literal["cumprod", "geomean"] = "cumprod"
-    eps_low: float = 0.025
-    eps_high: float = 0.05
-    eps_c: float | None = 0.05
+    eps_low: float = Field(0.025, ge=0)
+    eps_high: float = Field(0.05, gt=0)
+    eps_c: float | None = Field(0.05, gt=0)
     power: float = 0.5
 
     def loss(self, logp, batch, metrics):

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlkit.objectives import KINDS, build_part, resolve_spec
+from rlkit.objectives.registry import part_class
 from rlkit.recipe.schema import Recipe
 
 
@@ -49,25 +50,67 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def key_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in the YAML text to its 1-based line number (lists use integer indices)."""
-    lines: dict[tuple, int] = {}
+def key_locations(text: str, source: str) -> dict[tuple, str]:
+    """Map each key path in the YAML text to ``source:line`` (lists use integer indices)."""
+    where: dict[tuple, str] = {}
 
     def walk(node, path):
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 sub = path + (key_node.value,)
-                lines[sub] = key_node.start_mark.line + 1
+                where[sub] = f"{source}:{key_node.start_mark.line + 1}"
                 walk(value_node, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[path + (i,)] = item.start_mark.line + 1
+                where[path + (i,)] = f"{source}:{item.start_mark.line + 1}"
                 walk(item, path + (i,))
 
     root = yaml.compose(text)
     if root is not None:
         walk(root, ())
-    return lines
+    return where
+
+
+class Locator:
+    """Says where a key path came from: an override, or the nearest key in a recipe file."""
+
+    def __init__(self, source: str, locations: dict[tuple, str], overrides: list[str]):
+        self.source, self.locations, self.overrides = source, locations, overrides
+
+    def __call__(self, loc: tuple) -> str:
+        path = ".".join(map(str, loc))
+        given = [o for o in self.overrides if path.startswith(o.split("=", 1)[0])]
+        if given:
+            return f"override {given[0]!r}"
+        return next((self.locations[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.locations),
+                    self.source)
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
+    """A recipe file's data and key locations, with its ``base:`` recipe (if any) merged underneath."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    locations = key_locations(text, str(path))
+    base = data.pop("base", None)
+    if base is None:
+        return data, locations
+    base_data, base_locations = read_yaml(path.parent / base)  # relative to this recipe's folder
+    return deep_merge(base_data, data), {**base_locations, **locations}
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -86,50 +129,41 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def describe_errors(error: ValidationError, source: str, lines: dict[tuple, int], overrides: list[str]) -> str:
+def describe_errors(error: ValidationError, where: Locator, prefix: tuple = (),
+                    model: type[BaseModel] | None = None) -> str:
+    """One line per problem; ``prefix`` is the key path of the validated model (default: the recipe),
+    ``model`` the class whose fields are suggested for an unknown key (default: found from the path)."""
     out = []
     for e in error.errors():
-        loc = tuple(e["loc"])
-        path = ".".join(str(k) for k in loc)
-        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
-        given = [o for o in overrides if path.startswith(o.split("=", 1)[0])]
-        where = f"override {given[0]!r}" if given else f"{source}:{line}" if line else source
+        loc = prefix + tuple(e["loc"])
         message = e["msg"]
         if e["type"] == "extra_forbidden":
-            model = _model_at(loc)
+            model = model or _model_at(loc)
             close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=1)
             message = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "")
         elif e["type"] == "missing":
             message = "required key is missing"
-        out.append(f"{where}: {path}: {message}")
+        out.append(f"{where(loc)}: {'.'.join(map(str, loc))}: {message}")
     return "\n".join(out)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override and validate a recipe; raise :class:`RecipeError` naming every problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    """Read (with its ``base:`` chain), override and validate a recipe; raise :class:`RecipeError`
+    naming every problem with its file and line (or override)."""
+    data, locations = read_yaml(Path(path))
     for item in overrides:
         apply_override(data, *parse_override(item))
+    where = Locator(str(path), locations, list(overrides))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(describe_errors(e, str(path), key_lines(text), list(overrides))) from None
-    check_objective(recipe, str(path), key_lines(text))
+        raise RecipeError(describe_errors(e, where)) from None
+    check_objective(recipe, where)
     return recipe
 
 
-def check_objective(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
+def check_objective(recipe: Recipe, where: Locator) -> None:
     """Build every part of the objective, so a bad part or option fails here, not after loading models."""
-    where = lambda loc: f"{source}:{next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), '?')}"  # noqa: E731
     try:
         spec = resolve_spec(recipe.objective)
     except (KeyError, ValueError) as e:
@@ -143,8 +177,6 @@ def check_objective(recipe: Recipe, source: str, lines: dict[tuple, int]) -> Non
             try:
                 build_part(kind, entry)
             except ValidationError as e:
-                raise RecipeError("\n".join(
-                    f"{where(loc + tuple(err['loc']))}: {'.'.join(map(str, loc + tuple(err['loc'])))}: {err['msg']}"
-                    for err in e.errors())) from None
+                raise RecipeError(describe_errors(e, where, loc, part_class(kind, entry["type"]))) from None
             except (KeyError, ValueError, TypeError, ImportError) as e:
                 raise RecipeError(f"{where(loc)}: {'.'.join(map(str, loc))}: {e.args[0] if e.args else e}") from None

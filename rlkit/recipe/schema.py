@@ -30,8 +30,9 @@ class WarmStartConfig(Section):
     """A short supervised stage on the task's answers before RL; its result is cached by its settings."""
 
     steps: int = Field(400, gt=0, description="optimizer steps of supervised fine-tuning")
-    lr: float = Field(1e-3, gt=0, description="learning rate (AdamW, linear decay)")
-    batch_size: int = Field(64, gt=0, description="examples per step")
+    lr: float = Field(2e-3, gt=0, description="learning rate (AdamW)")
+    lr_schedule: Literal["constant", "linear"] = Field("constant", description="see rlkit/warm_start.py")
+    batch_size: int = Field(128, gt=0, description="examples per step")
 
 
 class ModelConfig(Section):

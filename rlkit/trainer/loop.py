@@ -364,6 +364,7 @@ class Trainer:
     def _resume(self) -> tuple[int, dict]:
         path = latest_checkpoint(self.recipe.output_dir) if self.recipe.trainer.resume else None
         if path is None:
+            self.log.start_at(0)
             return 0, {}
         state = load_checkpoint(self.accelerator, path)
         self.log.start_at(state["step"])

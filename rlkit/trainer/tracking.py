@@ -1,7 +1,8 @@
 """What a run shows and records: progress bar, metrics.jsonl, samples.jsonl, trackers, summary.json.
 
 Only the main process writes. ``metrics.jsonl`` has one JSON object per logged step; on resume, lines
-after the checkpoint's step are dropped so the file continues exactly where the checkpoint was.
+after the checkpoint's step are dropped so the file continues exactly where the checkpoint was; a
+fresh run in a folder that holds old records starts them anew.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ class RunLog:
             accelerator.init_trackers("rlkit", config=_flatten(config))
 
     def start_at(self, step: int) -> None:
-        """Resume: keep the metric lines up to ``step`` and move the progress bar there."""
+        """Start a fresh run (``step`` 0: earlier records in the folder are cleared) or resume one:
+        keep the records up to ``step`` (the checkpoint) and move the progress bar there."""
         if not self.main:
             return
-        path = self.dir / "metrics.jsonl"
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.dir / name
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines() if step and json.loads(line)["step"] <= step]
+                path.write_text("".join(line + "\n" for line in kept))
         self.bar.update(step)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
