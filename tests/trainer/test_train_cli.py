@@ -1,0 +1,101 @@
+"""End to end through the CLI: records, checkpoints that load with plain transformers, the cached warm
+start, and resuming an interrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = Path(__file__).parents[2]
+SMALL = ["trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=16",
+         "model.warm_start.steps=10", "model.warm_start.batch_size=16", "log.samples=1"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return {**os.environ, "RLKIT_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+def train_command(output_dir, *overrides):
+    return [sys.executable, "-m", "rlkit.cli", "train", "recipes/quickstart.yaml", f"output_dir={output_dir}",
+            *SMALL, *overrides]
+
+
+def train(env, output_dir, *overrides) -> str:
+    result = subprocess.run(train_command(output_dir, *overrides), cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    log = train(env, out, "trainer.steps=4", "trainer.save_every=2", "trainer.keep_checkpoints=1",
+                "log.every=2", "log.eval_every=2")
+    return out, log
+
+
+def test_run_writes_summary_metrics_samples_and_tensorboard(run):
+    out, log = run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["resumed_from"] is None and summary["wall_seconds"] > 0
+    for key in ("eval_start", "eval_end"):
+        assert 0 <= summary[key]["accuracy"] <= 1
+    metrics = read_jsonl(out / "metrics.jsonl")
+    train_lines = [m for m in metrics if "reward/mean" in m]
+    assert [m["step"] for m in train_lines] == [2, 4]
+    for key in ("objective/kl", "objective/clip_frac_low", "rollout/len_mean", "train/grad_norm", "train/lr"):
+        assert key in train_lines[-1], key
+    assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2, 4]
+    samples = read_jsonl(out / "samples.jsonl")
+    assert {s["step"] for s in samples} == {2, 4} and all("completion" in s and "reward" in s for s in samples)
+    assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert "held-out accuracy at the start of RL" in log
+
+
+def test_checkpoint_loads_with_plain_transformers(run):
+    out, _ = run
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-000004"]  # keep_checkpoints=1 pruned step 2
+    model = AutoModelForCausalLM.from_pretrained(checkpoints[0] / "model")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[0] / "model")
+    ids = tokenizer("12+34=", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_second_run_reuses_the_cached_warm_start(env, run, tmp_path):
+    log = train(env, tmp_path, "trainer.steps=1", "log.trackers=[]")
+    assert "warm start: cached" in log
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
+    args = ("trainer.steps=8", "trainer.save_every=2", "log.every=1", "log.eval_every=0", "log.trackers=[]")
+    first = subprocess.Popen(train_command(tmp_path, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert marker.exists(), "the first run never wrote its step-2 checkpoint"
+    log = train(env, tmp_path, *args)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 8
+    assert summary["resumed_from"] in (2, 4, 6)
+    assert "resumed from" in log
+    steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in m]
+    assert steps == list(range(1, 9))
