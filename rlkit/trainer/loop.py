@@ -294,10 +294,11 @@ class Trainer:
         chunks += [active[:1]] * (n_micro - n_real)  # padding micro-batches, given zero weight below
         for i, rows in enumerate(chunks):
             rows_batch = batch.rows(rows)
-            w = weights[rows] if i < n_real else torch.zeros_like(weights[rows])
+            real = i < n_real
+            w = weights[rows] if real else torch.zeros_like(weights[rows])
             with self._grad_sync(last=i == n_micro - 1):
                 s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus))
-                loss = self.objective.loss(s.logp, rows_batch, w, metrics, entropy=s.entropy)
+                loss = self.objective.loss(s.logp, rows_batch, w, metrics if real else Metrics(), entropy=s.entropy)
                 self.accelerator.backward(loss)
 
     def _apply_gradients(self, metrics: Metrics) -> None:
