@@ -37,12 +37,15 @@ class Metrics:
             self._count[name] += float(mask.sum())
 
     def max(self, name: str, values, mask: torch.Tensor | None = None) -> None:
-        v = _masked_extreme(values, mask, torch.max, -math.inf)
-        self._max[name] = max(self._max.get(name, -math.inf), v)
+        """Running maximum of ``values`` (masked); nothing is recorded when no value is selected."""
+        v = _masked_values(values, mask)
+        if v.numel():
+            self._max[name] = max(self._max.get(name, -math.inf), float(v.max()))
 
     def min(self, name: str, values, mask: torch.Tensor | None = None) -> None:
-        v = _masked_extreme(values, mask, torch.min, math.inf)
-        self._min[name] = min(self._min.get(name, math.inf), v)
+        v = _masked_values(values, mask)
+        if v.numel():
+            self._min[name] = min(self._min.get(name, math.inf), float(v.min()))
 
     def state(self) -> dict:
         return {"sum": dict(self._sum), "count": dict(self._count), "max": self._max, "min": self._min}
@@ -61,17 +64,13 @@ class Metrics:
             for s in states:
                 for k, v in s[key].items():
                     out[k] = pick(out.get(k, v), v)
-        return {k: v for k, v in out.items() if math.isfinite(v) or math.isnan(v)}
+        return out
 
     def result(self) -> dict[str, float]:
         """Values over everything this process added (no other ranks)."""
         return self.combine([self.state()])
 
 
-def _masked_extreme(values, mask, fn, empty: float) -> float:
-    if not torch.is_tensor(values):
-        return float(values)
-    values = values.detach().float()
-    if mask is not None:
-        values = values[mask.detach().bool()]
-    return float(fn(values)) if values.numel() else empty
+def _masked_values(values, mask: torch.Tensor | None) -> torch.Tensor:
+    values = values.detach().float() if torch.is_tensor(values) else torch.tensor([float(values)])
+    return values if mask is None else values[mask.detach().bool()]
