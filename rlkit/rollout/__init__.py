@@ -1,8 +1,19 @@
 """Rollout workers: generate completions for prompts and return a :class:`RolloutBatch`."""
 
+from typing import Protocol
+
 from rlkit.rollout.batch import RolloutBatch
 from rlkit.rollout.hf import HFGenerateWorker
 
-WORKERS = {"hf": HFGenerateWorker}
 
-__all__ = ["WORKERS", "HFGenerateWorker", "RolloutBatch"]
+class RolloutWorker(Protocol):
+    """What the trainer needs from a generation engine (built with tokenizer, max_new_tokens,
+    temperature, top_p). ``model`` is the unwrapped policy; prompts are rendered strings."""
+
+    def generate(self, model, prompts: list[str], columns: dict[str, list], samples_per_prompt: int,
+                 greedy: bool = False, synced_gpus: bool = False) -> RolloutBatch: ...
+
+
+WORKERS: dict[str, type[RolloutWorker]] = {"hf": HFGenerateWorker}
+
+__all__ = ["WORKERS", "HFGenerateWorker", "RolloutBatch", "RolloutWorker"]
