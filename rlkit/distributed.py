@@ -17,19 +17,18 @@ def world_size() -> int:
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """Element-wise sum of ``t`` over ranks (a new tensor; ``t`` is left alone)."""
-    if world_size() == 1:
-        return t.clone()
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_max(t: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``t`` over ranks."""
-    if world_size() == 1:
-        return t.clone()
+    return _all_reduce(t, dist.ReduceOp.MAX)
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    if world_size() > 1:
+        dist.all_reduce(out, op=op)
     return out
 
 
