@@ -76,6 +76,10 @@ class Trainer:
             kwargs_handlers=_process_group_kwargs(),
         )
         set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
+        if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
+            # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
+            self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
+                cfg.micro_batch_size
         self.tokenizer = load_tokenizer(start_path)
         model = load_model(start_path, recipe.model.dtype)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
