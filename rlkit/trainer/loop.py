@@ -66,15 +66,15 @@ class Trainer:
         cfg = recipe.trainer
         self.objective = build_objective(recipe.objective)
         self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
-        start_path = resolve_model_path(recipe.model.path)
-        if recipe.model.warm_start is not None:
-            # before our Accelerator exists: the HF Trainer inside sets up (and spreads over) the processes
-            start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
-                                    log=int(os.environ.get("RANK", "0")) == 0)
         self.accelerator = Accelerator(
             log_with=recipe.log.trackers or None, project_dir=recipe.output_dir,
             kwargs_handlers=_process_group_kwargs(),
         )
+        with self.accelerator.main_process_first():  # one process builds and caches, the others then load
+            start_path = resolve_model_path(recipe.model.path)
+            if recipe.model.warm_start is not None:
+                start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
+                                        log=self.accelerator.is_main_process)
         set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
         if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
@@ -393,8 +393,11 @@ class Trainer:
                                  self.recipe.rollout.temperature, **kwargs)
 
     def _grad_sync(self, last: bool):
-        """Gradients are reduced across ranks only on the last micro-batch of an optimizer step."""
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            self.model.set_gradient_accumulation_boundary(last)
-            return contextlib.nullcontext()
+        """Gradients are reduced across ranks only on the last micro-batch of an optimizer step.
+
+        DDP skips its all-reduce inside ``no_sync``; DeepSpeed reads accelerate's ``sync_gradients`` to
+        know the accumulation boundary (set here as transformers' Trainer does, since the number of
+        micro-batches varies from step to step).
+        """
+        self.accelerator.gradient_state._set_sync_gradients(last)
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
