@@ -10,9 +10,13 @@ from rlkit.recipe import RecipeError, load_recipe
 
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    from rlkit.trainer import Trainer  # heavy imports only once the recipe is known to be valid
+    from rlkit.trainer import Trainer, TrainingDiverged  # heavy imports only once the recipe is valid
 
-    summary = Trainer(recipe).train()
+    try:
+        summary = Trainer(recipe).train()
+    except TrainingDiverged as e:
+        print(f"error: training stopped: {e}", file=sys.stderr)
+        return 1
     print(f"held-out accuracy: {summary['eval_start']['accuracy']:.3f} at the start of RL -> "
           f"{summary['eval_end']['accuracy']:.3f} after {summary['steps']} steps "
           f"({summary['wall_seconds']:.0f} s); run in {recipe.output_dir}")
