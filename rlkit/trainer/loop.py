@@ -70,6 +70,11 @@ class Trainer:
             log_with=recipe.log.trackers or None, project_dir=recipe.output_dir,
             kwargs_handlers=_process_group_kwargs(),
         )
+        world = self.accelerator.num_processes
+        if cfg.prompts_per_step % (world * cfg.mini_batches):
+            raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
+                             f"of processes ({world}) times trainer.mini_batches ({cfg.mini_batches})")
+        self.prompts_per_rank = cfg.prompts_per_step // world
         with self.accelerator.main_process_first():  # one process builds and caches, the others then load
             start_path = resolve_model_path(recipe.model.path)
             if recipe.model.warm_start is not None:
@@ -92,11 +97,6 @@ class Trainer:
         r = recipe.rollout
         self.worker = WORKERS[r.worker](self.tokenizer, r.max_new_tokens, r.temperature, r.top_p)
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
-        world = self.accelerator.num_processes
-        if cfg.prompts_per_step % world:
-            raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the "
-                             f"number of processes ({world})")
-        self.prompts_per_rank = cfg.prompts_per_step // world
         self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
                           recipe.model_dump())
 
