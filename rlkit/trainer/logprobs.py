@@ -21,7 +21,8 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
 
     Logits are divided by the sampling temperature, so ratios compare the distribution the rollout was
     actually drawn from. Only the T+1 last positions are projected to the vocabulary
-    (``logits_to_keep``), and TRL's ``selective_log_softmax`` avoids a full [b,T,V] log-softmax copy.
+    (``logits_to_keep``), the logits stay in the model's dtype, and TRL's ``selective_log_softmax`` and
+    chunked entropy avoid a full [b,T,V] log-softmax copy; log-probs and entropy are returned in fp32.
     Position ids count real tokens only, matching what ``generate`` used for left-padded prompts.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -30,7 +31,8 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
     T = completion_ids.shape[1]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
-    logits = logits.float() / temperature
-    logp = selective_log_softmax(logits, completion_ids)
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    if temperature != 1.0:
+        logits = logits / temperature  # in the model's dtype: an fp32 copy of [b,T,V] is the memory peak
+    logp = selective_log_softmax(logits, completion_ids).float()
+    entropy = entropy_from_logits(logits).float() if with_entropy else None
     return TokenScores(logp=logp, entropy=entropy, logits=logits if with_logits else None)
