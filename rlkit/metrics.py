@@ -13,13 +13,17 @@ import torch
 
 
 class Metrics:
-    """Named scalar metrics: masked means, minima and maxima. Keys are namespaced (``objective/clip_frac``)."""
+    """Named scalar metrics: masked means, minima and maxima. Keys are namespaced (``objective/clip_frac``).
+
+    Values stay tensors (on their device) until :meth:`state`, so recording a metric in the training
+    loop never waits for the device.
+    """
 
     def __init__(self) -> None:
-        self._sum: dict[str, float] = defaultdict(float)
-        self._count: dict[str, float] = defaultdict(float)
-        self._max: dict[str, float] = {}
-        self._min: dict[str, float] = {}
+        self._sum: dict[str, torch.Tensor | float] = defaultdict(float)
+        self._count: dict[str, torch.Tensor | float] = defaultdict(float)
+        self._max: dict[str, torch.Tensor] = {}
+        self._min: dict[str, torch.Tensor] = {}
 
     def mean(self, name: str, values, mask: torch.Tensor | None = None) -> None:
         """Add ``values`` (a tensor, optionally masked, or a float counted once) to the mean of ``name``."""
@@ -29,26 +33,28 @@ class Metrics:
             return
         values = values.detach().float()
         if mask is None:
-            self._sum[name] += float(values.sum())
+            self._sum[name] = self._sum[name] + values.sum()
             self._count[name] += values.numel()
         else:
             mask = mask.detach().float()
-            self._sum[name] += float((values * mask).sum())
-            self._count[name] += float(mask.sum())
+            self._sum[name] = self._sum[name] + (values * mask).sum()
+            self._count[name] = self._count[name] + mask.sum()
 
     def max(self, name: str, values, mask: torch.Tensor | None = None) -> None:
-        """Running maximum of ``values`` (masked); nothing is recorded when no value is selected."""
-        v = _masked_values(values, mask)
-        if v.numel():
-            self._max[name] = max(self._max.get(name, -math.inf), float(v.max()))
+        """Running maximum of ``values`` (masked); a name whose values were never selected is not reported."""
+        v = _masked(values, mask, -math.inf).amax() if _size(values) else values.new_full((), -math.inf)
+        self._max[name] = torch.maximum(self._max[name], v) if name in self._max else v
 
     def min(self, name: str, values, mask: torch.Tensor | None = None) -> None:
-        v = _masked_values(values, mask)
-        if v.numel():
-            self._min[name] = min(self._min.get(name, math.inf), float(v.min()))
+        v = _masked(values, mask, math.inf).amin() if _size(values) else values.new_full((), math.inf)
+        self._min[name] = torch.minimum(self._min[name], v) if name in self._min else v
 
     def state(self) -> dict:
-        return {"sum": dict(self._sum), "count": dict(self._count), "max": self._max, "min": self._min}
+        """Plain floats (one device sync), ready to be gathered from every rank."""
+        floats = lambda d: {k: float(v) for k, v in d.items()}  # noqa: E731
+        finite = lambda d: {k: v for k, v in floats(d).items() if math.isfinite(v)}  # noqa: E731
+        return {"sum": floats(self._sum), "count": floats(self._count), "max": finite(self._max),
+                "min": finite(self._min)}
 
     @staticmethod
     def combine(states: list[dict]) -> dict[str, float]:
@@ -71,6 +77,10 @@ class Metrics:
         return self.combine([self.state()])
 
 
-def _masked_values(values, mask: torch.Tensor | None) -> torch.Tensor:
+def _size(values) -> int:
+    return values.numel() if torch.is_tensor(values) else 1
+
+
+def _masked(values, mask: torch.Tensor | None, fill: float) -> torch.Tensor:
     values = values.detach().float() if torch.is_tensor(values) else torch.tensor([float(values)])
-    return values if mask is None else values[mask.detach().bool()]
+    return values if mask is None else torch.where(mask.detach().bool(), values, fill)
