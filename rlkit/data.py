@@ -12,7 +12,6 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-BUILTIN_TASKS = ("builtin:addition",)
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 

@@ -18,7 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-BUILTIN_TINY = "builtin:tiny"
+from rlkit.builtins import BUILTIN_TINY
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # ChatML-like, so conversational datasets work with the tiny model too.
 CHAT_TEMPLATE = (

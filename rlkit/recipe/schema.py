@@ -12,8 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.scoring import RewardSpec
-from rlkit.data import BUILTIN_TASKS
-from rlkit.models import BUILTIN_TINY
+from rlkit.builtins import BUILTIN_TASKS, BUILTIN_TINY
 
 
 class Section(BaseModel):
