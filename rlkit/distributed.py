@@ -3,6 +3,8 @@
 Objectives compute loss normalisers (token counts, sequence counts, selection thresholds) over the whole
 optimizer step *and all ranks*; these helpers are how. They work on any initialised
 ``torch.distributed`` group (gloo on CPU, nccl on GPU), which is what ``accelerate launch`` sets up.
+Results come back on the input's device. NCCL only moves CUDA tensors, so under NCCL a host tensor (a
+count made from Python numbers) travels through the current GPU; everything else stays where it is.
 """
 
 from __future__ import annotations
@@ -25,29 +27,36 @@ def all_max(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, dist.ReduceOp.MAX)
 
 
+def _wire_device(t: torch.Tensor) -> torch.device:
+    """The device a collective on ``t`` runs on: ``t``'s own, except a host tensor under NCCL."""
+    if t.device.type == "cpu" and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
 def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
-    out = t.detach().clone()
-    if world_size() > 1:
-        dist.all_reduce(out, op=op)
-    return out
+    if world_size() == 1:
+        return t.detach().clone()
+    out = t.detach().to(_wire_device(t), copy=True)
+    dist.all_reduce(out, op=op)
+    return out.to(t.device)
 
 
 def all_gather_rows(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
     """Concatenate every rank's ``t`` along dim 0 (ranks may hold different row counts; other dims equal).
 
-    Returns the concatenation (rank order) and the slice of it that is this rank's own rows, so a rule
-    computed on the gathered tensor can be cut back to the local rows.
+    Returns the concatenation (rank order, on ``t``'s device) and the slice of it that is this rank's own
+    rows, so a rule computed on the gathered tensor can be cut back to the local rows.
     """
     if world_size() == 1:
         return t, slice(0, t.shape[0])
-    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
-    dist.all_gather(counts, torch.tensor([t.shape[0]], dtype=torch.long))
+    wire = _wire_device(t)
+    counts = [torch.zeros(1, dtype=torch.long, device=wire) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([t.shape[0]], dtype=torch.long, device=wire))
     counts = [int(c) for c in counts]
-    longest = max(counts)
-    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=wire)
     padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
-    rank = dist.get_rank()
-    start = sum(counts[:rank])
-    return torch.cat([p[:n] for p, n in zip(parts, counts)]), slice(start, start + t.shape[0])
+    start = sum(counts[: dist.get_rank()])
+    return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(t.device), slice(start, start + t.shape[0])

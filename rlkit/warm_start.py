@@ -1,12 +1,21 @@
-"""The warm start: a short supervised stage (TRL's SFTTrainer) before RL, cached by its settings.
+"""The warm start: a short supervised stage (TRL's SFTTrainer) before RL, stopped on an accuracy target.
 
 RL needs a policy that is sometimes right: from a random model every group's rewards are equal and
-every advantage is zero. The default schedule is a constant learning rate, stopped part-way: measured
-on the built-in task, RL lifts a model stopped mid-training (0.52 -> 0.73 held-out in 30 steps), while
-one annealed to LR 0 at a similar accuracy sits where policy-gradient noise outweighs the reward
-signal and RL lowered its held-out accuracy (0.23 -> 0.15, and 0.59 -> 0.52). The stage trains on the task's prompt/answer pairs (loss on the answer only)
-and saves the result under ``$RLKIT_CACHE/warm_start/<hash>``, where the hash covers everything that
-changes the result (start model, data, settings, seed, library versions); a second run loads it.
+every advantage is zero. How far the supervised stage should go is measured, not counted in steps: it
+stops at the first check where greedy exact-match accuracy on a *validation* slice of the training
+prompts (kept out of the supervised data, and apart from the held-out evaluation set) reaches
+``target_accuracy``. A fixed step count put the start model anywhere between 0.05 and 0.6 accuracy
+depending on the library version and the data order; the target makes the start of RL the same
+whatever the seed.
+
+Two further choices, both measured on the built-in task: the learning rate is constant and the stage
+simply stops (a model annealed to LR 0 at a similar accuracy sat where policy-gradient noise outweighed
+the reward signal, and RL *lowered* its held-out accuracy: 0.23 -> 0.15 and 0.59 -> 0.52); and every
+SFTConfig field that changes the result is set here (TRL 1.16 turned on bf16 and activation
+checkpointing by default, which made this stage 17x slower on a CPU and trained a different model).
+
+The result is saved under ``$RLKIT_CACHE/warm_start/<hash>``, where the hash covers everything that
+changes it (start model, data, settings, seed, library versions); a second run loads it.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ import torch
 import transformers
 import trl
 from datasets import Dataset, load_from_disk
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from rlkit.models import cache_dir, load_model, load_tokenizer
 
-CACHE_VERSION = 1  # bump when this stage's recipe changes
+CACHE_VERSION = 2  # bump when this stage's recipe changes
+REPORT = "warm_start.json"  # steps run and validation accuracy, saved beside the weights
 # Set by `accelerate launch`/torchrun; the supervised stage must not see them (see warm_start).
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
@@ -36,6 +47,7 @@ LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "G
 def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = True) -> Path:
     """The cached result of fine-tuning ``model_path`` on ``train`` (columns prompt, answer).
 
+    The first ``cfg.val_size`` rows of ``train`` are the validation slice; the rest is trained on.
     On a miss the stage runs in a child process with the launcher's variables removed, so it is one
     plain process whatever the launch (DDP, DeepSpeed), and the same settings give the same weights.
     Call it from one process at a time (the trainer uses ``main_process_first``).
@@ -44,40 +56,113 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
                       "cfg": cfg.model_dump(), "seed": seed, "transformers": transformers.__version__,
                       "trl": trl.__version__}, sort_keys=True)
     out = cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if (out / "config.json").is_file():
+    if (out / REPORT).is_file():
         if log:
-            print(f"warm start: cached, {out}")
+            print(f"warm start: cached, {out} ({_describe(out)})")
         return out
     if "answer" not in train.column_names:
         raise ValueError("model.warm_start needs an 'answer' column in the training data")
+    if len(train) <= cfg.val_size:
+        raise ValueError(f"model.warm_start.val_size ({cfg.val_size}) leaves no training rows ({len(train)} in all)")
     if log:
-        print(f"warm start: {cfg.steps} supervised steps -> {out}")
+        print(f"warm start: supervised steps until validation accuracy >= {cfg.target_accuracy} "
+              f"(at most {cfg.max_steps}) -> {out}")
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     train.save_to_disk(tmp / "data")
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
     subprocess.run([sys.executable, "-m", "rlkit.warm_start", str(model_path), str(tmp), cfg.model_dump_json(),
                     str(seed), str(int(log))], env=env, check=True)
     shutil.rmtree(tmp / "data")
     tmp.replace(out)
+    if log:
+        print(f"warm start: {_describe(out)}")
     return out
 
 
-def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool) -> None:
-    """TRL's SFTTrainer on ``out/data`` (loss on the answer only); saves model and tokenizer in ``out``."""
-    tokenizer, model = load_tokenizer(model_path), load_model(model_path)
-    train = load_from_disk(str(out / "data"))
-    pairs = train.map(lambda row: {"prompt": row["prompt"], "completion": row["answer"]},
-                      remove_columns=[c for c in train.column_names if c not in ("prompt",)])
-    args = SFTConfig(
-        output_dir=str(out / "trainer"), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
-        learning_rate=cfg["lr"], lr_scheduler_type=cfg["lr_schedule"], seed=seed, save_strategy="no",
-        report_to=[], use_cpu=not torch.cuda.is_available(), logging_steps=max(1, cfg["steps"] // 5),
-        disable_tqdm=not log, log_level="warning" if log else "error",
+def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
+    """TRL's SFTConfig with every field that changes the trained model set explicitly (not inherited
+    from the installed TRL/transformers defaults, which moved between releases)."""
+    return SFTConfig(
+        output_dir=str(output_dir), max_steps=cfg["max_steps"], per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=1, learning_rate=cfg["lr"], lr_scheduler_type=cfg["lr_schedule"],
+        warmup_steps=0, weight_decay=0.0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        max_grad_norm=1.0, seed=seed, data_seed=seed,
+        # precision and memory: plain fp32 training, no recomputation (TRL 1.16 defaults: bf16, checkpointing)
+        bf16=False, fp16=False, activation_checkpointing=False, activation_offloading=False,
+        torch_compile=False, use_liger_kernel=False,
+        # what the loss sees: prompt-completion pairs, loss on the completion (the answer + EOS) only
+        packing=False, padding_free=False, completion_only_loss=True, assistant_only_loss=False, loss_type="nll",
+        max_length=1024, neftune_noise_alpha=None, label_smoothing_factor=0.0,
+        dataloader_drop_last=False,
+        save_strategy="no", eval_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+        logging_steps=cfg["eval_every"], disable_tqdm=True, log_level="warning" if log else "error",
     )
-    SFTTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer).train()
+
+
+class AccuracyTarget(TrainerCallback):
+    """Every ``every`` steps: greedy exact-match accuracy on the validation rows; stop at ``target``."""
+
+    def __init__(self, tokenizer, validation: Dataset, every: int, target: float, log: bool):
+        from rlkit.rollout import HFGenerateWorker  # the rollout's own greedy path, so RL starts where measured
+
+        answers = [str(a).strip() for a in validation["answer"]]
+        self.worker = HFGenerateWorker(tokenizer, max_new_tokens=max(len(tokenizer(a).input_ids) for a in answers) + 2)
+        self.validation, self.answers = validation, answers
+        self.every, self.target, self.log = every, target, log
+        self.history: list[tuple[int, float]] = []
+
+    def accuracy(self, model) -> float:
+        from rlkit.data import render_prompt
+
+        tokenizer = self.worker.tokenizer
+        prompts = [render_prompt(p, tokenizer) for p in self.validation["prompt"]]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = self.worker.generate(model, prompts, {}, 1, greedy=True)
+        model.train(was_training)
+        return sum(c.strip() == a for c, a in zip(out.completions, self.answers)) / len(self.answers)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            accuracy = self.accuracy(model)
+            self.history.append((state.global_step, accuracy))
+            if self.log:
+                print(f"warm start: step {state.global_step}, validation accuracy {accuracy:.3f}", flush=True)
+            control.should_training_stop = accuracy >= self.target
+        return control
+
+
+def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool) -> None:
+    """TRL's SFTTrainer on ``out/data`` until the validation target; saves model, tokenizer and report."""
+    tokenizer, model = load_tokenizer(model_path), load_model(model_path)
+    data = load_from_disk(str(out / "data"))
+    validation, train = data.select(range(cfg["val_size"])), data.select(range(cfg["val_size"], len(data)))
+    pairs = train.map(lambda row: {"prompt": row["prompt"], "completion": completion(row)},
+                      remove_columns=[c for c in train.column_names if c != "prompt"])
+    target = AccuracyTarget(tokenizer, validation, cfg["eval_every"], cfg["target_accuracy"], log)
+    SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", seed, log), train_dataset=pairs,
+               processing_class=tokenizer, callbacks=[target]).train()
     shutil.rmtree(out / "trainer")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    steps, accuracy = target.history[-1]
+    (out / REPORT).write_text(json.dumps({"steps": steps, "validation_accuracy": accuracy,
+                                          "reached_target": accuracy >= cfg["target_accuracy"],
+                                          "history": target.history}, indent=1))
+
+
+def completion(row: dict):
+    """The answer as SFT's completion: a string after a string prompt, an assistant turn after chat messages."""
+    answer = str(row["answer"])
+    return [{"role": "assistant", "content": answer}] if isinstance(row["prompt"], list) else answer
+
+
+def _describe(out: Path) -> str:
+    report = json.loads((out / REPORT).read_text())
+    text = f"{report['steps']} steps, validation accuracy {report['validation_accuracy']:.3f}"
+    return text if report["reached_target"] else text + " (target NOT reached: raise max_steps)"
 
 
 def _fingerprint(path: Path) -> str:

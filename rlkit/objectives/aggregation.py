@@ -65,7 +65,7 @@ class SeqMeanTokenSumNorm(Aggregation):
     norm: float | None = None
 
     def weights(self, mask, batch, metrics):
-        norm = self.norm if self.norm is not None else all_max(torch.tensor(float(mask.shape[-1])))
+        norm = self.norm if self.norm is not None else all_max(mask.new_tensor(float(mask.shape[-1])))
         return mask / (n_sequences(mask) * norm)
 
 

@@ -22,13 +22,10 @@ class StepBatch:
     truncated: torch.Tensor | None = None   # [B] bool, the completion hit max_new_tokens without EOS
     progress: float = 0.0                   # training progress in [0,1] (schedules, e.g. D3S)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # part-specific [B,T] statistics
-    completion_ids: torch.Tensor | None = None  # [B,T] long, the sampled tokens (for the trainer's passes)
-    prompt_ids: torch.Tensor | None = None      # [B,P] long, left-padded prompts
-    prompt_mask: torch.Tensor | None = None     # [B,P] 1 on prompt tokens
     # token ids, for the trainer's forward passes (prompt left-padded to P tokens)
     prompt_ids: torch.Tensor | None = None        # [B,P] long
-    prompt_mask: torch.Tensor | None = None       # [B,P] long
-    completion_ids: torch.Tensor | None = None    # [B,T] long
+    prompt_mask: torch.Tensor | None = None       # [B,P] long, 1 on prompt tokens
+    completion_ids: torch.Tensor | None = None    # [B,T] long, the sampled tokens
 
     @property
     def n_rows(self) -> int:
@@ -65,6 +62,20 @@ def group_moments(rewards: torch.Tensor, group_ids: torch.Tensor):
     mean = group_sum(r, index, n_groups) / count.clamp(min=1)
     sq_dev = group_sum(torch.where(valid, (r - mean[index]).square(), 0.0), index, n_groups)
     return count, mean, sq_dev, index
+
+
+def group_has_signal(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Whether each group's valid (non-NaN) rewards are not all equal: [n_groups] bool, groups in sorted
+    order of their ids. The one test of "this group can teach something" in rlkit (zero advantages,
+    DAPO's dynamic sampling, its refill): an exact comparison, so a group of equal rewards that are not
+    exactly representable (0.1, 0.1, 0.1) never passes through rounding error. A singleton has no signal.
+    """
+    index, n_groups = group_index(group_ids)
+    valid = ~torch.isnan(rewards)
+    top = torch.full((n_groups,), -torch.inf, dtype=rewards.dtype, device=rewards.device)
+    top = top.scatter_reduce(0, index, torch.where(valid, rewards, -torch.inf), "amax")
+    bottom = torch.full_like(top, torch.inf).scatter_reduce(0, index, torch.where(valid, rewards, torch.inf), "amin")
+    return top > bottom
 
 
 def fp32(t: torch.Tensor) -> torch.Tensor:

@@ -30,15 +30,15 @@ import torch
 from rlkit.distributed import all_sum, world_size
 from rlkit.metrics import Metrics
 from rlkit.objectives.aggregation import Aggregation
-from rlkit.objectives.batch import StepBatch, fp32, group_index, group_sum
+from rlkit.objectives.batch import StepBatch, fp32, group_has_signal, group_index
 from rlkit.objectives.kl import Regulariser
-from rlkit.objectives.registry import Part
+from rlkit.objectives.registry import Part, RolloutFilter
 from rlkit.objectives.selection import Selection
 from rlkit.objectives.surrogates import Surrogate
 from rlkit.objectives.weighting import Weighting
 
-if TYPE_CHECKING:  # rlkit.advantages imports this package
-    from rlkit.advantages import AdvantageEstimator
+if TYPE_CHECKING:  # the advantages module imports this one's dependencies
+    from rlkit.objectives.advantages import AdvantageEstimator
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,14 @@ class Objective:
         With ``entropy_bonus`` the trainer must also pass the current entropy (with gradient) to loss."""
         return frozenset().union(*(p.needs for p in self.parts))
 
+    @property
+    def rollout_filter(self) -> RolloutFilter | None:
+        """The rollout-stage filter one of the parts asks the trainer for (DAPO's refill), or None."""
+        filters = [f for f in (p.rollout_filter() for p in self.parts) if f is not None]
+        if len(filters) > 1:
+            raise ValueError("at most one objective part may filter rollouts")
+        return filters[0] if filters else None
+
     def on_logits(self, logits: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
                   group_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every part's statistics from the no-grad scoring pass of a chunk of whole groups
@@ -75,12 +83,16 @@ class Objective:
 
     def advantages(self, rewards: torch.Tensor, batch: StepBatch, metrics: Metrics | None = None) -> torch.Tensor:
         """Advantages [B] from scalar rewards [B] (NaN = no reward). ``batch`` (log-probs and extras
-        already filled) provides reward-side terms: a KL-in-reward penalty is subtracted first."""
-        advantages = self.advantage(rewards - self.kl.reward_penalty(batch, metrics), batch.group_ids)
+        already filled) provides reward-side terms: a KL-in-reward penalty is subtracted first.
+
+        A group without signal (:func:`group_has_signal`: its rewards all equal) gets exactly 0, whatever
+        the estimator's rounding; selection parts rely on it (DAPO's dynamic sampling drops such groups)."""
+        rewards = rewards - self.kl.reward_penalty(batch, metrics)
+        index, _ = group_index(batch.group_ids)
+        signal = group_has_signal(rewards, batch.group_ids)
+        advantages = torch.where(signal[index], self.advantage(rewards, batch.group_ids), 0.0)
         if metrics is not None:
-            index, n_groups = group_index(batch.group_ids)
-            signal = group_sum((advantages != 0).double(), index, n_groups) > 0
-            zero, total = all_sum(torch.stack([(~signal).sum().double(), torch.tensor(float(n_groups), dtype=torch.double)]))
+            zero, total = all_sum(torch.stack([(~signal).sum(), signal.new_tensor(signal.numel(), dtype=torch.long)]))
             metrics.mean("objective/zero_adv_group_frac", float(zero / total.clamp(min=1)))
         return advantages
 

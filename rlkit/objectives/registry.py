@@ -21,11 +21,25 @@ be an import path ``package.module:Class`` for a user's own part.
 from __future__ import annotations
 
 import importlib
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 KINDS = ("advantage", "surrogate", "aggregation", "selection", "weighting", "kl")
+
+
+@dataclass(frozen=True)
+class RolloutFilter:
+    """Rollout-stage filtering a part asks of the trainer (DAPO's dynamic-sampling refill).
+
+    ``keep(rewards [B], group_ids [B]) -> [n_groups] bool`` says which groups of a freshly scored rollout
+    batch to keep; the trainer replaces the others with groups of fresh prompts, round after round, until
+    every rank holds its number of groups or ``max_rounds`` rounds ran (<= 0: no limit).
+    """
+
+    keep: Callable[[Any, Any], Any]
+    max_rounds: int
 
 
 class Part(BaseModel):
@@ -53,6 +67,10 @@ class Part(BaseModel):
         Only parts that declare the need "logits" are called.
         """
         return {}
+
+    def rollout_filter(self) -> RolloutFilter | None:
+        """The rollout-stage filter this part needs from the trainer, if any (see :class:`RolloutFilter`)."""
+        return None
 
 
 PARTS: dict[str, dict[str, type[Part]]] = {kind: {} for kind in KINDS}

@@ -22,8 +22,8 @@ import torch
 
 from rlkit.distributed import all_gather_rows, all_sum
 from rlkit.metrics import Metrics
-from rlkit.objectives.batch import StepBatch, group_index, group_moments, group_sum
-from rlkit.objectives.registry import Part, register_part
+from rlkit.objectives.batch import StepBatch, group_has_signal, group_index, group_sum
+from rlkit.objectives.registry import Part, RolloutFilter, register_part
 
 
 class Selection(Part):
@@ -69,32 +69,24 @@ class MaskTruncated(Selection):
 # --------------------------------------------------------------------------------- dynamic sampling
 
 
-def keep_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """DAPO's dynamic-sampling filter (2503.14476; verl ``filter_groups``): a bool per group, True when
-    the population std of its valid rewards is > 0 or it has a single rollout.
-
-    rewards [B] (NaN = no reward), group_ids [B] -> [n_groups], groups in sorted order of their ids.
-    """
-    _, _, sq_dev, index = group_moments(rewards, group_ids)
-    rows = group_sum(torch.ones_like(index, dtype=torch.double), index, sq_dev.numel())
-    return (sq_dev > 0) | (rows == 1)
-
-
 @register_part("selection", "dynamic_sampling")
 class DynamicSampling(Selection):
     """DAPO dynamic sampling (2503.14476): groups without learning signal leave the step.
 
-    In ``prepare`` (both modes) a group whose advantages are all 0 (all-equal rewards under any
-    group-centred estimator; also singletons, whose advantage is 0 here) is masked out, so its tokens
-    and rows leave every denominator instead of diluting the step: the cheap mask-only mode
-    (ALGORITHMS.md 1.5), with a batch size that varies. With ``mode: refill`` the trainer also
-    regenerates: it calls :func:`keep_groups` on each new rollout batch and keeps generating until the
-    step holds its number of prompts or ``max_rounds`` rounds ran (<= 0: unlimited); at the cap it
-    trains on what it kept (verl raises instead), and the mask handles the rest.
+    In ``prepare`` (both modes) a group whose advantages are all 0 (its rewards all equal, tested once by
+    :func:`group_has_signal`, which also makes those advantages exactly 0; singletons too) is masked out,
+    so its tokens and rows leave every denominator instead of diluting the step: the cheap mask-only
+    mode (docs/objectives.md §1.5), with a batch size that varies. With ``mode: refill`` the part also
+    asks the trainer to regenerate (:meth:`rollout_filter`): groups without signal are replaced by fresh
+    ones until the step holds its number of prompts or ``max_rounds`` rounds ran (<= 0: unlimited); at
+    the cap it trains on what it kept (verl raises instead), and the mask handles the rest.
     """
 
     mode: Literal["mask", "refill"] = "mask"
     max_rounds: int = 10
+
+    def rollout_filter(self):
+        return RolloutFilter(keep=group_has_signal, max_rounds=self.max_rounds) if self.mode == "refill" else None
 
     def select(self, mask, batch, metrics):
         index, n_groups = group_index(batch.group_ids)
@@ -116,11 +108,11 @@ def max_var_subset(values: torch.Tensor, n: int) -> torch.Tensor:
     """
     m = values.numel()
     if n >= m:
-        return torch.arange(m)
+        return torch.arange(m, device=values.device)
     v, order = torch.sort(values.double(), stable=True)
     c1 = torch.cat([v.new_zeros(1), v.cumsum(0)])
     c2 = torch.cat([v.new_zeros(1), v.square().cumsum(0)])
-    a = torch.arange(n + 1)
+    a = torch.arange(n + 1, device=values.device)
     s1 = c1[a] + c1[m] - c1[m - n + a]
     s2 = c2[a] + c2[m] - c2[m - n + a]
     best = int(torch.argmax(s2 / n - (s1 / n).square()))

@@ -26,9 +26,15 @@ def _existing_path(value: str | None, what: str) -> str | None:
 
 
 class WarmStartConfig(Section):
-    """A short supervised stage on the task's answers before RL; its result is cached by its settings."""
+    """A short supervised stage on the task's answers before RL, stopped once greedy accuracy on a
+    validation slice of the training prompts reaches a target; cached by its settings (rlkit/warm_start.py)."""
 
-    steps: int = Field(400, gt=0, description="optimizer steps of supervised fine-tuning")
+    target_accuracy: float = Field(0.2, gt=0, le=1, description="stop once validation exact-match accuracy "
+                                                               "reaches this (checked every eval_every steps)")
+    max_steps: int = Field(2000, gt=0, description="upper bound on optimizer steps if the target is not reached")
+    eval_every: int = Field(10, gt=0, description="optimizer steps between validation checks")
+    val_size: int = Field(200, gt=0, description="first rows of the training data used for validation "
+                                                 "(not trained on by this stage; never the held-out eval set)")
     lr: float = Field(2e-3, gt=0, description="learning rate (AdamW)")
     lr_schedule: Literal["constant", "linear"] = Field("constant", description="see rlkit/warm_start.py")
     batch_size: int = Field(128, gt=0, description="examples per step")

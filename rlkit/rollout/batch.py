@@ -60,7 +60,7 @@ class RolloutBatch:
         T = max(b.completion_ids.shape[1] for b in batches)
         left = lambda t, v: F.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
         right = lambda t, v: F.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
-        offsets = torch.tensor([0] + [b.n_groups for b in batches[:-1]]).cumsum(0)
+        offsets = torch.tensor([0] + [b.n_groups for b in batches[:-1]], device=batches[0].group_ids.device).cumsum(0)
         return RolloutBatch(
             prompt_ids=torch.cat([left(b.prompt_ids, pad_token_id) for b in batches]),
             prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),

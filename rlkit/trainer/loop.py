@@ -32,7 +32,6 @@ from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
 from rlkit.models import load_model, load_tokenizer, resolve_model_path
 from rlkit.objectives import StepBatch, build_objective
-from rlkit.objectives.selection import DynamicSampling, keep_groups
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
 from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -89,9 +88,13 @@ class Trainer:
         model = load_model(start_path, recipe.model.dtype)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                  num_training_steps=cfg.steps * self.updates_per_step)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # Not passed to accelerator.prepare: accelerate would step it once per process at every call (and
+        # DeepSpeed inside its engine), so warmup and decay would run N times too fast on N processes.
+        # rlkit steps it once per applied optimizer update; save_state/load_state still carry it.
+        self.scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=cfg.steps * self.updates_per_step)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
 
         r = recipe.rollout
@@ -114,6 +117,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> dict:
+        """Run the recipe to its last step, resuming from the latest checkpoint; returns the summary.
+        The verifier pool and the trackers are closed however the run ends (error, divergence, Ctrl-C)."""
+        try:
+            return self._train()
+        finally:
+            self.log.close()
+            self.scorer.close()
+
+    def _train(self) -> dict:
         cfg, log_cfg = self.recipe.trainer, self.recipe.log
         start_step, state = self._resume()
         t0 = time.time() - state.get("elapsed", 0.0)
@@ -143,8 +155,6 @@ class Trainer:
         summary = {"steps": cfg.steps, "resumed_from": start_step or None, "wall_seconds": time.time() - t0,
                    "objective": self.objective.name, "eval_start": eval_start, "eval_end": eval_end.__dict__}
         self.log.summary(summary)
-        self.log.close()
-        self.scorer.close()
         return summary
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -156,7 +166,7 @@ class Trainer:
         batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps)
         batch.advantages = self.objective.advantages(rollout.rewards, batch, metrics)
         t = time.time()
-        self.update(batch, metrics)
+        self.update(batch, step, metrics)
         metrics.mean("time/update_s", time.time() - t)
         samples = [{"prompt": rollout.prompts[i], "completion": rollout.completions[i],
                     "reward": float(rollout.rewards[i]), "advantage": float(batch.advantages[i])}
@@ -169,24 +179,24 @@ class Trainer:
         rank holds its quota of informative groups or ``max_rounds`` rounds ran; a shortfall is filled
         with uninformative groups, which the objective then masks, so batch shapes never change."""
         rollout = self.rewards_for(self.rollout(step), metrics)
-        refill = [p for p in self.objective.selection if isinstance(p, DynamicSampling) and p.mode == "refill"]
-        if not refill:
+        refill = self.objective.rollout_filter
+        if refill is None:
             return rollout
-        quota, max_rounds = rollout.n_groups, refill[0].max_rounds
+        quota, max_rounds = rollout.n_groups, refill.max_rounds
         kept, rejected, rounds = [], [], 0
         while True:
-            keep = keep_groups(rollout.rewards, rollout.group_ids)
+            keep = refill.keep(rollout.rewards, rollout.group_ids)
             kept.append(rollout.select_groups(keep))
             rejected.append(rollout.select_groups(~keep))
             rounds += 1
             missing = max(0, quota - sum(b.n_groups for b in kept))
-            if int(all_sum(torch.tensor(missing))) == 0 or 0 < max_rounds <= rounds:
+            if int(all_sum(torch.tensor(missing, device=keep.device))) == 0 or 0 < max_rounds <= rounds:
                 break
             rollout = self.rewards_for(self.rollout(step, round=rounds), metrics)
         metrics.mean("rollout/refill_rounds", float(rounds))
         metrics.mean("rollout/refill_shortfall_groups", float(missing))
         full = RolloutBatch.concat(kept + rejected, self.tokenizer.pad_token_id)
-        return full.select_groups(torch.arange(full.n_groups) < quota)
+        return full.select_groups(torch.arange(full.n_groups, device=full.group_ids.device) < quota)
 
     def rewards_for(self, rollout: RolloutBatch, metrics: Metrics) -> RolloutBatch:
         """Run the verifiers on ``rollout`` and record the total rewards in it."""
@@ -194,7 +204,7 @@ class Trainer:
         scores = self.scorer(rollout.prompts, rollout.completions, columns)
         for failure in scores.failures[:3]:
             self.log.write(f"  reward failure: {failure}")
-        rollout.rewards = torch.tensor(scores.total, dtype=torch.float32)
+        rollout.rewards = torch.tensor(scores.total, dtype=torch.float32, device=rollout.group_ids.device)
         self._rollout_metrics(metrics, rollout, scores.metrics)
         return rollout
 
@@ -237,7 +247,7 @@ class Trainer:
     def score(self, rollout: RolloutBatch, progress: float) -> StepBatch:
         """The no-grad pass before the update: what ``objective.needs`` asks for, plus parts' hooks."""
         batch = StepBatch(
-            mask=rollout.completion_mask, advantages=torch.zeros(len(rollout)), group_ids=rollout.group_ids,
+            mask=rollout.completion_mask, advantages=torch.zeros_like(rollout.rewards), group_ids=rollout.group_ids,
             truncated=rollout.truncated, progress=progress, prompt_ids=rollout.prompt_ids,
             prompt_mask=rollout.prompt_mask, completion_ids=rollout.completion_ids,
         )
@@ -267,14 +277,16 @@ class Trainer:
         batch.extras = {k[len("extras."):]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
         return batch
 
-    def update(self, batch: StepBatch, metrics: Metrics) -> None:
-        """``epochs_per_rollout`` x ``mini_batches`` optimizer steps on one rollout batch."""
+    def update(self, batch: StepBatch, step: int, metrics: Metrics) -> None:
+        """``epochs_per_rollout`` x ``mini_batches`` optimizer steps on one rollout batch; each epoch
+        deals this rank's groups into mini-batches in a fresh order, seeded by (seed, step, epoch)."""
         cfg = self.recipe.trainer
         G = self.recipe.rollout.samples_per_prompt
-        groups_per_mini = batch.n_rows // G // cfg.mini_batches
-        for _ in range(cfg.epochs_per_rollout):
-            for m in range(cfg.mini_batches):
-                rows = torch.arange(m * groups_per_mini * G, (m + 1) * groups_per_mini * G)
+        n_groups = batch.n_rows // G
+        for epoch in range(cfg.epochs_per_rollout):
+            order = np.random.default_rng([cfg.seed, step, epoch]).permutation(n_groups)
+            for groups in np.array_split(order, cfg.mini_batches):
+                rows = torch.from_numpy(groups[:, None] * G + np.arange(G)).flatten().to(batch.mask.device)
                 self.optimizer_step(batch.rows(rows), metrics)
 
     def optimizer_step(self, batch: StepBatch, metrics: Metrics) -> None:
@@ -292,9 +304,9 @@ class Trainer:
         weights = self.objective.prepare(batch, metrics)
         active = torch.nonzero(weights.abs().sum(-1) > 0).flatten()
         if len(active) == 0:  # nothing to learn on this rank: a zero-weight row keeps ranks in step
-            active = torch.zeros(1, dtype=torch.long)
+            active = torch.zeros(1, dtype=torch.long, device=weights.device)
         chunks = list(active.split(self.recipe.trainer.micro_batch_size))
-        n_real, n_micro = len(chunks), int(all_max(torch.tensor(len(chunks))))
+        n_real, n_micro = len(chunks), int(all_max(torch.tensor(len(chunks), device=weights.device)))
         chunks += [active[:1]] * (n_micro - n_real)  # padding micro-batches, given zero weight below
         for i, rows in enumerate(chunks):
             rows_batch = batch.rows(rows)
@@ -306,17 +318,27 @@ class Trainer:
                 self.accelerator.backward(loss)
 
     def _apply_gradients(self, metrics: Metrics) -> None:
+        """Clip, step and schedule, unless the gradient norm is not finite (the update is then skipped).
+
+        Under DeepSpeed the engine has already stepped inside the last ``backward`` and skips a
+        non-finite step by itself (its overflow check, for fp32 too); ``was_step_applied`` reports it.
+        """
         max_norm = self.recipe.trainer.max_grad_norm
+        lr = self.optimizer.param_groups[0]["lr"]  # what this update uses
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm or math.inf)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
-        finite = math.isfinite(grad_norm) or self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        if finite:
-            self.optimizer.step()
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            applied = self.model.was_step_applied()
+        else:
+            applied = math.isfinite(grad_norm)
+            if applied:
+                self.optimizer.step()
+        if applied:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics.mean("train/grad_norm", grad_norm)
-        metrics.mean("train/skipped_updates", 0.0 if finite else 1.0)
-        metrics.mean("train/lr", self.scheduler.get_last_lr()[0])
+        metrics.mean("train/skipped_updates", 0.0 if applied else 1.0)
+        metrics.mean("train/lr", lr)
 
     # ---------------------------------------------------------------- evaluation and records
     @torch.no_grad()

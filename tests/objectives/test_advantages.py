@@ -1,11 +1,15 @@
-"""Advantage estimators and DAPO's group filter, against values worked out by hand."""
+"""Advantage estimators and the group-signal test, against values worked out by hand."""
 
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 
-from rlkit.advantages import BatchStd, GroupMean, GroupZScore, RLOO
-from rlkit.objectives import keep_groups
+from rlkit.metrics import Metrics
+from rlkit.objectives import PARTS, StepBatch, build_objective
+from rlkit.objectives.advantages import BatchStd, GroupMean, GroupZScore, RLOO
+from rlkit.objectives.batch import group_has_signal
 
 nan = math.nan
 
@@ -43,7 +47,25 @@ def test_batch_std_scales_by_the_std_of_the_whole_step():
     close(BatchStd()(rewards, groups), [0.5 / 1.5001, -0.5 / 1.5001, 0, 0])
 
 
-def test_keep_groups_population_std_or_singleton():
-    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.7, nan, 1.0])
-    groups = torch.tensor([4, 4, 1, 1, 9, 2, 2])  # result in sorted label order: 1, 2, 4, 9
-    assert keep_groups(rewards, groups).tolist() == [True, False, False, True]
+def test_group_has_signal_compares_rewards_exactly():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.7, nan, 1.0, 0.1, 0.1, 0.1])
+    groups = torch.tensor([4, 4, 1, 1, 9, 2, 2, 5, 5, 5])  # result in sorted label order: 1, 2, 4, 5, 9
+    # 1: 0 vs 1; 2: a single valid reward; 4: equal; 5: equal; 9: a singleton
+    assert group_has_signal(rewards, groups).tolist() == [True, False, False, False, False]
+
+
+@pytest.mark.parametrize("estimator", sorted(PARTS["advantage"]))
+def test_equal_rewards_give_exactly_zero_advantages(estimator):
+    # float64 0.1 three times: the group mean is 0.10000000000000002, so a bare estimator leaves a
+    # ~1e-11 (z-score) or ~1e-17 residue, which selection would count as signal
+    rewards = torch.tensor([0.1, 0.1, 0.1, 0.0, 1.0, 1.0], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    bare = PARTS["advantage"][estimator]()(rewards, groups)
+    assert (bare[:3] != 0).all()  # the residue the objective must remove
+    objective = build_objective({"preset": "dapo", "advantage": {"type": estimator}})
+    batch = StepBatch(mask=torch.ones(6, 2), advantages=torch.zeros(6), group_ids=groups)
+    advantages = objective.advantages(rewards, batch)
+    assert advantages[:3].tolist() == [0.0, 0.0, 0.0]
+    assert torch.equal(advantages[3:], bare[3:])
+    kept = objective.prepare(replace(batch, advantages=advantages), Metrics())
+    assert kept[:3].sum() == 0 and torch.allclose(kept[3:].sum(), torch.tensor(1.0))  # token-mean over group 1

@@ -4,39 +4,21 @@ one micro-batch, weight for weight. The DDP launch also builds the warm start (o
 the other waits for the cache)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-ROOT = Path(__file__).parents[2]
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+from tests.trainer.launching import launch
+
 RUN = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml", "trainer.steps=1",
-       "model.warm_start={steps: 5, batch_size: 8}",
+       "model.warm_start={max_steps: 5, batch_size: 8, target_accuracy: 1.0}",
        "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]", "trainer.prompts_per_step=8",
        "rollout.samples_per_prompt=4", "data.eval_size=8", "log.eval_every=0", "log.trackers=[]"]
-LAUNCHERS = {
-    # CPU-NOTES: `--cpu --num_processes 2` silently starts one process; this form starts two (gloo).
-    "ddp": [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no"],
-    "zero2": [ACCELERATE, "launch", "--config_file", "launch/zero2.yaml", "--num_processes", "2",
-              "--mixed_precision", "no"],
-    "zero3": [ACCELERATE, "launch", "--config_file", "launch/zero3.yaml", "--num_processes", "2",
-              "--mixed_precision", "no"],
-}
 
 
 def train(launcher: str, micro: int, output_dir: Path, port: int, cache: Path):
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # it turns DeepSpeed into DDP
-    env["RLKIT_CACHE"] = str(cache)
-    if launcher == "ddp":
-        env["ACCELERATE_USE_CPU"] = "true"
-    result = subprocess.run([*LAUNCHERS[launcher], "--main_process_port", str(port), *RUN,
-                             f"trainer.micro_batch_size={micro}", f"output_dir={output_dir}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = launch(launcher, [*RUN, f"trainer.micro_batch_size={micro}", f"output_dir={output_dir}"], cache, port)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return AutoModelForCausalLM.from_pretrained(output_dir / "checkpoints" / "step-000001" / "model")
 

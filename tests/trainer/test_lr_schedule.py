@@ -1,0 +1,41 @@
+"""The learning-rate schedule steps once per optimizer update, whatever the number of processes or the
+engine: a linear schedule with warmup gives the same LR sequence on 1 process, 2 DDP processes and 2
+DeepSpeed ZeRO-2 processes, equal to the one worked out by hand."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.trainer.launching import ROOT, launch
+
+LR = 1e-3
+RECIPE = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml", "model.warm_start=null", "log.trackers=[]",
+          "trainer.steps=3", "trainer.mini_batches=2", "trainer.prompts_per_step=4", "rollout.samples_per_prompt=2",
+          "rollout.max_new_tokens=3", "data.eval_size=4", "log.every=1", "log.eval_every=0",
+          f"trainer.lr={LR}", "trainer.lr_schedule=linear", "trainer.warmup_steps=2"]
+# 3 steps x 2 mini-batches = 6 updates; transformers' linear schedule with 2 warmup updates gives the k-th
+# update (k = 0..5) the factor k/2 while k < 2, then (6-k)/4: 0, 1/2, 1, 3/4, 1/2, 1/4. The logged LR of
+# a step is the mean over its two updates.
+EXPECTED = [LR * (0 + 0.5) / 2, LR * (1 + 0.75) / 2, LR * (0.5 + 0.25) / 2]
+
+
+def logged_lrs(output_dir) -> list[float]:
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [m["train/lr"] for m in lines if "train/lr" in m]
+
+
+def test_one_process(tmp_path):
+    result = subprocess.run([sys.executable, *RECIPE, f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "RLKIT_CACHE": str(tmp_path / "c")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert logged_lrs(tmp_path) == pytest.approx(EXPECTED, rel=1e-9)
+
+
+@pytest.mark.parametrize("launcher,port", [("ddp", 29561), ("zero2", 29562)])
+def test_two_processes(launcher, port, tmp_path):
+    result = launch(launcher, [*RECIPE, f"output_dir={tmp_path}"], tmp_path / "c", port)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert logged_lrs(tmp_path) == pytest.approx(EXPECTED, rel=1e-9)
