@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rewards.registry import get_verifier
 from rlkit.objectives import KINDS, build_part, resolve_spec
 from rlkit.objectives.registry import part_class
 from rlkit.recipe.schema import Recipe
@@ -159,6 +160,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except ValidationError as e:
         raise RecipeError(describe_errors(e, where)) from None
     check_objective(recipe, where)
+    check_rewards(recipe, where)
     return recipe
 
 
@@ -180,3 +182,13 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
                 raise RecipeError(describe_errors(e, where, loc, part_class(kind, entry["type"]))) from None
             except (KeyError, ValueError, TypeError, ImportError) as e:
                 raise RecipeError(f"{where(loc)}: {'.'.join(map(str, loc))}: {e.args[0] if e.args else e}") from None
+
+
+def check_rewards(recipe: Recipe, where: Locator) -> None:
+    """Resolve every verifier (importing user modules, as training will), so a misspelt name or a bad
+    import path fails here rather than after the models are loaded."""
+    for i, spec in enumerate(recipe.rewards):
+        try:
+            get_verifier(spec.verifier)
+        except (KeyError, FileNotFoundError, ImportError, TypeError) as e:
+            raise RecipeError(f"{where(('rewards', i, 'verifier'))}: rewards.{i}.verifier: {e.args[0]}") from None
