@@ -42,6 +42,16 @@ CASES = {
                               "r.yaml:2", "verifier file 'mine.py' does not exist"),
     "verifier file raises": ({"r.yaml": OK + "rewards: [{verifier: 'mine.py:score'}]\n", "mine.py": "1 / 0\n"}, [],
                              "r.yaml:2", "cannot import 'mine.py': ZeroDivisionError: division by zero"),
+    "base cycle": ({"r.yaml": OK + "base: b.yaml\n", "b.yaml": "trainer: {steps: 3}\nbase: r.yaml\n"}, [],
+                   "b.yaml:2", "base: base recipes form a cycle: r.yaml -> b.yaml -> r.yaml"),
+    "own base": ({"r.yaml": "base: r.yaml\n" + OK}, [], "r.yaml:1", "base recipes form a cycle: r.yaml -> r.yaml"),
+    "missing base": ({"r.yaml": OK + "base: b.yaml\n", "b.yaml": "base: sub/c.yaml\n"}, [],
+                     "b.yaml:1", "base: base recipe 'sub/c.yaml' not found"),
+    "base not a path": ({"r.yaml": OK + "base: [b.yaml]\n"}, [], "r.yaml:2", "base: should be a recipe file path"),
+    "invalid YAML": ({"r.yaml": OK + "trainer:\n  steps: 3\n   lr: 1\n"}, [],
+                     "r.yaml:4", "not valid YAML: mapping values are not allowed here (column 6)"),
+    "unclosed YAML": ({"r.yaml": OK + "trainer: {steps: 3\n"}, [], "r.yaml:3", "not valid YAML: while parsing"),
+    "not a text file": ({"r.yaml": b"\xff\xfe\x00"}, [], "r.yaml", "not a text file"),
     "non-mapping YAML": ({"r.yaml": "- a\n- b\n"}, [], "r.yaml", "a recipe is a mapping of sections, got list"),
     "missing output_dir": ({"r.yaml": "trainer: {steps: 3}\n"}, [], "r.yaml", "output_dir: required key is missing"),
     "data task and train": ({"r.yaml": OK + "data: {task: 'builtin:addition', train: t.jsonl}\n", "t.jsonl": ""}, [],
@@ -61,7 +71,7 @@ CASES = {
 def test_malformed_recipe_fails_in_one_line(files, overrides, where, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["check", "r.yaml", *overrides]) == 2
     out, err = capsys.readouterr()
     assert out == ""

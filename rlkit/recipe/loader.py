@@ -87,23 +87,52 @@ class Locator:
                     self.source)
 
 
-def read_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
-    """A recipe file's data and key locations, with its ``base:`` recipe (if any) merged underneath."""
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
-    locations = key_locations(text, str(path))
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, str]]:
+    """A recipe file's data and key locations, with its ``base:`` recipe (if any) merged underneath;
+    ``chain`` holds the recipes whose ``base:`` led here, to name a cycle."""
+    data, locations = parse_yaml(path)
     base = data.pop("base", None)
     if base is None:
         return data, locations
-    base_data, base_locations = read_yaml(path.parent / base)  # relative to this recipe's folder
+    where = f"{locations[('base',)]}: base"
+    if not isinstance(base, str):
+        raise RecipeError(f"{where}: should be a recipe file path (relative to this recipe), got {type(base).__name__}")
+    base_path, chain = path.parent / base, chain + (path,)  # relative to this recipe's folder
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        raise RecipeError(f"{where}: base recipes form a cycle: {' -> '.join(map(str, chain + (base_path,)))}")
+    if not base_path.is_file():
+        raise RecipeError(f"{where}: base recipe {str(base_path)!r} not found")
+    base_data, base_locations = read_yaml(base_path, chain)
     return deep_merge(base_data, data), {**base_locations, **locations}
+
+
+def parse_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
+    """One recipe file's mapping and key locations; any problem is one line naming the file."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (UTF-8)") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{_yaml_where(e, path)}: not valid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    return data, key_locations(text, str(path))
+
+
+def _yaml_where(error: yaml.YAMLError, path: Path) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f"{path}:{mark.line + 1}" if mark else str(path)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What PyYAML says, in one line (its message spans several, with a copy of the line)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        column = f" (column {error.problem_mark.column + 1})" if error.problem_mark else ""
+        return ": ".join(filter(None, (error.context, error.problem))) + column
+    return " ".join(str(error).split())
 
 
 def deep_merge(base: dict, top: dict) -> dict:
