@@ -62,6 +62,10 @@ CASES = {
                                 "override 'trainer.lrr=1'", "trainer.lrr: unknown key; did you mean 'lr'?"),
     "override without =": ({"r.yaml": OK}, ["trainer.steps"],
                            "override 'trainer.steps'", "is not of the form key.path=value"),
+    "override without key": ({"r.yaml": OK}, ["trainer..steps=3"],
+                             "override 'trainer..steps=3'", "is not of the form key.path=value"),
+    "override value not YAML": ({"r.yaml": OK}, ["trainer.steps=[3"],
+                                "override 'trainer.steps=[3'", "the value is not valid YAML: "),
     "override below a value": ({"r.yaml": OK}, ["output_dir.x=1"],
                                "override output_dir.x", "'output_dir' is not a section"),
 }

@@ -25,13 +25,17 @@ class RecipeError(ValueError):
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``trainer.lr=1e-4`` -> (["trainer", "lr"], 0.0001); the value is read as YAML."""
-    if "=" not in text:
+    key, equals, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not equals or not all(path):
         raise RecipeError(f"override {text!r} is not of the form key.path=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {text!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
     if isinstance(value, str):
         value = _number_or_str(value)
-    return key.strip().split("."), value
+    return path, value
 
 
 def _number_or_str(value: str):
