@@ -1,11 +1,38 @@
 """`rlkit check` on malformed recipes: each exits 2 with one line naming the file and line (or the
 override) and the problem, without loading a model."""
 
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from rlkit.cli import main
+from rlkit.recipe.model_check import check_model_folder, same_tokenizer
 
 OK = "output_dir: out\n"
+
+
+def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.json"), **tokenizer_config):
+    """A writer of a model folder without weights: config.json with ``vocab_size``, a word-level
+    tokenizer.json with ids 0..tokens-1 and, given keys, a tokenizer_config.json."""
+
+    def write(path: Path) -> Path:
+        path.mkdir()
+        if "config.json" in files:
+            (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": vocab_size}))
+        if "tokenizer.json" in files:
+            vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, tokens)}}
+            Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(path / "tokenizer.json"))
+        if tokenizer_config:
+            (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+        return path
+
+    return write
 
 # id: (files written in the working directory, overrides of r.yaml, where, message fragment)
 CASES = {
@@ -28,7 +55,8 @@ CASES = {
     "unknown preset": ({"r.yaml": OK + "objective: {preset: grpoo}\n"}, [],
                        "r.yaml:2", "objective: unknown objective preset 'grpoo'"),
     "unknown verifier": ({"r.yaml": OK + "rewards:\n  - {verifier: math}\n  - verifier: exact_numbr\n"}, [],
-                         "r.yaml:4", "rewards.1.verifier: unknown verifier 'exact_numbr'; did you mean 'exact_number'?"),
+                         "r.yaml:4",
+                         "rewards.1.verifier: unknown verifier 'exact_numbr'; did you mean 'exact_number'?"),
     "unknown verifier, no close name": ({"r.yaml": OK + "rewards: [{verifier: zzz}]\n"}, [],
                                         "r.yaml:2", "unknown verifier 'zzz'; registered: ['code', 'exact_number'"),
     "verifier module missing": ({"r.yaml": OK + "rewards: [{verifier: 'mypkg.scores:f'}]\n"}, [],
@@ -56,6 +84,16 @@ CASES = {
     "missing output_dir": ({"r.yaml": "trainer: {steps: 3}\n"}, [], "r.yaml", "output_dir: required key is missing"),
     "data task and train": ({"r.yaml": OK + "data: {task: 'builtin:addition', train: t.jsonl}\n", "t.jsonl": ""}, [],
                             "r.yaml:2", "give exactly one of data.task (built-in) and data.train (a file)"),
+    "model/tokenizer mismatch": ({"r.yaml": OK + "model: {path: m}\n", "m": model_folder(10, 12)}, [],
+                                 "r.yaml:2", "model.path: the tokenizer of m has token 'w11' with id 11, "
+                                             "but config.json's vocab_size is 10: the model has no embedding"),
+    "model folder without config": ({"r.yaml": OK + "model:\n  path: m\n",
+                                     "m": model_folder(10, 10, files=["tokenizer.json"])}, [],
+                                    "r.yaml:3", "model.path: m has no config.json"),
+    "model folder without tokenizer": ({"r.yaml": OK + "model: {path: m}\n",
+                                       "m": model_folder(10, 10, files=["config.json"])}, [],
+                                      "r.yaml:2", "model.path: m has no tokenizer (none of tokenizer.json, "),
+    "model path is a file": ({"r.yaml": OK + "model: {path: r.yaml}\n"}, [], "r.yaml:2", "r.yaml is not a folder"),
     "model path missing": ({"r.yaml": OK + "model: {path: nowhere}\n"}, [],
                            "r.yaml:2", "model.path: Value error, model folder 'nowhere' does not exist"),
     "override of unknown key": ({"r.yaml": OK}, ["trainer.lrr=1"],
@@ -74,10 +112,64 @@ CASES = {
 @pytest.mark.parametrize("files, overrides, where, fragment", CASES.values(), ids=CASES)
 def test_malformed_recipe_fails_in_one_line(files, overrides, where, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for name, text in files.items():
-        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    for name, content in files.items():
+        if callable(content):
+            content(tmp_path / name)
+        else:
+            (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["check", "r.yaml", *overrides]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"error: {where}") and fragment in err
     assert err.count("\n") == 1, err
+
+
+def test_model_folder_that_fits_passes(tmp_path):
+    check_model_folder(model_folder(10, 10)(tmp_path / "m"))
+
+
+def test_added_token_beyond_the_embedding_fails(tmp_path):
+    folder = model_folder(10, 10, added_tokens_decoder={"10": {"content": "<|im_end|>", "special": True}})
+    message = "token '<|im_end|>' with id 10, but config.json's vocab_size is 10"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_model_folder(folder(tmp_path / "m"))
+
+
+def test_unreadable_files_fail_with_their_name(tmp_path):
+    folder = model_folder(10, 10)(tmp_path / "m")
+    (folder / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        check_model_folder(folder)
+    (folder / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="tokenizer.json is not a tokenizer"):
+        check_model_folder(folder)
+
+
+def test_a_folder_saved_by_transformers(tmp_path):
+    """The files as transformers writes them: the built-in tokenizer, with its special tokens."""
+    fits, short = tmp_path / "fits", tmp_path / "short"
+    save = ("import sys; from transformers import LlamaConfig; from rlkit.models import build_char_tokenizer\n"
+            "tokenizer = build_char_tokenizer(); tokenizer.save_pretrained(sys.argv[1])\n"
+            "LlamaConfig(vocab_size=len(tokenizer)).save_pretrained(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", save, str(fits)], check=True)  # transformers stays out of this process
+    check_model_folder(fits)
+    shutil.copytree(fits, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] - 1}))
+    with pytest.raises(ValueError, match=f"with id {config['vocab_size'] - 1}, but config.json's vocab_size is"):
+        check_model_folder(short)
+    assert same_tokenizer(fits, short) is None
+
+
+def test_same_tokenizer_names_the_first_difference(tmp_path):
+    a = model_folder(10, 10, eos_token="w9")(tmp_path / "a")
+    assert same_tokenizer(a, model_folder(10, 10, eos_token="w9")(tmp_path / "same")) is None
+    assert (same_tokenizer(a, model_folder(10, 8)(tmp_path / "fewer"))
+            == f"token 'w8' has id 8 in {a} and None in {tmp_path / 'fewer'}")
+    assert (same_tokenizer(a, model_folder(10, 10, eos_token={"content": "w1"})(tmp_path / "eos"))
+            == f"eos_token is 'w9' in {a} and 'w1' in {tmp_path / 'eos'}")
+    split = model_folder(10, 10, eos_token="w9")(tmp_path / "split")
+    tokenizer = Tokenizer.from_file(str(split / "tokenizer.json"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(split / "tokenizer.json"))
+    assert same_tokenizer(a, split) == f"the 'pre_tokenizer' of tokenizer.json differs between {a} and {split}"

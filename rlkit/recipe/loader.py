@@ -14,8 +14,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewards.registry import get_verifier
+from rlkit.builtins import BUILTIN_TINY
 from rlkit.objectives import KINDS, build_part, resolve_spec
 from rlkit.objectives.registry import part_class
+from rlkit.recipe.model_check import check_model_folder
 from rlkit.recipe.schema import Recipe
 
 
@@ -192,9 +194,21 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(describe_errors(e, where)) from None
+    check_model(recipe, where)
     check_objective(recipe, where)
     check_rewards(recipe, where)
     return recipe
+
+
+def check_model(recipe: Recipe, where: Locator) -> None:
+    """Read a local model folder's config and tokenizer files (not its weights), so a folder that cannot
+    work fails here. The built-in model is consistent by construction."""
+    if recipe.model.path == BUILTIN_TINY:
+        return
+    try:
+        check_model_folder(recipe.model.path)
+    except ValueError as e:
+        raise RecipeError(f"{where(('model', 'path'))}: model.path: {e}") from None
 
 
 def check_objective(recipe: Recipe, where: Locator) -> None:
