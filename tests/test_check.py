@@ -173,3 +173,15 @@ def test_same_tokenizer_names_the_first_difference(tmp_path):
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(split / "tokenizer.json"))
     assert same_tokenizer(a, split) == f"the 'pre_tokenizer' of tokenizer.json differs between {a} and {split}"
+
+
+def test_check_imports_no_transformers(tmp_path):
+    """Checking a local model folder and a user's verifier module stays light: no transformers."""
+    model_folder(10, 10)(tmp_path / "m")
+    (tmp_path / "mine.py").write_text("def score(prompts, completions, **_):\n    return [0.0] * len(completions)\n")
+    (tmp_path / "r.yaml").write_text(OK + "model: {path: m}\nrewards: [{verifier: 'mine.py:score'}]\n")
+    code = ("import sys; from rlkit.cli import main; assert main(['check', 'r.yaml']) == 0; "
+            "assert 'transformers' not in sys.modules, 'rlkit check imported transformers'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "r.yaml: ok" in result.stdout
