@@ -58,14 +58,19 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
 
 
 def key_locations(text: str, source: str) -> dict[tuple, str]:
-    """Map each key path in the YAML text to ``source:line`` (lists use integer indices)."""
+    """Map each key path in the YAML text to ``source:line`` (lists use integer indices). A key given
+    twice in one mapping is an error: YAML would silently keep only the last one."""
     where: dict[tuple, str] = {}
 
     def walk(node, path):
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 sub = path + (key_node.value,)
-                where[sub] = f"{source}:{key_node.start_mark.line + 1}"
+                line = f"{source}:{key_node.start_mark.line + 1}"
+                if sub in where:
+                    raise RecipeError(f"{line}: {'.'.join(map(str, sub))}: duplicate key (also on line "
+                                      f"{where[sub].rsplit(':', 1)[1]})")
+                where[sub] = line
                 walk(value_node, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -234,8 +239,12 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
 def check_rewards(recipe: Recipe, where: Locator) -> None:
     """Resolve every verifier (importing user modules, as training will), so a misspelt name or a bad
     import path fails here rather than after the models are loaded."""
+    labels = [spec.label for spec in recipe.rewards]
     for i, spec in enumerate(recipe.rewards):
         try:
             get_verifier(spec.verifier)
         except (KeyError, FileNotFoundError, ImportError, TypeError) as e:
             raise RecipeError(f"{where(('rewards', i, 'verifier'))}: rewards.{i}.verifier: {e.args[0]}") from None
+        if spec.label in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
+            raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {spec.label!r} as rewards."
+                              f"{labels.index(spec.label)}; set 'name' to tell them apart")
