@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from pathlib import Path
@@ -25,22 +26,20 @@ def register(name: str) -> Callable[[Verifier], Verifier]:
 
 
 def get_verifier(spec: str) -> Verifier:
-    """Resolve ``spec``: a registered name, ``module.path:function`` or ``file.py:function``."""
+    """Resolve ``spec``: a registered name, ``module.path:function`` or ``file.py:function``.
+
+    Raises KeyError (unknown name or attribute), FileNotFoundError, ImportError (the module could not be
+    imported, whatever it raised) or TypeError (not callable), each with a one-line message.
+    """
     if spec in VERIFIERS:
         return VERIFIERS[spec]
     if ":" not in spec:
-        raise KeyError(f"unknown verifier {spec!r}; registered: {sorted(VERIFIERS)} "
-                       "(or give 'module:function' / 'file.py:function')")
+        close = difflib.get_close_matches(spec, list(VERIFIERS), n=1)
+        hint = (f"did you mean '{close[0]}'?" if close else
+                f"registered: {sorted(VERIFIERS)} (or give 'module:function' / 'file.py:function')")
+        raise KeyError(f"unknown verifier {spec!r}; {hint}")
     target, attr = spec.rsplit(":", 1)
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise FileNotFoundError(f"verifier file {target!r} does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+    module = _import(target)
     try:
         fn = getattr(module, attr)
     except AttributeError:
@@ -48,3 +47,24 @@ def get_verifier(spec: str) -> Verifier:
     if not callable(fn):
         raise TypeError(f"verifier {spec!r} is not callable")
     return fn
+
+
+def _import(target: str):
+    """The module ``target``, a dotted name or a ``.py`` file. Running a user's module can raise anything:
+    every failure becomes one ImportError saying which module and why."""
+    path = Path(target)
+    if target.endswith(".py") and not path.is_file():
+        raise FileNotFoundError(f"verifier file {target!r} does not exist "
+                                "(relative paths are from the working directory)")
+    try:
+        return _exec_file(path) if target.endswith(".py") else importlib.import_module(target)
+    except Exception as e:
+        raise ImportError(f"cannot import {target!r}: {type(e).__name__}: {e}") from e
+
+
+def _exec_file(path: Path):
+    """Import a ``.py`` file as a module named after it (not added to ``sys.modules``)."""
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module

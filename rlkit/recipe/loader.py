@@ -1,7 +1,8 @@
 """YAML -> :class:`Recipe`, with dotted overrides and errors that say where.
 
 Errors name the file, the key path (``trainer.lr``), the YAML line and, for an unknown key, the closest
-valid key. Everything here runs without loading a model, so ``rlkit check`` is fast.
+valid key. Everything here runs without loading a model (a local model folder's config and tokenizer
+files are read, user verifier modules imported), so ``rlkit check`` is fast.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rewards.registry import get_verifier
+from rlkit.builtins import BUILTIN_TINY
 from rlkit.objectives import KINDS, build_part, resolve_spec
 from rlkit.objectives.registry import part_class
+from rlkit.recipe.model_check import check_model_folder
 from rlkit.recipe.schema import Recipe
 
 
@@ -24,13 +28,17 @@ class RecipeError(ValueError):
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``trainer.lr=1e-4`` -> (["trainer", "lr"], 0.0001); the value is read as YAML."""
-    if "=" not in text:
+    key, equals, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not equals or not all(path):
         raise RecipeError(f"override {text!r} is not of the form key.path=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {text!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
     if isinstance(value, str):
         value = _number_or_str(value)
-    return key.strip().split("."), value
+    return path, value
 
 
 def _number_or_str(value: str):
@@ -51,14 +59,19 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
 
 
 def key_locations(text: str, source: str) -> dict[tuple, str]:
-    """Map each key path in the YAML text to ``source:line`` (lists use integer indices)."""
+    """Map each key path in the YAML text to ``source:line`` (lists use integer indices). A key given
+    twice in one mapping is an error: YAML would silently keep only the last one."""
     where: dict[tuple, str] = {}
 
     def walk(node, path):
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 sub = path + (key_node.value,)
-                where[sub] = f"{source}:{key_node.start_mark.line + 1}"
+                line = f"{source}:{key_node.start_mark.line + 1}"
+                if sub in where:
+                    raise RecipeError(f"{line}: {'.'.join(map(str, sub))}: duplicate key (also on line "
+                                      f"{where[sub].rsplit(':', 1)[1]})")
+                where[sub] = line
                 walk(value_node, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -86,23 +99,52 @@ class Locator:
                     self.source)
 
 
-def read_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
-    """A recipe file's data and key locations, with its ``base:`` recipe (if any) merged underneath."""
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
-    locations = key_locations(text, str(path))
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, str]]:
+    """A recipe file's data and key locations, with its ``base:`` recipe (if any) merged underneath;
+    ``chain`` holds the recipes whose ``base:`` led here, to name a cycle."""
+    data, locations = parse_yaml(path)
     base = data.pop("base", None)
     if base is None:
         return data, locations
-    base_data, base_locations = read_yaml(path.parent / base)  # relative to this recipe's folder
+    where = f"{locations[('base',)]}: base"
+    if not isinstance(base, str):
+        raise RecipeError(f"{where}: should be a recipe file path (relative to this recipe), got {type(base).__name__}")
+    base_path, chain = path.parent / base, chain + (path,)  # relative to this recipe's folder
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        raise RecipeError(f"{where}: base recipes form a cycle: {' -> '.join(map(str, chain + (base_path,)))}")
+    if not base_path.is_file():
+        raise RecipeError(f"{where}: base recipe {str(base_path)!r} not found")
+    base_data, base_locations = read_yaml(base_path, chain)
     return deep_merge(base_data, data), {**base_locations, **locations}
+
+
+def parse_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
+    """One recipe file's mapping and key locations; any problem is one line naming the file."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (UTF-8)") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{_yaml_where(e, path)}: not valid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    return data, key_locations(text, str(path))
+
+
+def _yaml_where(error: yaml.YAMLError, path: Path) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f"{path}:{mark.line + 1}" if mark else str(path)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What PyYAML says, in one line (its message spans several, with a copy of the line)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        column = f" (column {error.problem_mark.column + 1})" if error.problem_mark else ""
+        return ": ".join(filter(None, (error.context, error.problem))) + column
+    return " ".join(str(error).split())
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -158,8 +200,21 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(describe_errors(e, where)) from None
+    check_model(recipe, where)
     check_objective(recipe, where)
+    check_rewards(recipe, where)
     return recipe
+
+
+def check_model(recipe: Recipe, where: Locator) -> None:
+    """Read a local model folder's config and tokenizer files (not its weights), so a folder that cannot
+    work fails here. The built-in model is consistent by construction."""
+    if recipe.model.path == BUILTIN_TINY:
+        return
+    try:
+        check_model_folder(recipe.model.path)
+    except ValueError as e:
+        raise RecipeError(f"{where(('model', 'path'))}: model.path: {e}") from None
 
 
 def check_objective(recipe: Recipe, where: Locator) -> None:
@@ -180,3 +235,17 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
                 raise RecipeError(describe_errors(e, where, loc, part_class(kind, entry["type"]))) from None
             except (KeyError, ValueError, TypeError, ImportError) as e:
                 raise RecipeError(f"{where(loc)}: {'.'.join(map(str, loc))}: {e.args[0] if e.args else e}") from None
+
+
+def check_rewards(recipe: Recipe, where: Locator) -> None:
+    """Resolve every verifier (importing user modules, as training will), so a misspelt name or a bad
+    import path fails here rather than after the models are loaded."""
+    labels = [spec.label for spec in recipe.rewards]
+    for i, spec in enumerate(recipe.rewards):
+        try:
+            get_verifier(spec.verifier)
+        except (KeyError, FileNotFoundError, ImportError, TypeError) as e:
+            raise RecipeError(f"{where(('rewards', i, 'verifier'))}: rewards.{i}.verifier: {e.args[0]}") from None
+        if spec.label in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
+            raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {spec.label!r} as rewards."
+                              f"{labels.index(spec.label)}; set 'name' to tell them apart")
