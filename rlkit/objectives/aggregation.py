@@ -81,7 +81,7 @@ class Balanced(Aggregation):
     P = {A_i > zero_tol}, N = {A_i < -zero_tol}; G_g counts the group's non-empty rows *including*
     zero-advantage ones (the k/G reading, as in the third-party implementation); groups with no
     non-empty row leave the mean, all-zero-advantage groups stay in it (their L_g is 0). Unverified
-    against the paper body (ALGORITHMS.md 9.1). With equal lengths it equals seq_mean_token_mean.
+    against the paper body (docs/objectives.md §9.1). With equal lengths it equals seq_mean_token_mean.
     ``zero_tol`` = 1e-8 treats float residue of mean-centring as zero. Groups are whole on a rank, so
     only the number of groups is summed over ranks. Logs the mean positive and negative lengths and
     their gap (the sign-length coupling that BA removes).

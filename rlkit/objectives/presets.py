@@ -52,7 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "aggregation": {"type": "seq_mean_token_mean"},
         "kl": NO_KL,
     },
-    # token-mean as the official code and config (the summarised paper shows seq-mean-token-mean: 9.2)
+    # token-mean as the official code and config (the summarised paper shows seq-mean-token-mean:
+    # docs/objectives.md §9.2)
     "ctpo": {
         "description": "CTPO (2605.07331): cumulative token ratio, log-space window 0.025/0.05 * sqrt(t), "
                        "dual clip, token-mean, no KL",
@@ -63,7 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kl": NO_KL,
     },
     # GRPO with only the aggregation changed (BA has no hyperparameter); no KL, whose BA aggregation
-    # the paper leaves open (ALGORITHMS.md 9.1)
+    # the paper leaves open (docs/objectives.md §9.1)
     "ba": {
         "description": "Balanced Aggregation (2605.04077): GRPO with sign-balanced token means per group, no KL",
         "advantage": {"type": "group_zscore"},

@@ -133,7 +133,7 @@ class D3SSample(Selection):
     number of candidate (non-empty) rows, of the step or of the group, and the fraction f follows the
     linear schedule f = (1-p) keep_init + p keep_final over training progress p. Kept rows with A = 0
     are dropped too (they would only dilute the denominators). The paper's N values are not public
-    (ALGORITHMS.md 9.3): the defaults 0.25 -> 0.75 (aggressive early, relaxed late, as the paper
+    (docs/objectives.md §9.3): the defaults 0.25 -> 0.75 (aggressive early, relaxed late, as the paper
     describes) are rlkit's; N as a fraction keeps the rule independent of batch size and world size.
     Logs the current fraction, the kept fraction, and Var(A) of the kept vs all candidate rows.
     """
@@ -213,7 +213,7 @@ class D3SToken(TopTokens):
     """D3S token level (2509.22115): keep the top-K fraction of valid tokens by |A_i| * H_{i,t}.
 
     H is the policy entropy at rollout time (``StepBatch.entropy``, the no-grad scoring pass, as
-    ALGORITHMS.md 4 recommends); top-K is pooled over every valid token of the step (not per sequence;
+    docs/objectives.md §4 recommends); top-K is pooled over every valid token of the step (not per sequence;
     the paper is silent). K = (1-p) K_init + p K_final over training progress p. The paper's values are
     not public: the defaults 0.2 -> 0.6 are rlkit's, with D3S's early-aggressive schedule. Logs K.
     """

@@ -66,7 +66,7 @@ class TWGRPO(Weighting):
     [1, alpha] and are not renormalised (with token_mean they scale the step by mean(w), as the code).
     alpha = 1.7 from ``scripts/tw-grpo.sh`` (the code default is 1.4).
     Departure: the weights come from the no-grad scoring pass, so they are always detached (the
-    reference code lets gradients flow through them, which ALGORITHMS.md 6 advises against). The
+    reference code lets gradients flow through them, which docs/objectives.md §6 advises against). The
     trainer must run that pass with ``group_ids`` and every group whole in each chunk.
     """
 

@@ -1,6 +1,6 @@
 """The RL loop: rollouts -> rewards -> advantages -> objective -> optimizer, on accelerate.
 
-One step, as in DESIGN.md::
+One step, as in docs/architecture.md::
 
     prompts -> rollout worker -> RolloutBatch -> verifiers -> rewards
             -> scoring pass (old / reference log-probs, entropy) -> advantages
@@ -53,8 +53,8 @@ class EvalResult:
 
 
 def _process_group_kwargs() -> list:
-    """gloo for multi-process CPU runs: accelerate's own collectives need it too (see CPU-NOTES).
-    A single process must not ask for a backend, or accelerate expects a process group."""
+    """gloo for multi-process CPU runs: accelerate's own collectives need it too (docs/architecture.md,
+    "Running on a CPU"). A single process must not ask for a backend, or accelerate expects a process group."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
 

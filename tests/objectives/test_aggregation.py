@@ -1,4 +1,4 @@
-"""Aggregations: weights by hand, BA against a slow loop, and the identities of ALGORITHMS.md 8."""
+"""Aggregations: weights by hand, BA against a slow loop, and the identities of docs/objectives.md §8."""
 
 import pytest
 import torch

@@ -29,7 +29,7 @@ def run(cmd, env=None):
 def gradients(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grads")
     run([sys.executable, str(HERE / "grad_step.py"), *ONE_PROCESS, "--out", str(tmp / "one.pt")])
-    # CPU-NOTES: `--cpu --num_processes 2` silently starts one process; this form starts two (gloo).
+    # docs/architecture.md, "Running on a CPU": `--cpu --num_processes 2` silently starts one process; this form starts two (gloo).
     accelerate = Path(sys.executable).parent / "accelerate"
     run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
