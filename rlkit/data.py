@@ -21,15 +21,19 @@ class TaskData:
     eval: Dataset
 
 
-def addition_task(seed: int, eval_size: int) -> TaskData:
+def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     """Two-number addition ``"a+b="`` -> ``"a+b"``, a, b in [0, 99]: 10,000 distinct problems.
 
     The problems are shuffled with ``seed``; the first ``eval_size`` are held out, so evaluation
-    measures generalisation to sums the model never trained on.
+    measures generalisation to sums the model never trained on. With ``chat`` (``builtin:addition_chat``)
+    each prompt is one user message, ``[{"role": "user", "content": "37+45="}]``: same problems, same split.
     """
     pairs = [(a, b) for a in range(100) for b in range(100)]
     random.Random(seed).shuffle(pairs)
-    rows = {"prompt": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]}
+    prompts = [f"{a}+{b}=" for a, b in pairs]
+    if chat:
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+    rows = {"prompt": prompts, "answer": [str(a + b) for a, b in pairs]}
     full = Dataset.from_dict(rows)
     return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
 
@@ -44,7 +48,7 @@ def load_local(path: str) -> Dataset:
 def load_task(task: str | None, train: str | None, eval: str | None, seed: int, eval_size: int) -> TaskData:
     """The built-in ``task`` or the local ``train``/``eval`` files (eval defaults to a held-out slice)."""
     if task is not None:
-        return addition_task(seed, eval_size)
+        return addition_task(seed, eval_size, chat=task == "builtin:addition_chat")
     train_set = load_local(train)
     if "prompt" not in train_set.column_names:
         raise ValueError(f"{train}: no 'prompt' column (columns: {train_set.column_names})")

@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlkit.data import load_task
 from rlkit.models import build_char_tokenizer, builtin_tiny_bpe_path, load_model, load_tokenizer
 
 
@@ -63,3 +64,15 @@ def test_pad_falls_back_to_eos(bpe_path, tok):
     assert AutoTokenizer.from_pretrained(bpe_path).pad_token is None
     assert tok.pad_token == tok.eos_token == "<|eot_id|>" and tok.padding_side == "left"
     assert build_char_tokenizer().pad_token == "<pad>"  # a tokenizer with a pad token keeps it
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_addition_chat_task_is_the_addition_task_as_user_messages():
+    plain = load_task("builtin:addition", None, None, seed=3, eval_size=50)
+    chat = load_task("builtin:addition_chat", None, None, seed=3, eval_size=50)
+    for split in ("train", "eval"):
+        a, b = getattr(plain, split), getattr(chat, split)
+        assert b["prompt"][:] == [[{"role": "user", "content": p}] for p in a["prompt"]]
+        assert b["answer"][:] == a["answer"][:]
