@@ -59,7 +59,20 @@ def load_task(task: str | None, train: str | None, eval: str | None, seed: int, 
 
 
 def render_prompt(prompt, tokenizer) -> str:
-    """A prompt string as the model sees it: chat messages go through the chat template."""
+    """A prompt as text, for verifiers and logs: chat messages go through the chat template."""
     if isinstance(prompt, str):
         return prompt
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_prompts(prompts: list, tokenizer) -> list[list[int]]:
+    """Token ids of each prompt (all strings, or all chat messages), as TRL's GRPOTrainer makes them, and
+    its SFTTrainer for the warm start, so RL sees the tokens SFT trained on: a string with the tokenizer's
+    special tokens (its BOS, where it adds one), messages through the chat template with the generation
+    prompt (the template writes the BOS itself; nothing is added to it).
+    """
+    if isinstance(prompts[0], str):
+        return tokenizer(prompts).input_ids
+    return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True).input_ids
+

@@ -165,5 +165,13 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS, then those ``model.generation_config``
+    declares (an int or a list; Llama 3 Instruct lists end of text and end of turn), without repeats."""
+    declared = model.generation_config.eos_token_id
+    declared = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *declared]))
+
+
 def load_model(path: str | Path, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
