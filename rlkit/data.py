@@ -76,3 +76,20 @@ def tokenize_prompts(prompts: list, tokenizer) -> list[list[int]]:
     return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
                                          return_dict=True).input_ids
 
+
+class PromptTooLong(ValueError):
+    """A prompt is over ``rollout.max_prompt_tokens`` with ``rollout.prompt_overflow: error``."""
+
+
+def check_prompt_lengths(data: TaskData, tokenizer, limit: int, batch_size: int = 1024) -> None:
+    """Raise :class:`PromptTooLong` naming the first row of either split whose prompt is over ``limit``
+    tokens (counted as :func:`tokenize_prompts` makes them)."""
+    for split, dataset in (("train", data.train), ("eval", data.eval)):
+        lengths = [len(ids) for start in range(0, len(dataset), batch_size)
+                   for ids in tokenize_prompts(dataset[start:start + batch_size]["prompt"], tokenizer)]
+        over = [i for i, n in enumerate(lengths) if n > limit]
+        if over:
+            raise PromptTooLong(
+                f"{split} data, row {over[0]}: the prompt is {lengths[over[0]]} tokens, over "
+                f"rollout.max_prompt_tokens={limit} ({len(over)} of {len(lengths)} {split} prompts are over); "
+                f"raise the limit, shorten the prompts, or set rollout.prompt_overflow: truncate_left")

@@ -2,17 +2,24 @@
 BOS, a chat template that writes its own, two EOS ids, no pad token, bf16 weights, a generation_config.json
 with sampling settings of its own, and prompts longer than the limit."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from datasets import Dataset
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from rlkit.data import load_task, render_prompt, tokenize_prompts
+from rlkit.data import PromptTooLong, TaskData, check_prompt_lengths, load_task, render_prompt, tokenize_prompts
 from rlkit.models import (build_char_tokenizer, build_tiny_model, builtin_tiny_bpe_path, eos_token_ids, load_model,
                           load_tokenizer)
+from rlkit.recipe import load_recipe
 from rlkit.rollout import HFGenerateWorker
 from rlkit.rollout.hf import mask_after_eos
+from rlkit.trainer import Trainer
 
+ROOT = Path(__file__).parents[1]
 CHAT = [{"role": "user", "content": "37+45="}]
 CHAT_TEXT = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n37+45=<|eot_id|>"
              "<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -214,3 +221,53 @@ def test_checkpoint_generation_config_does_not_reach_sampling(bpe_path, tok, lea
     config = worker.generation_config(greedy)
     leaked = GenerationConfig(**{**config.to_diff_dict(), **leak_settings})
     assert not torch.equal(generate(config), generate(leaked))  # the test can fail: the setting shows
+
+
+# ---------------------------------------------------------------- prompt length
+
+
+def test_prompt_over_the_limit_fails_naming_split_row_length_and_limit():
+    char = build_char_tokenizer()
+    data = TaskData(train=Dataset.from_dict({"prompt": ["1+1=", "12+34="]}),
+                    eval=Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "123+456=", "1234+5678="]}))
+    check_prompt_lengths(data, char, limit=10)
+    with pytest.raises(PromptTooLong, match=r"^eval data, row 3: the prompt is 8 tokens, over "
+                                            r"rollout.max_prompt_tokens=6 \(2 of 5 eval prompts are over\)"):
+        check_prompt_lengths(data, char, limit=6)
+
+
+def test_chat_prompt_length_counts_bos_and_template(tok):
+    n = len(tok(CHAT_TEXT, add_special_tokens=False).input_ids)
+    data = TaskData(train=Dataset.from_dict({"prompt": [CHAT]}), eval=Dataset.from_dict({"prompt": [CHAT]}))
+    check_prompt_lengths(data, tok, limit=n)
+    with pytest.raises(PromptTooLong, match=f"^train data, row 0: the prompt is {n} tokens"):
+        check_prompt_lengths(data, tok, limit=n - 1)
+
+
+def test_truncate_left_keeps_the_last_tokens(tok, model):
+    char = build_char_tokenizer()
+    worker = HFGenerateWorker(char, [char.eos_token_id], max_new_tokens=2, max_prompt_tokens=4)
+    batch = worker.generate(build_tiny_model(char), ["123+456=", "1+1="], {}, 1)
+    assert [char.decode(r[m.bool()]) for r, m in zip(batch.prompt_ids, batch.prompt_mask)] == ["456=", "1+1="]
+    assert batch.prompts == ["123+456=", "1+1="]  # verifiers see the whole prompt
+    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=2, max_prompt_tokens=5)
+    batch = worker.generate(model, [CHAT], {}, 1)
+    assert batch.prompt_ids[0].tolist() == tokenize_prompts([CHAT], tok)[0][-5:]
+
+
+def test_trainer_stops_on_a_long_prompt_before_any_training(tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("RLKIT_CACHE", str(cache))
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": "1+1=" * (1 + 3 * (i == 7)), "answer": "2"}) + "\n"
+                             for i in range(10)))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the warm start ran")
+
+    monkeypatch.setattr("rlkit.trainer.loop.warm_start", no_training)
+    recipe = load_recipe(ROOT / "recipes/quickstart.yaml",
+                         [f"output_dir={tmp_path / 'run'}", "data.task=null", f"data.train={train}",
+                          f"data.eval={train}", "rollout.max_prompt_tokens=15", "log.trackers=[]"])
+    with pytest.raises(PromptTooLong, match=r"^train data, row 7: the prompt is 16 tokens, over "
+                                            r"rollout.max_prompt_tokens=15 \(1 of 10"):
+        Trainer(recipe)

@@ -78,6 +78,12 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(16, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
+    max_prompt_tokens: int = Field(512, gt=0, description="prompt length limit in tokens, BOS and chat template "
+                                                          "included")
+    prompt_overflow: Literal["error", "truncate_left"] = Field(
+        "error", description="a prompt over max_prompt_tokens: 'error' stops the run at start-up naming the split "
+                             "and row (all prompts are checked); 'truncate_left' keeps its last max_prompt_tokens "
+                             "tokens")
 
 
 class TrainerConfig(Section):

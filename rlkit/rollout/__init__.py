@@ -8,7 +8,7 @@ from rlkit.rollout.hf import HFGenerateWorker
 
 class RolloutWorker(Protocol):
     """What the trainer needs from a generation engine (built with tokenizer, eos_token_ids, max_new_tokens,
-    temperature, top_p). ``model`` is the unwrapped policy; prompts are the dataset's
+    temperature, top_p, max_prompt_tokens). ``model`` is the unwrapped policy; prompts are the dataset's
     (strings or chat messages), tokenized with :func:`rlkit.data.tokenize_prompts`."""
 
     def generate(self, model, prompts: list, columns: dict[str, list], samples_per_prompt: int,

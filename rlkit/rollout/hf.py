@@ -25,12 +25,13 @@ class HFGenerateWorker:
     """
 
     def __init__(self, tokenizer, eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0):
+                 top_p: float = 1.0, max_prompt_tokens: int = 512):
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.max_prompt_tokens = max_prompt_tokens
 
     def generation_config(self, greedy: bool) -> GenerationConfig:
         """Sampling at ``temperature`` with ``top_p`` (or greedy), nothing else: no top-k, no penalties,
@@ -46,10 +47,11 @@ class HFGenerateWorker:
     @torch.no_grad()
     def generate(self, model, prompts: list, columns: dict[str, list], samples_per_prompt: int,
                  greedy: bool = False, synced_gpus: bool = False) -> RolloutBatch:
-        """``prompts``: strings or chat messages (tokenized by :func:`rlkit.data.tokenize_prompts`);
-        ``columns``: dataset columns aligned with ``prompts``."""
+        """``prompts``: strings or chat messages (tokenized by :func:`rlkit.data.tokenize_prompts`, then cut
+        to their last ``max_prompt_tokens`` tokens); ``columns``: dataset columns aligned with ``prompts``."""
         tok, G = self.tokenizer, samples_per_prompt
-        enc = tok.pad({"input_ids": tokenize_prompts(prompts, tok)}, padding=True, padding_side="left", return_tensors="pt")
+        ids = [p[-self.max_prompt_tokens:] for p in tokenize_prompts(prompts, tok)]
+        enc = tok.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
         prompt_ids = enc.input_ids.repeat_interleave(G, 0).to(model.device)          # [B,P]
         prompt_mask = enc.attention_mask.repeat_interleave(G, 0).to(model.device)    # [B,P]
         config = self.generation_config(greedy)

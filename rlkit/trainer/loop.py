@@ -27,7 +27,7 @@ from transformers import get_scheduler
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
 from rewards.scoring import RewardScorer
-from rlkit.data import load_task
+from rlkit.data import check_prompt_lengths, load_task
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
 from rlkit.models import eos_token_ids, load_model, load_tokenizer, resolve_model_path
@@ -77,6 +77,9 @@ class Trainer:
         self.prompts_per_rank = cfg.prompts_per_step // world
         with self.accelerator.main_process_first():  # one process builds and caches, the others then load
             start_path = resolve_model_path(recipe.model.path)
+            self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
+            if recipe.rollout.prompt_overflow == "error":  # before any training
+                check_prompt_lengths(self.data, self.tokenizer, recipe.rollout.max_prompt_tokens)
             if recipe.model.warm_start is not None:
                 start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
                                         log=self.accelerator.is_main_process)
@@ -85,7 +88,6 @@ class Trainer:
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
             self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
                 cfg.micro_batch_size
-        self.tokenizer = load_tokenizer(start_path)
         model = load_model(start_path, recipe.model.dtype)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -96,7 +98,7 @@ class Trainer:
 
         r = recipe.rollout
         self.worker = WORKERS[r.worker](self.tokenizer, eos_token_ids(self.tokenizer, model), r.max_new_tokens,
-                                        r.temperature, r.top_p)
+                                        r.temperature, r.top_p, r.max_prompt_tokens)
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
         self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
                           recipe.model_dump())
