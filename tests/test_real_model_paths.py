@@ -3,6 +3,9 @@ BOS, a chat template that writes its own, two EOS ids, no pad token, bf16 weight
 with sampling settings of its own, and prompts longer than the limit."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from rlkit.recipe import load_recipe
 from rlkit.rollout import HFGenerateWorker
 from rlkit.rollout.hf import mask_after_eos
 from rlkit.trainer import Trainer
+from rlkit.trainer.logprobs import completion_scores
 
 ROOT = Path(__file__).parents[1]
 CHAT = [{"role": "user", "content": "37+45="}]
@@ -271,3 +275,39 @@ def test_trainer_stops_on_a_long_prompt_before_any_training(tmp_path, monkeypatc
     with pytest.raises(PromptTooLong, match=r"^train data, row 7: the prompt is 16 tokens, over "
                                             r"rollout.max_prompt_tokens=15 \(1 of 10"):
         Trainer(recipe)
+
+
+# ---------------------------------------------------------------- bf16
+
+
+def test_bf16_model_gives_fp32_logprobs_of_its_bf16_logits(tok, model):
+    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=6)
+    torch.manual_seed(0)
+    b = worker.generate(model, ["37+45=", "the quick brown fox"], {}, 2)
+    s = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 1.0,
+                          with_logits=True)
+    assert s.logits.dtype == torch.bfloat16 and s.logp.dtype == torch.float32 and torch.isfinite(s.logp).all()
+    reference = torch.log_softmax(s.logits.float(), -1).gather(-1, b.completion_ids[..., None]).squeeze(-1)
+    # the same logits, log-softmax in fp32: equal up to rounding the result to bf16 (relative 2^-9)
+    torch.testing.assert_close(s.logp, reference, rtol=2 ** -7, atol=0)
+
+
+# ---------------------------------------------------------------- the recipe, end to end
+
+
+def test_tiny_bpe_recipe_runs_end_to_end_and_saves_a_loadable_checkpoint(tmp_path, cache):
+    # the shipped warm start cannot take chat prompts yet (rlkit/warm_start.py builds a string completion)
+    command = [sys.executable, "-m", "rlkit.cli", "train", "recipes/tiny_bpe.yaml", f"output_dir={tmp_path}",
+               "model.warm_start=null", "trainer.steps=2", "trainer.prompts_per_step=4",
+               "rollout.samples_per_prompt=2", "data.eval_size=8", "log.trackers=[]"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "RLKIT_CACHE": str(cache)}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
+    saved = tmp_path / "checkpoints" / "step-000002" / "model"
+    model, tok = AutoModelForCausalLM.from_pretrained(saved), AutoTokenizer.from_pretrained(saved)
+    assert model.dtype == torch.bfloat16
+    ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True).input_ids
+    assert ids[0].tolist().count(tok.bos_token_id) == 1
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
