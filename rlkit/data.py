@@ -21,15 +21,19 @@ class TaskData:
     eval: Dataset
 
 
-def addition_task(seed: int, eval_size: int) -> TaskData:
+def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     """Two-number addition ``"a+b="`` -> ``"a+b"``, a, b in [0, 99]: 10,000 distinct problems.
 
     The problems are shuffled with ``seed``; the first ``eval_size`` are held out, so evaluation
-    measures generalisation to sums the model never trained on.
+    measures generalisation to sums the model never trained on. With ``chat`` (``builtin:addition_chat``)
+    each prompt is one user message, ``[{"role": "user", "content": "37+45="}]``: same problems, same split.
     """
     pairs = [(a, b) for a in range(100) for b in range(100)]
     random.Random(seed).shuffle(pairs)
-    rows = {"prompt": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]}
+    prompts = [f"{a}+{b}=" for a, b in pairs]
+    if chat:
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+    rows = {"prompt": prompts, "answer": [str(a + b) for a, b in pairs]}
     full = Dataset.from_dict(rows)
     return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
 
@@ -44,7 +48,7 @@ def load_local(path: str) -> Dataset:
 def load_task(task: str | None, train: str | None, eval: str | None, seed: int, eval_size: int) -> TaskData:
     """The built-in ``task`` or the local ``train``/``eval`` files (eval defaults to a held-out slice)."""
     if task is not None:
-        return addition_task(seed, eval_size)
+        return addition_task(seed, eval_size, chat=task == "builtin:addition_chat")
     train_set = load_local(train)
     if "prompt" not in train_set.column_names:
         raise ValueError(f"{train}: no 'prompt' column (columns: {train_set.column_names})")
@@ -55,7 +59,37 @@ def load_task(task: str | None, train: str | None, eval: str | None, seed: int, 
 
 
 def render_prompt(prompt, tokenizer) -> str:
-    """A prompt string as the model sees it: chat messages go through the chat template."""
+    """A prompt as text, for verifiers and logs: chat messages go through the chat template."""
     if isinstance(prompt, str):
         return prompt
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_prompts(prompts: list, tokenizer) -> list[list[int]]:
+    """Token ids of each prompt (all strings, or all chat messages), as TRL's GRPOTrainer makes them, and
+    its SFTTrainer for the warm start, so RL sees the tokens SFT trained on: a string with the tokenizer's
+    special tokens (its BOS, where it adds one), messages through the chat template with the generation
+    prompt (the template writes the BOS itself; nothing is added to it).
+    """
+    if isinstance(prompts[0], str):
+        return tokenizer(prompts).input_ids
+    return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True).input_ids
+
+
+class PromptTooLong(ValueError):
+    """A prompt is over ``rollout.max_prompt_tokens`` with ``rollout.prompt_overflow: error``."""
+
+
+def check_prompt_lengths(data: TaskData, tokenizer, limit: int, batch_size: int = 1024) -> None:
+    """Raise :class:`PromptTooLong` naming the first row of either split whose prompt is over ``limit``
+    tokens (counted as :func:`tokenize_prompts` makes them)."""
+    for split, dataset in (("train", data.train), ("eval", data.eval)):
+        lengths = [len(ids) for start in range(0, len(dataset), batch_size)
+                   for ids in tokenize_prompts(dataset[start:start + batch_size]["prompt"], tokenizer)]
+        over = [i for i, n in enumerate(lengths) if n > limit]
+        if over:
+            raise PromptTooLong(
+                f"{split} data, row {over[0]}: the prompt is {lengths[over[0]]} tokens, over "
+                f"rollout.max_prompt_tokens={limit} ({len(over)} of {len(lengths)} {split} prompts are over); "
+                f"raise the limit, shorten the prompts, or set rollout.prompt_overflow: truncate_left")

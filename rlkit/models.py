@@ -1,10 +1,13 @@
-"""Loading the policy, reference and tokenizer; the embedded tiny model.
+"""Loading the policy, reference and tokenizer; the embedded tiny models.
 
 ``builtin:tiny`` is a ~1M-parameter Llama (hidden 128, 4 layers) with a character-level tokenizer built
-locally, so rlkit runs with nothing downloaded. It is saved once, in Hugging Face format, under the
-cache directory and then loaded exactly like a real model on a local path. A Llama architecture is used
-on purpose: with ``model_type: qwen2`` transformers always loads ``Qwen2Tokenizer`` for the folder,
-which silently drops spaces and newlines from a custom tokenizer.
+locally, so rlkit runs with nothing downloaded. ``builtin:tiny-bpe`` is a smaller Llama shaped like a real
+Llama 3 Instruct checkpoint, to exercise what real models bring: a byte-level BPE tokenizer that adds a
+BOS token, a chat template that writes the BOS itself, two EOS ids, no pad token, bfloat16 weights, and
+sampling defaults in its ``generation_config.json`` that rlkit must not inherit. Both are saved once, in
+Hugging Face format, under the cache directory and then loaded exactly like a real model on a local path.
+A Llama architecture is used on purpose: with ``model_type: qwen2`` transformers always loads
+``Qwen2Tokenizer`` for the folder, which silently drops spaces and newlines from a custom tokenizer.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import os
 import shutil
 import string
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
 
-from rlkit.builtins import BUILTIN_TINY
+from rlkit.builtins import BUILTIN_TINY, BUILTIN_TINY_BPE
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # ChatML-like, so conversational datasets work with the tiny model too.
@@ -26,6 +31,16 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+# builtin:tiny-bpe: Llama 3's special tokens and chat format (the template writes the BOS itself).
+BOS, END_OF_TEXT, END_OF_TURN = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+BPE_SPECIAL_TOKENS = [BOS, END_OF_TEXT, "<|start_header_id|>", "<|end_header_id|>", END_OF_TURN]
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+BPE_VOCAB_SIZE = 512
 
 
 def cache_dir() -> Path:
@@ -58,13 +73,62 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Llama
     return LlamaForCausalLM(config)
 
 
-def builtin_tiny_path() -> Path:
-    """The saved folder of the tiny model (built on first use; the same weights every time)."""
-    path = cache_dir() / "models" / "tiny-llama-char-v1"
+def bpe_corpus() -> Iterator[str]:
+    """The fixed text the BPE merges are learned from: every addition problem with its answer, the
+    chat headers, and some English and ASCII text so that any text still gets sensible merges."""
+    for a in range(100):
+        for b in range(100):
+            yield f"{a}+{b}={a + b}\n"
+    for role in ("system", "user", "assistant"):
+        yield f"{role}\n\n" * 50
+    words = ("the quick brown fox jumps over a lazy dog while we add two numbers and write the answer "
+             "below in one line because every step counts").split()
+    for i in range(2000):  # a deterministic stream of sentences
+        yield " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(8)).capitalize() + ".\n"
+    yield string.printable
+
+
+def build_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text encodes, nothing is unknown) trained here on
+    :func:`bpe_corpus`; plain text gets a BOS (``TemplateProcessing``), EOS is the end of turn, no pad."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, special_tokens=BPE_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(bpe_corpus(), trainer)
+    bos = (BOS, backend.token_to_id(BOS))
+    backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1",
+                                                           special_tokens=[bos])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=END_OF_TURN)
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_bpe_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """Hidden 128, 2 layers, grouped-query attention, bfloat16 weights; EOS is end of text or end of
+    turn, and the generation config carries Llama 3.1 Instruct's sampling defaults (temperature 0.6,
+    top-p 0.9), which rlkit's rollouts must override."""
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TEXT, END_OF_TURN)]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+                                               do_sample=True, temperature=0.6, top_p=0.9)
+    return model
+
+
+def _saved_once(name: str, build_tokenizer: Callable, build_model: Callable) -> Path:
+    """The cache folder ``name``, written on first use (the same weights every time)."""
+    path = cache_dir() / "models" / name
     if not (path / "config.json").is_file():
-        tokenizer = build_char_tokenizer()
+        tokenizer = build_tokenizer()
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        build_tiny_model(tokenizer).save_pretrained(tmp)
+        build_model(tokenizer).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
             tmp.replace(path)  # atomic, so concurrent first uses (several ranks) cannot see half a folder
@@ -73,17 +137,40 @@ def builtin_tiny_path() -> Path:
     return path
 
 
+def builtin_tiny_path() -> Path:
+    """The saved folder of ``builtin:tiny``."""
+    return _saved_once("tiny-llama-char-v1", build_char_tokenizer, build_tiny_model)
+
+
+def builtin_tiny_bpe_path() -> Path:
+    """The saved folder of ``builtin:tiny-bpe``."""
+    return _saved_once("tiny-llama-bpe-v1", build_bpe_tokenizer, build_tiny_bpe_model)
+
+
 def resolve_model_path(path: str) -> Path:
-    """``builtin:tiny`` or a local Hugging Face folder."""
-    return builtin_tiny_path() if path == BUILTIN_TINY else Path(path)
+    """A built-in model's folder (built on first use), or a local Hugging Face folder."""
+    builtins = {BUILTIN_TINY: builtin_tiny_path, BUILTIN_TINY_BPE: builtin_tiny_bpe_path}
+    return builtins[path]() if path in builtins else Path(path)
 
 
 def load_tokenizer(path: str | Path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"  # generation pads prompts on the left
     if tokenizer.pad_token is None:
+        # Pad positions are always masked out (attention mask 0, completion mask 0 after the first EOS), so
+        # the pad id never reaches the model or the loss; reusing EOS adds no token (no embedding resize, the
+        # checkpoint keeps its shape), as TRL's GRPOTrainer and SFTTrainer do. rlkit therefore never finds
+        # padding by comparing ids with the pad id: with pad == EOS that would also hit real EOS tokens.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS, then those ``model.generation_config``
+    declares (an int or a list; Llama 3 Instruct lists end of text and end of turn), without repeats."""
+    declared = model.generation_config.eos_token_id
+    declared = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *declared]))
 
 
 def load_model(path: str | Path, dtype: str = "float32"):

@@ -43,7 +43,8 @@ def test_hf_worker_groups_masks_and_truncation():
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0).eval()
     torch.manual_seed(0)
-    batch = HFGenerateWorker(tok, max_new_tokens=6).generate(model, ["12+34=", "7+5="], {"answer": ["46", "12"]}, 3)
+    worker = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=6)
+    batch = worker.generate(model, ["12+34=", "7+5="], {"answer": ["46", "12"]}, 3)
     assert len(batch) == 6 and batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
     assert batch.columns == {"answer": ["46"] * 3 + ["12"] * 3}
     assert batch.prompt_mask[3:].sum(-1).tolist() == [4, 4, 4]  # "7+5=" left-padded to 6 tokens
@@ -62,7 +63,7 @@ def test_hf_worker_groups_masks_and_truncation():
 def test_greedy_generation_is_deterministic():
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=1).eval()
-    worker = HFGenerateWorker(tok, max_new_tokens=4)
+    worker = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=4)
     a = worker.generate(model, ["1+1="], {}, 1, greedy=True).completions
     b = worker.generate(model, ["1+1="], {}, 1, greedy=True).completions
     assert a == b

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.scoring import RewardSpec
-from rlkit.builtins import BUILTIN_TASKS, BUILTIN_TINY
+from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASKS, BUILTIN_TINY
 
 
 class Section(BaseModel):
@@ -41,14 +41,15 @@ class WarmStartConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str = Field(BUILTIN_TINY, description="'builtin:tiny' or a local Hugging Face model folder")
+    path: str = Field(BUILTIN_TINY, description=f"built-in model, one of {BUILTIN_MODELS} (see rlkit/models.py), "
+                                                 "or a local Hugging Face model folder")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
     warm_start: WarmStartConfig | None = Field(None, description="supervised stage before RL (cached)")
 
     @field_validator("path")
     @classmethod
     def _path_exists(cls, v):
-        return v if v == BUILTIN_TINY else _existing_path(v, "model folder")
+        return v if v in BUILTIN_MODELS else _existing_path(v, "model folder")
 
 
 class DataConfig(Section):
@@ -83,6 +84,12 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(16, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
+    max_prompt_tokens: int = Field(512, gt=0, description="prompt length limit in tokens, BOS and chat template "
+                                                          "included")
+    prompt_overflow: Literal["error", "truncate_left"] = Field(
+        "error", description="a prompt over max_prompt_tokens: 'error' stops the run at start-up naming the split "
+                             "and row (all prompts are checked); 'truncate_left' keeps its last max_prompt_tokens "
+                             "tokens")
 
 
 class TrainerConfig(Section):

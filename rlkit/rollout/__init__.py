@@ -7,10 +7,11 @@ from rlkit.rollout.hf import HFGenerateWorker
 
 
 class RolloutWorker(Protocol):
-    """What the trainer needs from a generation engine (built with tokenizer, max_new_tokens,
-    temperature, top_p). ``model`` is the unwrapped policy; prompts are rendered strings."""
+    """What the trainer needs from a generation engine (built with tokenizer, eos_token_ids, max_new_tokens,
+    temperature, top_p, max_prompt_tokens). ``model`` is the unwrapped policy; prompts are the dataset's
+    (strings or chat messages), tokenized with :func:`rlkit.data.tokenize_prompts`."""
 
-    def generate(self, model, prompts: list[str], columns: dict[str, list], samples_per_prompt: int,
+    def generate(self, model, prompts: list, columns: dict[str, list], samples_per_prompt: int,
                  greedy: bool = False, synced_gpus: bool = False) -> RolloutBatch: ...
 
 

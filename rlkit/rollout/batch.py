@@ -21,7 +21,7 @@ class RolloutBatch:
     completion_mask: torch.Tensor   # [B,T] float, 1 on generated tokens up to and including EOS
     group_ids: torch.Tensor         # [B] long, 0..n_prompts-1
     truncated: torch.Tensor         # [B] bool, stopped by max_new_tokens before EOS
-    prompts: list[str]              # [B] prompt text as given to the model
+    prompts: list[str]              # [B] prompt text (chat messages rendered by the template)
     completions: list[str]          # [B] decoded completion, special tokens removed
     columns: dict[str, list]        # dataset columns, one value per row (for verifiers)
     rewards: torch.Tensor | None = None  # [B] total reward, once the verifiers ran (NaN = all abstained)

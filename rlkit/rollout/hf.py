@@ -2,53 +2,94 @@
 
 from __future__ import annotations
 
-import torch
+from contextlib import contextmanager
 
+import torch
+from transformers import GenerationConfig
+
+from rlkit.data import render_prompt, tokenize_prompts
 from rlkit.rollout.batch import RolloutBatch
 
 
 class HFGenerateWorker:
     """Samples G completions per prompt with ``model.generate`` (left-padded batch, KV cache).
 
+    Every generation setting is rlkit's (:meth:`generation_config`): the loss assumes completions are drawn
+    from softmax(logits / temperature), top-p filtered, so nothing may come from the checkpoint's
+    ``generation_config.json`` (a repetition penalty or a top-k there would sample another distribution).
+    ``eos_token_ids``: every id that ends a completion (:func:`rlkit.models.eos_token_ids`).
+
     The model given to :meth:`generate` must be a plain (unwrapped) ``PreTrainedModel``; under
     DeepSpeed ZeRO-3 the trainer passes it inside TRL's ``unwrap_model_for_generation``, which gathers
     the sharded weights first.
     """
 
-    def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0):
+    def __init__(self, tokenizer, eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, max_prompt_tokens: int = 512):
         self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def generation_config(self, greedy: bool) -> GenerationConfig:
+        """Sampling at ``temperature`` with ``top_p`` (or greedy), nothing else: no top-k, no penalties,
+        no minimum length; stops at any of ``eos_token_ids`` or after ``max_new_tokens``."""
+        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens, min_new_tokens=0, do_sample=not greedy, **sampling,
+            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
+            eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
 
     @torch.no_grad()
-    def generate(self, model, prompts: list[str], columns: dict[str, list], samples_per_prompt: int,
+    def generate(self, model, prompts: list, columns: dict[str, list], samples_per_prompt: int,
                  greedy: bool = False, synced_gpus: bool = False) -> RolloutBatch:
-        """``prompts``: rendered prompt strings; ``columns``: dataset columns aligned with ``prompts``."""
-        tok = self.tokenizer
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-        out = model.generate(
-            **enc, max_new_tokens=self.max_new_tokens, num_return_sequences=samples_per_prompt,
-            do_sample=not greedy, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            synced_gpus=synced_gpus, **sampling,
-        )
-        G = samples_per_prompt
-        prompt_len = enc.input_ids.shape[1]
-        completion_ids = out[:, prompt_len:]
-        is_eos = completion_ids == tok.eos_token_id
-        # keep tokens up to and including the first EOS
-        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-        completion_mask = (~after_eos).float()
-        completion_ids = completion_ids.masked_fill(after_eos, tok.pad_token_id)
+        """``prompts``: strings or chat messages (tokenized by :func:`rlkit.data.tokenize_prompts`, then cut
+        to their last ``max_prompt_tokens`` tokens); ``columns``: dataset columns aligned with ``prompts``."""
+        tok, G = self.tokenizer, samples_per_prompt
+        ids = [p[-self.max_prompt_tokens:] for p in tokenize_prompts(prompts, tok)]
+        enc = tok.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
+        prompt_ids = enc.input_ids.repeat_interleave(G, 0).to(model.device)          # [B,P]
+        prompt_mask = enc.attention_mask.repeat_interleave(G, 0).to(model.device)    # [B,P]
+        config = self.generation_config(greedy)
+        with _model_defaults(model, config):
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                                 synced_gpus=synced_gpus)
+        completion_ids = out[:, prompt_ids.shape[1]:]
+        completion_mask, truncated = mask_after_eos(completion_ids, self.eos_token_ids)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
         return RolloutBatch(
-            prompt_ids=enc.input_ids.repeat_interleave(G, 0),
-            prompt_mask=enc.attention_mask.repeat_interleave(G, 0),
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
             completion_ids=completion_ids,
             completion_mask=completion_mask,
             group_ids=torch.arange(len(prompts), device=out.device).repeat_interleave(G),
-            truncated=~is_eos.any(-1),
-            prompts=[p for p in prompts for _ in range(G)],
+            truncated=truncated,
+            prompts=[render_prompt(p, tok) for p in prompts for _ in range(G)],
             completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
             columns={k: [v for v in vals for _ in range(G)] for k, vals in columns.items()},
         )
+
+
+def mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completion ids [B,T] -> (mask [B,T] float: 1 up to and including the first token that is any of
+    ``eos_token_ids``, 0 after; truncated [B] bool: no EOS at all)."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return (~after_eos).float(), ~is_eos.any(-1)
+
+
+@contextmanager
+def _model_defaults(model, config: GenerationConfig):
+    """``generate`` fills every field its ``generation_config`` leaves unset (None: min_p, suppress_tokens,
+    sequence_bias, ...) from ``model.generation_config``, the checkpoint's file. For the call, the model's
+    defaults are ``config`` itself, so nothing is inherited (TRL did the same before transformers 5)."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved

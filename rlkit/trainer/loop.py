@@ -27,10 +27,10 @@ from transformers import get_scheduler
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
 from rewards.scoring import RewardScorer
-from rlkit.data import load_task, render_prompt
+from rlkit.data import check_prompt_lengths, load_task
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
-from rlkit.models import load_model, load_tokenizer, resolve_model_path
+from rlkit.models import eos_token_ids, load_model, load_tokenizer, resolve_model_path
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
@@ -76,6 +76,9 @@ class Trainer:
         self.prompts_per_rank = cfg.prompts_per_step // world
         with self.accelerator.main_process_first():  # one process builds and caches, the others then load
             start_path = resolve_model_path(recipe.model.path)
+            self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
+            if recipe.rollout.prompt_overflow == "error":  # before any training
+                check_prompt_lengths(self.data, self.tokenizer, recipe.rollout.max_prompt_tokens)
             if recipe.model.warm_start is not None:
                 start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
                                         log=self.accelerator.is_main_process)
@@ -84,7 +87,6 @@ class Trainer:
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
             self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
                 cfg.micro_batch_size
-        self.tokenizer = load_tokenizer(start_path)
         model = load_model(start_path, recipe.model.dtype)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -98,7 +100,8 @@ class Trainer:
         self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
 
         r = recipe.rollout
-        self.worker = WORKERS[r.worker](self.tokenizer, r.max_new_tokens, r.temperature, r.top_p)
+        self.worker = WORKERS[r.worker](self.tokenizer, eos_token_ids(self.tokenizer, model), r.max_new_tokens,
+                                        r.temperature, r.top_p, r.max_prompt_tokens)
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
         self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
                           recipe.model_dump())
@@ -235,10 +238,9 @@ class Trainer:
     @torch.no_grad()
     def rollout(self, step: int, round: int = 0) -> RolloutBatch:
         prompts, columns = self.prompts_for(step, round)
-        rendered = [render_prompt(p, self.tokenizer) for p in prompts]
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
-            batch = self.worker.generate(policy, rendered, columns, self.recipe.rollout.samples_per_prompt,
+            batch = self.worker.generate(policy, prompts, columns, self.recipe.rollout.samples_per_prompt,
                                          synced_gpus=self._zero3 and self.accelerator.num_processes > 1)
         self.model.train()
         return batch
@@ -351,9 +353,8 @@ class Trainer:
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
             for start in range(0, len(shard), 256):
                 rows = shard.select(range(start, min(start + 256, len(shard))))
-                prompts = [render_prompt(p, self.tokenizer) for p in rows["prompt"]]
                 columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
-                out = self.worker.generate(policy, prompts, columns, 1, greedy=True,
+                out = self.worker.generate(policy, list(rows["prompt"]), columns, 1, greedy=True,
                                            synced_gpus=self._zero3 and world > 1)
                 scores = self.scorer(out.prompts, out.completions, out.columns)
                 head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
