@@ -35,7 +35,7 @@ from datasets import Dataset, load_from_disk
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from rlkit.models import cache_dir, load_model, load_tokenizer
+from rlkit.models import cache_dir, eos_token_ids, load_model, load_tokenizer
 
 CACHE_VERSION = 2  # bump when this stage's recipe changes
 REPORT = "warm_start.json"  # steps run and validation accuracy, saved beside the weights
@@ -101,26 +101,25 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
 
 
 class AccuracyTarget(TrainerCallback):
-    """Every ``every`` steps: greedy exact-match accuracy on the validation rows; stop at ``target``."""
+    """Every ``every`` steps: greedy exact-match accuracy on the validation rows; stop at ``target``.
 
-    def __init__(self, tokenizer, validation: Dataset, every: int, target: float, log: bool):
-        from rlkit.rollout import HFGenerateWorker  # the rollout's own greedy path, so RL starts where measured
+    Completions come from the rollout worker's own greedy path (same prompt tokens, same EOS ids), so RL
+    starts where this measured."""
 
-        answers = [str(a).strip() for a in validation["answer"]]
-        self.worker = HFGenerateWorker(tokenizer, max_new_tokens=max(len(tokenizer(a).input_ids) for a in answers) + 2)
-        self.validation, self.answers = validation, answers
+    def __init__(self, tokenizer, model, validation: Dataset, every: int, target: float, log: bool):
+        from rlkit.rollout import HFGenerateWorker
+
+        self.answers = [str(a).strip() for a in validation["answer"]]
+        longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in self.answers)
+        self.worker = HFGenerateWorker(tokenizer, eos_token_ids(tokenizer, model), max_new_tokens=longest + 2)
+        self.prompts = list(validation["prompt"])
         self.every, self.target, self.log = every, target, log
         self.history: list[tuple[int, float]] = []
 
     def accuracy(self, model) -> float:
-        from rlkit.data import render_prompt
-
-        tokenizer = self.worker.tokenizer
-        prompts = [render_prompt(p, tokenizer) for p in self.validation["prompt"]]
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            out = self.worker.generate(model, prompts, {}, 1, greedy=True)
+        out = self.worker.generate(model, self.prompts, {}, 1, greedy=True)
         model.train(was_training)
         return sum(c.strip() == a for c, a in zip(out.completions, self.answers)) / len(self.answers)
 
@@ -141,7 +140,7 @@ def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool
     validation, train = data.select(range(cfg["val_size"])), data.select(range(cfg["val_size"], len(data)))
     pairs = train.map(lambda row: {"prompt": row["prompt"], "completion": completion(row)},
                       remove_columns=[c for c in train.column_names if c != "prompt"])
-    target = AccuracyTarget(tokenizer, validation, cfg["eval_every"], cfg["target_accuracy"], log)
+    target = AccuracyTarget(tokenizer, model, validation, cfg["eval_every"], cfg["target_accuracy"], log)
     SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", seed, log), train_dataset=pairs,
                processing_class=tokenizer, callbacks=[target]).train()
     shutil.rmtree(out / "trainer")

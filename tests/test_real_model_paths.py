@@ -296,9 +296,9 @@ def test_bf16_model_gives_fp32_logprobs_of_its_bf16_logits(tok, model):
 
 
 def test_tiny_bpe_recipe_runs_end_to_end_and_saves_a_loadable_checkpoint(tmp_path, cache):
-    # the shipped warm start cannot take chat prompts yet (rlkit/warm_start.py builds a string completion)
+    # a short warm start: TRL's SFT on chat prompts with assistant-turn completions, then RL
     command = [sys.executable, "-m", "rlkit.cli", "train", "recipes/tiny_bpe.yaml", f"output_dir={tmp_path}",
-               "model.warm_start=null", "trainer.steps=2", "trainer.prompts_per_step=4",
+               "model.warm_start={max_steps: 10, eval_every: 5, batch_size: 16, val_size: 16}", "trainer.steps=2", "trainer.prompts_per_step=4",
                "rollout.samples_per_prompt=2", "data.eval_size=8", "log.trackers=[]"]
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "RLKIT_CACHE": str(cache)}, capture_output=True,
                             text=True, timeout=600)

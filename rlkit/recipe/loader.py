@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewards.registry import get_verifier
-from rlkit.builtins import BUILTIN_TINY
+from rlkit.builtins import BUILTIN_MODELS
 from rlkit.objectives import KINDS, build_part, resolve_spec
 from rlkit.objectives.registry import part_class
 from rlkit.recipe.model_check import check_model_folder
@@ -208,8 +208,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 def check_model(recipe: Recipe, where: Locator) -> None:
     """Read a local model folder's config and tokenizer files (not its weights), so a folder that cannot
-    work fails here. The built-in model is consistent by construction."""
-    if recipe.model.path == BUILTIN_TINY:
+    work fails here. The built-in models are consistent by construction."""
+    if recipe.model.path in BUILTIN_MODELS:
         return
     try:
         check_model_folder(recipe.model.path)
