@@ -15,12 +15,16 @@ SMALL = ["model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=2
 
 
 def test_nan_loss_skips_updates_then_stops(tmp_path):
-    trainer = Trainer(load_recipe("recipes/quickstart.yaml", [f"output_dir={tmp_path}", *SMALL]))
+    trainer = Trainer(load_recipe("recipes/quickstart.yaml", [f"output_dir={tmp_path}", *SMALL,
+                                                              "trainer.reward_workers=1"]))
     start = [p.detach().clone() for p in trainer.model.parameters()]
+    workers = list(trainer.scorer.pool.workers)
     with pytest.raises(TrainingDiverged, match=f"non-finite loss or gradients in {MAX_BAD_STEPS} consecutive"):
         trainer.train()
     assert all(torch.equal(a, b) for a, b in zip(start, trainer.model.parameters()))
     assert trainer.scheduler.last_epoch == 0  # skipped updates do not advance the schedule either
+    for worker in workers:  # the verifier pool is closed however the run ends
+        assert worker.process.wait(timeout=10) is not None
 
 
 def test_nan_loss_stops_a_deepspeed_run(tmp_path):
