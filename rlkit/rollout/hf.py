@@ -68,7 +68,7 @@ class HFGenerateWorker:
             completion_mask=completion_mask,
             group_ids=torch.arange(len(prompts), device=out.device).repeat_interleave(G),
             truncated=truncated,
-            prompts=[render_prompt(p, tok) for p in prompts for _ in range(G)],
+            prompts=[text for text in map(lambda p: render_prompt(p, tok), prompts) for _ in range(G)],
             completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
             columns={k: [v for v in vals for _ in range(G)] for k, vals in columns.items()},
         )
