@@ -29,7 +29,7 @@ def tensors_of(batch) -> dict[str, torch.Tensor]:
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ["grpo", "dapo", "d3s", "tw_grpo"])
 def test_every_tensor_of_a_step_is_on_the_gpu(preset, tmp_path):
-    trainer = Trainer(load_recipe("recipes/quickstart.yaml", [*SMALL, f"objective.preset={preset}",
+    trainer = Trainer(load_recipe("recipes/quickstart.yaml", [*SMALL, f"objective={{preset: {preset}}}",
                                                               f"output_dir={tmp_path}"]))
     device = trainer.accelerator.device
     assert device.type == "cuda"

@@ -23,7 +23,7 @@ PROMPTS = ["12+34=", "7+5=", "40+2=", "99+99="]
 
 
 def recipe_for(preset: str, output_dir: str):
-    overrides = [f"objective.preset={preset}", "trainer.mini_batches=2",
+    overrides = [f"objective={{preset: {preset}}}", "trainer.mini_batches=2",
                  f"trainer.prompts_per_step={N_PROMPTS}", f"rollout.samples_per_prompt={G}",
                  "rollout.max_new_tokens=6", "log.trackers=[]", "trainer.resume=false", f"output_dir={output_dir}"]
     return load_recipe("recipes/quickstart.yaml", overrides + ["model.warm_start=null"])

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).parents[2]
 SMALL = ["trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=16",
-         "model.warm_start.max_steps=10", "model.warm_start.batch_size=16", "log.samples=1"]
+         "model.warm_start.max_steps=10", "model.warm_start.batch_size=16", "log.samples=1",
+         "objective.kl.beta=0.04"]  # the reference model and the KL metric, end to end
 
 
 @pytest.fixture(scope="module")
