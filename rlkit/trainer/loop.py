@@ -348,7 +348,7 @@ class Trainer:
         """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         shard = self.data.eval.select(range(rank, len(self.data.eval), world))
-        first, total = torch.zeros(2), torch.zeros(2)
+        first, total = torch.zeros(2), torch.zeros(2)  # host sums of the verifiers' Python floats
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
             for start in range(0, len(shard), 256):
