@@ -88,7 +88,7 @@ class KLInReward(Regulariser):
     needs = frozenset({"logp_ref", "logits"})
     estimator: Literal["k1", "k2", "k3"] = "k1"
 
-    def on_logits(self, logits, completion_ids, mask, group_ids=None):
+    def on_logits(self, logits, completion_ids, mask, group_ids=None, teacher_logits=None):
         logits = fp32(logits)
         picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
         return {"kl_rollout_logp": picked - torch.logsumexp(logits, -1)}

@@ -59,7 +59,8 @@ class Objective:
 
     @property
     def needs(self) -> frozenset[str]:
-        """What the trainer must provide: subset of logp_old, logp_ref, entropy, logits (see Part.needs).
+        """What the trainer must provide: subset of logp_old, logp_ref, entropy, logits, logp_teacher,
+        teacher_logits, student_logits (see Part.needs).
         With ``entropy_bonus`` the trainer must also pass the current entropy (with gradient) to loss."""
         return frozenset().union(*(p.needs for p in self.parts))
 
@@ -72,13 +73,14 @@ class Objective:
         return filters[0] if filters else None
 
     def on_logits(self, logits: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
-                  group_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+                  group_ids: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every part's statistics from the no-grad scoring pass of a chunk of whole groups
-        (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b]) -> name -> [b,T]."""
+        (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b], and the teacher's logits
+        [b,T,V] when a part needs "teacher_logits") -> name -> [b,T]."""
         out: dict[str, torch.Tensor] = {}
         for part in self.parts:
             if "logits" in part.needs:
-                out.update(part.on_logits(logits, completion_ids, mask, group_ids))
+                out.update(part.on_logits(logits, completion_ids, mask, group_ids, teacher_logits=teacher_logits))
         return out
 
     def advantages(self, rewards: torch.Tensor, batch: StepBatch, metrics: Metrics | None = None) -> torch.Tensor:
@@ -111,13 +113,21 @@ class Objective:
         return weights
 
     def loss(self, logp: torch.Tensor, batch: StepBatch, weights: torch.Tensor, metrics: Metrics,
-             entropy: torch.Tensor | None = None) -> torch.Tensor:
+             entropy: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+             teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss of a micro-batch: world_size * sum(W * l), l = surrogate + KL - bonus * entropy.
 
         ``logp``, ``weights``: [b,T]; ``entropy``: [b,T] current policy entropy (with gradient; needed
-        when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step.
+        when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step;
+        ``logits`` (with gradient), ``teacher_logits``: [b,T,V], when the surrogate needs "student_logits".
         """
-        per_token = self.surrogate.loss(logp, batch, metrics) + self.kl.loss(logp, batch, metrics)
+        if "student_logits" in self.surrogate.needs:
+            if logits is None or teacher_logits is None:
+                raise ValueError(f"{self.surrogate.name} needs the student's and the teacher's logits")
+            surrogate = self.surrogate.divergence(logits, teacher_logits, batch, weights != 0, metrics)
+        else:
+            surrogate = self.surrogate.loss(logp, batch, metrics)
+        per_token = surrogate + self.kl.loss(logp, batch, metrics)
         if self.entropy_bonus:
             if entropy is None:
                 raise ValueError("entropy_bonus is set: pass the policy entropy [b,T] to Objective.loss")
