@@ -37,6 +37,8 @@ from rlkit.objectives.selection import Selection
 from rlkit.objectives.surrogates import Surrogate
 from rlkit.objectives.weighting import Weighting
 
+KL_WEIGHTS = "kl_weights"  # StepBatch.extras key of a KL term's own weights (KLPenalty aggregation: token_mean)
+
 if TYPE_CHECKING:  # the advantages module imports this one's dependencies
     from rlkit.objectives.advantages import AdvantageEstimator
 
@@ -106,6 +108,9 @@ class Objective:
         weights = self.aggregation.weights(mask, batch, metrics)
         for rule in self.weighting:
             weights = rule.weigh(weights, mask, batch, metrics)
+        kl_weights = self.kl.token_weights(mask)
+        if kl_weights is not None:  # travels with the rows of the batch to each micro-batch's loss
+            batch.extras[KL_WEIGHTS] = kl_weights
         counts = all_sum(torch.stack([mask.sum(), batch.mask.sum(), (mask.sum(-1) > 0).sum(),
                                       (batch.mask.sum(-1) > 0).sum()]).double())
         metrics.mean("objective/kept_token_frac", float(counts[0] / counts[1].clamp(min=1)))
@@ -127,7 +132,8 @@ class Objective:
             surrogate = self.surrogate.divergence(logits, teacher_logits, batch, weights != 0, metrics)
         else:
             surrogate = self.surrogate.loss(logp, batch, metrics)
-        per_token = surrogate + self.kl.loss(logp, batch, metrics)
+        kl, kl_weights = self.kl.loss(logp, batch, metrics), batch.extras.get(KL_WEIGHTS)
+        per_token = surrogate + kl if kl_weights is None else surrogate
         if self.entropy_bonus:
             if entropy is None:
                 raise ValueError("entropy_bonus is set: pass the policy entropy [b,T] to Objective.loss")
@@ -137,4 +143,14 @@ class Objective:
         # where(), not multiplication alone: a non-finite value at a zero-weight position must not leak
         per_token = torch.where(weights != 0, per_token, 0.0)
         metrics.mean("objective/loss", per_token.detach(), batch.mask)
-        return (weights * per_token).sum() * world_size()
+        total = (weights * per_token).sum()
+        if kl_weights is not None:
+            total = total + (kl_weights * torch.where(kl_weights != 0, kl, 0.0)).sum()
+        return total * world_size()
+
+    def active_rows(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
+        """Rows [B] bool whose loss can be non-zero (weights W from :meth:`prepare`, or a KL of its own)."""
+        active = weights.abs().sum(-1) > 0
+        if KL_WEIGHTS in batch.extras:
+            active |= batch.extras[KL_WEIGHTS].abs().sum(-1) > 0
+        return active

@@ -304,7 +304,7 @@ class Trainer:
         the same number of micro-batches (ZeRO-3 gathers parameters collectively in each forward).
         """
         weights = self.objective.prepare(batch, metrics)
-        active = torch.nonzero(weights.abs().sum(-1) > 0).flatten()
+        active = torch.nonzero(self.objective.active_rows(batch, weights)).flatten()
         if len(active) == 0:  # nothing to learn on this rank: a zero-weight row keeps ranks in step
             active = torch.zeros(1, dtype=torch.long, device=weights.device)
         chunks = list(active.split(self.recipe.trainer.micro_batch_size))
