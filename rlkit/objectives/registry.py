@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 KINDS = ("advantage", "surrogate", "aggregation", "selection", "weighting", "kl")
+TEACHER_NEEDS = frozenset({"logp_teacher", "teacher_logits", "student_logits"})  # needs that run the teacher
 
 
 @dataclass(frozen=True)
