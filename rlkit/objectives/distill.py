@@ -55,20 +55,19 @@ def _chunk_jsd(student: torch.Tensor, teacher: torch.Tensor, beta: float, temper
 
 def token_divergence(student: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor, beta: float,
                      temperature: float = 1.0, chunk: int = 512) -> torch.Tensor:
-    """JSD_beta per token [b,T] (fp32, 0 where ``keep`` is False) from logits [b,T,V] of both models.
+    """JSD_beta per token [b,T] (fp32, 0 where ``keep`` is False) from packed logits [n,V] of both models
+    at the n True positions of ``keep`` [b,T] (row-major order).
 
-    Only kept positions are computed, ``chunk`` tokens at a time, each chunk under activation
-    checkpointing: the fp32 log-softmaxes of a chunk ([chunk,V] each) are freed after its forward and
-    recomputed in the backward, so neither model's [b,T,V] logits are ever copied to fp32 whole.
-    The gradient flows into ``student`` only.
+    Computed ``chunk`` tokens at a time, each chunk under activation checkpointing: the fp32
+    log-softmaxes of a chunk ([chunk,V] each) are freed after its forward and recomputed in the
+    backward, so neither model's logits are ever copied to fp32 whole. The gradient flows into
+    ``student`` only.
     """
     out = student.new_zeros(keep.shape, dtype=torch.float32)
-    index = keep.nonzero(as_tuple=True)
-    s_rows, t_rows = student[index], teacher[index].detach()
     pieces = [checkpoint(_chunk_jsd, s, t, beta, temperature, use_reentrant=False) if s.requires_grad
               else _chunk_jsd(s, t, beta, temperature)
-              for s, t in zip(s_rows.split(chunk), t_rows.split(chunk))]
-    return out.index_put(index, torch.cat(pieces)) if pieces else out
+              for s, t in zip(student.split(chunk), teacher.detach().split(chunk))]
+    return out.index_put(keep.nonzero(as_tuple=True), torch.cat(pieces)) if pieces else out
 
 
 def entropy_and_divergences(student: torch.Tensor, teacher: torch.Tensor, chunk: int = 512) -> dict[str, torch.Tensor]:
@@ -131,10 +130,10 @@ class Distill(Surrogate):
         mixture divergence with M = (1-beta) P_S + beta P_T (TRL's convention).
 
     Needs the student's logits with gradient and the teacher's logits on the same rows
-    ("student_logits"); computed only where the step's weight is non-zero, ``chunk`` tokens at a time
-    in fp32 (:func:`token_divergence`). Defaults: reverse KL at temperature 1 (TIP, TRL's
-    DistillationConfig), chunk 512 (TIP Table 9). Logs the divergence and the top-1 agreement of the two
-    models over every valid token of the micro-batch.
+    ("student_logits"), packed [n,V] at the micro-batch's active tokens (weight non-zero), so dropped
+    tokens are never projected to the vocabulary; computed ``chunk`` tokens at a time in fp32
+    (:func:`token_divergence`). Defaults: reverse KL at temperature 1 (TIP, TRL's DistillationConfig),
+    chunk 512 (TIP Table 9). Logs the divergence and the top-1 agreement of the two models on those tokens.
     """
 
     needs = frozenset({"student_logits"})
@@ -146,12 +145,12 @@ class Distill(Surrogate):
         raise ValueError("the distill surrogate needs logits: call Objective.loss with logits and teacher_logits")
 
     def divergence(self, logits, teacher_logits, batch: StepBatch, keep: torch.Tensor, metrics: Metrics):
-        """Per-token loss [b,T] from student logits [b,T,V] (with gradient) and teacher logits [b,T,V]."""
+        """Per-token loss [b,T] from student logits [n,V] (with gradient) and teacher logits [n,V], packed
+        at the n True positions of ``keep`` [b,T]."""
         loss = token_divergence(logits, teacher_logits, keep, self.beta, self.temperature, self.chunk)
         metrics.mean("objective/distill_div_kept", loss.detach(), keep.float())
         with torch.no_grad():
-            agree = (logits.argmax(-1) == teacher_logits.argmax(-1)).float()
-        metrics.mean("objective/teacher_agree", agree, batch.mask)
+            metrics.mean("objective/teacher_agree_kept", (logits.argmax(-1) == teacher_logits.argmax(-1)).float())
         return loss
 
 

@@ -124,12 +124,14 @@ class Objective:
 
         ``logp``, ``weights``: [b,T]; ``entropy``: [b,T] current policy entropy (with gradient; needed
         when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step;
-        ``logits`` (with gradient), ``teacher_logits``: [b,T,V], when the surrogate needs "student_logits".
+        ``logits`` (with gradient), ``teacher_logits``: [n,V] at the n :meth:`active_tokens` of the
+        micro-batch (row-major), when the surrogate needs "student_logits".
         """
         if "student_logits" in self.surrogate.needs:
             if logits is None or teacher_logits is None:
                 raise ValueError(f"{self.surrogate.name} needs the student's and the teacher's logits")
-            surrogate = self.surrogate.divergence(logits, teacher_logits, batch, weights != 0, metrics)
+            active = self.active_tokens(batch, weights)
+            surrogate = self.surrogate.divergence(logits, teacher_logits, batch, active, metrics)
         else:
             surrogate = self.surrogate.loss(logp, batch, metrics)
         kl, kl_weights = self.kl.loss(logp, batch, metrics), batch.extras.get(KL_WEIGHTS)
@@ -148,9 +150,13 @@ class Objective:
             total = total + (kl_weights * torch.where(kl_weights != 0, kl, 0.0)).sum()
         return total * world_size()
 
-    def active_rows(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
-        """Rows [B] bool whose loss can be non-zero (weights W from :meth:`prepare`, or a KL of its own)."""
-        active = weights.abs().sum(-1) > 0
+    def active_tokens(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
+        """Tokens [b,T] bool whose loss can be non-zero (weights W from :meth:`prepare`, or a KL of its own)."""
+        active = weights != 0
         if KL_WEIGHTS in batch.extras:
-            active |= batch.extras[KL_WEIGHTS].abs().sum(-1) > 0
+            active = active | (batch.extras[KL_WEIGHTS] != 0)
         return active
+
+    def active_rows(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
+        """Rows [b] bool with an active token."""
+        return self.active_tokens(batch, weights).any(-1)

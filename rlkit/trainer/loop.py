@@ -342,10 +342,12 @@ class Trainer:
             real = i < n_real
             w = weights[rows] if real else torch.zeros_like(weights[rows])
             with self._grad_sync(last=i == n_micro - 1):
+                # full-vocabulary losses: both models' logits at the active tokens only ([n,V]), the
+                # teacher's for these rows only and without gradient: never [B,T,V] for the step
+                positions = self.objective.active_tokens(rows_batch, w) if with_logits else None
                 s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus),
-                                  with_logits=with_logits)
-                # the teacher's logits for these rows only, without gradient: never [B,T,V] for the step
-                teacher_logits = self._forward(self.teacher, rows_batch, with_logits=True).logits \
+                                  with_logits=with_logits, positions=positions)
+                teacher_logits = self._forward(self.teacher, rows_batch, with_logits=True, positions=positions).logits \
                     if with_logits else None
                 loss = self.objective.loss(s.logp, rows_batch, w, metrics if real else Metrics(), entropy=s.entropy,
                                            logits=s.logits, teacher_logits=teacher_logits)

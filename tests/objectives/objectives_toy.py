@@ -91,8 +91,9 @@ def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty
         logp = token_logp(logits, tokens[part])
         entropy = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
         rows = batch.rows(part)
-        loss = objective.loss(logp, rows, weights[part], metrics, entropy=entropy, logits=logits,
-                              teacher_logits=rows.extras["teacher_logits"])
+        active = objective.active_tokens(rows, weights[part])       # logits packed as the trainer does
+        loss = objective.loss(logp, rows, weights[part], metrics, entropy=entropy, logits=logits[active],
+                              teacher_logits=rows.extras["teacher_logits"][active])
         loss.backward()
         total += float(loss.detach())
     return total, theta.grad, metrics
