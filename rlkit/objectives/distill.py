@@ -218,30 +218,35 @@ class TIP(Selection):
     def select(self, mask, batch, metrics):
         valid = mask > 0
         h, rkl, fkl = (batch.extras[f"tip_{k}"].float() for k in ("h", "rkl", "fkl"))
-        every, mine = all_gather_rows(torch.stack([h, rkl, torch.where(valid, 1.0, 0.0)], -1))
-        step_valid = every[..., 2] > 0
-        if not step_valid.any():
+        # flattened valid values: ranks may pad their completions to different lengths
+        h_all, _ = all_gather_rows(h[valid])
+        d_all, _ = all_gather_rows(rkl[valid])
+        if h_all.numel() == 0:
             return mask
-        h_all, d_all = every[..., 0][step_valid], every[..., 1][step_valid]
         h_cap = step_quantile(h_all, self.clip_quantile)
-        h_hat = min_max(h.clamp(max=h_cap), h_all.clamp(max=h_cap).min(), h_cap)
+        h_hat = min_max(h.clamp(max=h_cap), h_all.min(), h_cap)
         d_hat = min_max(rkl, d_all.min(), d_all.max())
         if self.rule == "soft_or":
             out = top_per_row(h_hat + d_hat - h_hat * d_hat, mask, self.rho)
         elif self.rule == "q3":
             out = top_per_row(fkl * (1 - h_hat), mask, self.rho)
         else:
-            out = top_per_row(self.gumbel_keys(every[..., 0], batch.progress)[mine], mask, self.rho)
+            first_row = all_gather_rows(mask[:, :1])[1].start  # this rank's first row in the step
+            out = top_per_row(self.gumbel_keys(h, first_row, batch.progress), mask, self.rho)
         self.log(h_hat, d_hat, rkl, batch.extras["tip_agree"], mask, out, metrics)
         return out
 
-    def gumbel_keys(self, h_step: torch.Tensor, progress: float) -> torch.Tensor:
-        """log h + Gumbel noise for every token of the step [N,T]: top-k of these keys is sampling k
-        without replacement with p ~ h. The noise is drawn for the whole step (seeded by the part's seed
-        and the training progress), so each rank cuts the same draw for its rows."""
-        gen = torch.Generator(device=h_step.device).manual_seed(self.seed * 1_000_003 + round(progress * 1e6))
-        u = torch.rand(h_step.shape, generator=gen, device=h_step.device, dtype=torch.float64)
-        return h_step.double().clamp(min=1e-30).log() - (-u.clamp(min=1e-300).log()).log()
+    def gumbel_keys(self, h: torch.Tensor, first_row: int, progress: float) -> torch.Tensor:
+        """log h + Gumbel noise [b,T]: the top k of a row's keys is a sample of k tokens without
+        replacement with p proportional to h. Row i's noise comes from a CPU generator seeded by (seed,
+        training progress, the row's index in the step), so it is the same for any layout of rows over
+        ranks and any padded length."""
+        noise = []
+        for i in range(h.shape[0]):
+            gen = torch.Generator().manual_seed(hash((self.seed, round(progress * 1e6), first_row + i)) % 2**63)
+            u = torch.rand(h.shape[1], generator=gen, dtype=torch.float64)
+            noise.append(-(-u.clamp(min=1e-300).log()).log())
+        return h.double().clamp(min=1e-30).log() + torch.stack(noise).to(h.device)
 
     @staticmethod
     def log(h_hat, d_hat, rkl, agree, mask, kept, metrics: Metrics) -> None:
