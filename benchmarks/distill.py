@@ -53,14 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         if summary.is_file():
             s = json.loads(summary.read_text())
             gains[preset] = (s["eval_start"]["accuracy"], s["eval_end"]["accuracy"])
-    lines = ["| preset | student start | student end | teacher | gain | gain / opd's gain |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| preset | student start | student end | teacher | gain | gain / opd's gain |",
+             "|---|---:|---:|---:|---:|---:|"]
     base = gains["opd"][1] - gains["opd"][0] if "opd" in gains else None
     for preset, (start, end) in gains.items():
         ratio = f"{(end - start) / base:.2f}" if base else "n/a"
         lines.append(f"| {preset} | {start:.3f} | {end:.3f} | {teacher:.3f} | {end - start:+.3f} | {ratio} |")
     table = "\n".join(lines)
     command = " ".join(["python -m benchmarks.distill", *(argv if argv is not None else sys.argv[1:])])
-    (out / "distill.md").write_text(f"# On-policy distillation\n\n`{command}`\n\n{table}\n\n![learning curves](presets.png)\n")
+    (out / "distill.md").write_text(f"# On-policy distillation\n\n`{command}`\n\n{table}\n\n"
+                                    "![learning curves](presets.png)\n")
     print(table)
     return status
 
