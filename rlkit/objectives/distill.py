@@ -67,7 +67,9 @@ def token_divergence(student: torch.Tensor, teacher: torch.Tensor, keep: torch.T
     pieces = [checkpoint(_chunk_jsd, s, t, beta, temperature, use_reentrant=False) if s.requires_grad
               else _chunk_jsd(s, t, beta, temperature)
               for s, t in zip(student.split(chunk), teacher.detach().split(chunk))]
-    return out.index_put(keep.nonzero(as_tuple=True), torch.cat(pieces)) if pieces else out
+    if not pieces:  # no active token: still a graph to the student (every rank's backward reaches every parameter)
+        return out + 0 * student.sum()
+    return out.index_put(keep.nonzero(as_tuple=True), torch.cat(pieces))
 
 
 def entropy_and_divergences(student: torch.Tensor, teacher: torch.Tensor, chunk: int = 512) -> dict[str, torch.Tensor]:

@@ -63,6 +63,9 @@ def test_chunked_divergence_matches_unchunked_values_and_gradients(beta):
         torch.testing.assert_close(out, whole, rtol=0, atol=1e-6)
         torch.testing.assert_close(grad, grad_whole, rtol=0, atol=1e-6)
         assert torch.equal(out[~keep], torch.zeros_like(out[~keep]))
+    none = torch.zeros_like(keep)
+    empty = token_divergence(student[none], teacher[none], none, beta)
+    assert empty.requires_grad and torch.equal(empty, torch.zeros_like(empty))
 
 
 def test_scoring_statistics_by_hand():
