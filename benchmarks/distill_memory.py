@@ -1,6 +1,7 @@
 """Peak memory of one distillation update, all tokens vs TIP: ``python -m benchmarks.distill_memory``.
 
-Options: ``[--vocab 32768] [--rows 4] [--tokens 512] [--presets opd,opd_tip,opd_q3] [--device cpu|cuda]``.
+Options: ``[--vocab 32768] [--rows 4] [--tokens 512] [--presets opd,opd_tip,opd_q3] [--device cpu|cuda]
+[--out DIR]`` (``DIR/distill_memory.md`` and a bar chart ``DIR/distill_memory.png``).
 
 A random student (Llama, hidden 256, 2 layers) and teacher (hidden 512, 2 layers) with a large vocabulary;
 ``rows`` completions of ``tokens`` tokens after a 16-token prompt. Each preset runs in a fresh process:
@@ -18,6 +19,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -93,19 +95,46 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--presets", default="opd,opd_tip,opd_q3")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", help="write distill_memory.md and distill_memory.png here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this preset in this process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.vocab, args.rows, args.tokens, args.device)))
         return
-    print(f"one distillation update: {args.rows} rows x {args.tokens} tokens, vocabulary {args.vocab}, "
-          f"device {args.device}")
-    print("| preset | kept tokens | peak memory of the update (MiB) |\n|---|---:|---:|")
+    title = (f"one distillation update: {args.rows} rows x {args.tokens} tokens, vocabulary {args.vocab}, "
+             f"device {args.device}")
+    lines = ["| preset | kept tokens | peak memory of the update (MiB) |", "|---|---:|---:|"]
+    print(title, *lines, sep="\n", flush=True)
+    results = []
     for preset in args.presets.split(","):
         command = [sys.executable, "-m", "benchmarks.distill_memory", "--one", preset, "--vocab", str(args.vocab),
                    "--rows", str(args.rows), "--tokens", str(args.tokens), "--device", args.device]
         result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-        print(f"| {preset} | {result['kept_token_frac']:.2f} | {result['peak_mib']:.0f} |", flush=True)
+        results.append(result)
+        lines.append(f"| {preset} | {result['kept_token_frac']:.2f} | {result['peak_mib']:.0f} |")
+        print(lines[-1], flush=True)
+    if args.out:
+        write(Path(args.out), title, lines, results)
+
+
+def write(out: Path, title: str, lines: list[str], results: list[dict]) -> None:
+    """The table as Markdown and the peaks as a bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m benchmarks.distill_memory", *sys.argv[1:]])
+    (out / "distill_memory.md").write_text(f"`{command}`: {title}\n\n" + "\n".join(lines)
+                                           + "\n\n![peak memory](distill_memory.png)\n")
+    fig, ax = plt.subplots(figsize=(5, 3))
+    names = [f"{r['preset']}\n({r['kept_token_frac']:.0%} of tokens)" for r in results]
+    ax.bar(names, [r["peak_mib"] for r in results], color="tab:blue")
+    ax.set_ylabel("peak memory of the update (MiB)")
+    ax.set_title(title.split(": ")[1], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "distill_memory.png", dpi=120)
 
 
 if __name__ == "__main__":
