@@ -351,7 +351,8 @@ class Trainer:
                     if with_logits else None
                 loss = self.objective.loss(s.logp, rows_batch, w, metrics if real else Metrics(), entropy=s.entropy,
                                            logits=s.logits, teacher_logits=teacher_logits)
-                self.accelerator.backward(loss)
+                # a padding micro-batch contributes nothing, whatever terms carry weights of their own (KL)
+                self.accelerator.backward(loss if real else 0.0 * loss)
 
     def _apply_gradients(self, metrics: Metrics) -> None:
         """Clip, step and schedule, unless the gradient norm is not finite (the update is then skipped).
