@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
 
-from rlkit.builtins import BUILTIN_TINY, BUILTIN_TINY_BPE
+from rlkit.builtins import BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # ChatML-like, so conversational datasets work with the tiny model too.
@@ -62,9 +62,10 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden: int = 128,
+                     layers: int = 4) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -142,6 +143,13 @@ def builtin_tiny_path() -> Path:
     return _saved_once("tiny-llama-char-v1", build_char_tokenizer, build_tiny_model)
 
 
+def builtin_tiny_teacher_path() -> Path:
+    """The saved folder of ``builtin:tiny-teacher``: builtin:tiny's tokenizer, a wider and deeper model
+    (hidden 256, 6 layers, ~6.3M parameters), to be warm-started to high accuracy as an OPD teacher."""
+    return _saved_once("tiny-llama-char-teacher-v1", build_char_tokenizer,
+                       lambda tokenizer: build_tiny_model(tokenizer, seed=1, hidden=256, layers=6))
+
+
 def builtin_tiny_bpe_path() -> Path:
     """The saved folder of ``builtin:tiny-bpe``."""
     return _saved_once("tiny-llama-bpe-v1", build_bpe_tokenizer, build_tiny_bpe_model)
@@ -149,7 +157,8 @@ def builtin_tiny_bpe_path() -> Path:
 
 def resolve_model_path(path: str) -> Path:
     """A built-in model's folder (built on first use), or a local Hugging Face folder."""
-    builtins = {BUILTIN_TINY: builtin_tiny_path, BUILTIN_TINY_BPE: builtin_tiny_bpe_path}
+    builtins = {BUILTIN_TINY: builtin_tiny_path, BUILTIN_TINY_BPE: builtin_tiny_bpe_path,
+                BUILTIN_TINY_TEACHER: builtin_tiny_teacher_path}
     return builtins[path]() if path in builtins else Path(path)
 
 

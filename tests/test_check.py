@@ -100,6 +100,15 @@ CASES = {
     "model path is a file": ({"r.yaml": OK + "model: {path: r.yaml}\n"}, [], "r.yaml:2", "r.yaml is not a folder"),
     "model path missing": ({"r.yaml": OK + "model: {path: nowhere}\n"}, [],
                            "r.yaml:2", "model.path: Value error, model folder 'nowhere' does not exist"),
+    "teacher tokenizer differs": ({"r.yaml": OK + "model: {path: a}\nteacher: {path: b}\nobjective: {preset: opd}\n",
+                                   "a": model_folder(10, 10), "b": model_folder(10, 8)}, [],
+                                  "r.yaml:3", "teacher.path: the teacher's tokenizer differs from the model's: "
+                                              "token 'w8' has id 8 in a and None in b"),
+    "built-in teacher of another tokenizer": ({"r.yaml": OK + "teacher: {path: builtin:tiny-bpe}\n"}, [], "r.yaml:2",
+                                              "teacher.path: builtin:tiny-bpe does not share the tokenizer of "
+                                              "model.path builtin:tiny"),
+    "distillation without a teacher": ({"r.yaml": OK + "objective: {preset: opd_tip}\n"}, [],
+                                       "r.yaml:2", "objective: it distills from a teacher; add a teacher: section"),
     "override of unknown key": ({"r.yaml": OK}, ["trainer.lrr=1"],
                                 "override 'trainer.lrr=1'", "trainer.lrr: unknown key; did you mean 'lr'?"),
     "override without =": ({"r.yaml": OK}, ["trainer.steps"],
@@ -189,3 +198,13 @@ def test_check_imports_no_transformers(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "r.yaml: ok" in result.stdout
+
+
+def test_teacher_with_the_models_tokenizer_passes(tmp_path, monkeypatch):
+    from rlkit.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    model_folder(10, 10)(tmp_path / "a")
+    model_folder(12, 10)(tmp_path / "b")          # a different model, the same tokenizer
+    (tmp_path / "r.yaml").write_text(OK + "model: {path: a}\nteacher: {path: b}\nobjective: {preset: opd_q3}\n")
+    assert load_recipe("r.yaml").teacher.path == "b"

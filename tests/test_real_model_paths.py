@@ -292,6 +292,27 @@ def test_bf16_model_gives_fp32_logprobs_of_its_bf16_logits(tok, model):
     torch.testing.assert_close(s.logp, reference, rtol=2 ** -7, atol=0)
 
 
+def test_packed_positions_give_the_logits_and_logprobs_of_those_positions(tok, model):
+    """positions: only the chosen tokens are projected to the vocabulary ([n,V]); the values are those of
+    the full forward at the same positions, and the gradient reaches the model through them."""
+    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=6)
+    torch.manual_seed(0)
+    b = worker.generate(model, ["37+45=", "the quick brown fox"], {}, 2)
+    positions = (b.completion_mask > 0) & (torch.rand(b.completion_mask.shape) < 0.5)
+    positions[0, 0] = True
+    full = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7,
+                             with_entropy=True, with_logits=True)
+    packed = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7,
+                               with_entropy=True, with_logits=True, positions=positions)
+    assert packed.logits.shape == (int(positions.sum()), full.logits.shape[-1])
+    torch.testing.assert_close(packed.logits, full.logits[positions], rtol=0, atol=0)
+    torch.testing.assert_close(packed.logp, torch.where(positions, full.logp, 0.0), rtol=0, atol=0)
+    torch.testing.assert_close(packed.entropy, torch.where(positions, full.entropy, 0.0), rtol=0, atol=0)
+    packed.logits.float().sum().backward()
+    assert model.get_output_embeddings().weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
 # ---------------------------------------------------------------- the recipe, end to end
 
 

@@ -1,7 +1,7 @@
 """Objectives as composable parts; see :mod:`rlkit.objectives.registry` for the part kinds."""
 
 # importing the part modules registers their parts
-from rlkit.objectives import advantages, aggregation, kl, selection, surrogates, weighting  # noqa: F401
+from rlkit.objectives import advantages, aggregation, distill, kl, selection, surrogates, weighting  # noqa: F401
 from rlkit.objectives.batch import StepBatch
 from rlkit.objectives.objective import Objective
 from rlkit.objectives.presets import PRESETS, build_objective, describe, resolve_spec

@@ -18,6 +18,7 @@ class StepBatch:
     group_ids: torch.Tensor                 # [B] long, 0..n_groups-1 on this rank
     logp_old: torch.Tensor | None = None    # [B,T] policy log-probs at rollout time; None = on-policy
     logp_ref: torch.Tensor | None = None    # [B,T] frozen reference model log-probs
+    logp_teacher: torch.Tensor | None = None  # [B,T] frozen teacher log-probs of the sampled tokens
     entropy: torch.Tensor | None = None     # [B,T] policy entropy at rollout time (nats)
     truncated: torch.Tensor | None = None   # [B] bool, the completion hit max_new_tokens without EOS
     progress: float = 0.0                   # training progress in [0,1] (schedules, e.g. D3S)

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from rlkit.distributed import all_sum
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, fp32
 from rlkit.objectives.registry import Part, register_part
@@ -57,14 +58,27 @@ class Regulariser(Part):
         """Amount [B] subtracted from the scalar rewards before the advantage (0 when in the loss)."""
         return 0.0
 
+    def token_weights(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Weights [B,T] of the loss term of its own, or None when it shares the objective's weights W."""
+        return None
+
 
 @register_part("kl", "kl")
 class KLPenalty(Regulariser):
     """beta * KL(pi || pi_ref) per token in the loss, aggregated with the surrogate (TRL's placement).
 
-    Default k3, GRPO's estimator (2402.03300 eq. 4). Because it shares the step's weights W, selected-out
-    tokens carry no KL either.
+    Default k3, GRPO's estimator (2402.03300 eq. 4). With ``aggregation: objective`` it shares the step's
+    weights W, so selected-out tokens carry no KL either, nor do rows that W leaves at 0 (Balanced
+    Aggregation's zero-advantage rows). ``aggregation: token_mean`` weighs the KL with m / N_tok of its
+    own (N_tok = kept tokens of the step on all ranks), so every kept token carries it.
     """
+
+    aggregation: Literal["objective", "token_mean"] = "objective"
+
+    def token_weights(self, mask):
+        if not self.beta or self.aggregation == "objective":
+            return None
+        return mask / all_sum(mask.sum()).clamp(min=1)
 
     def loss(self, logp, batch, metrics):
         if not self.beta:  # inactive: the trainer provides no logp_ref (and 0 * KL could be 0 * inf)
@@ -88,7 +102,7 @@ class KLInReward(Regulariser):
     needs = frozenset({"logp_ref", "logits"})
     estimator: Literal["k1", "k2", "k3"] = "k1"
 
-    def on_logits(self, logits, completion_ids, mask, group_ids=None):
+    def on_logits(self, logits, completion_ids, mask, group_ids=None, teacher_logits=None):
         logits = fp32(logits)
         picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
         return {"kl_rollout_logp": picked - torch.logsumexp(logits, -1)}

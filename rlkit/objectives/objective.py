@@ -37,6 +37,8 @@ from rlkit.objectives.selection import Selection
 from rlkit.objectives.surrogates import Surrogate
 from rlkit.objectives.weighting import Weighting
 
+KL_WEIGHTS = "kl_weights"  # StepBatch.extras key of a KL term's own weights (KLPenalty aggregation: token_mean)
+
 if TYPE_CHECKING:  # the advantages module imports this one's dependencies
     from rlkit.objectives.advantages import AdvantageEstimator
 
@@ -59,7 +61,8 @@ class Objective:
 
     @property
     def needs(self) -> frozenset[str]:
-        """What the trainer must provide: subset of logp_old, logp_ref, entropy, logits (see Part.needs).
+        """What the trainer must provide: subset of logp_old, logp_ref, entropy, logits, logp_teacher,
+        teacher_logits, student_logits (see Part.needs).
         With ``entropy_bonus`` the trainer must also pass the current entropy (with gradient) to loss."""
         return frozenset().union(*(p.needs for p in self.parts))
 
@@ -72,13 +75,14 @@ class Objective:
         return filters[0] if filters else None
 
     def on_logits(self, logits: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
-                  group_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+                  group_ids: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every part's statistics from the no-grad scoring pass of a chunk of whole groups
-        (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b]) -> name -> [b,T]."""
+        (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b], and the teacher's logits
+        [b,T,V] when a part needs "teacher_logits") -> name -> [b,T]."""
         out: dict[str, torch.Tensor] = {}
         for part in self.parts:
             if "logits" in part.needs:
-                out.update(part.on_logits(logits, completion_ids, mask, group_ids))
+                out.update(part.on_logits(logits, completion_ids, mask, group_ids, teacher_logits=teacher_logits))
         return out
 
     def advantages(self, rewards: torch.Tensor, batch: StepBatch, metrics: Metrics | None = None) -> torch.Tensor:
@@ -104,6 +108,9 @@ class Objective:
         weights = self.aggregation.weights(mask, batch, metrics)
         for rule in self.weighting:
             weights = rule.weigh(weights, mask, batch, metrics)
+        kl_weights = self.kl.token_weights(mask)
+        if kl_weights is not None:  # travels with the rows of the batch to each micro-batch's loss
+            batch.extras[KL_WEIGHTS] = kl_weights
         counts = all_sum(torch.stack([mask.sum(), batch.mask.sum(), (mask.sum(-1) > 0).sum(),
                                       (batch.mask.sum(-1) > 0).sum()]).double())
         metrics.mean("objective/kept_token_frac", float(counts[0] / counts[1].clamp(min=1)))
@@ -111,13 +118,24 @@ class Objective:
         return weights
 
     def loss(self, logp: torch.Tensor, batch: StepBatch, weights: torch.Tensor, metrics: Metrics,
-             entropy: torch.Tensor | None = None) -> torch.Tensor:
+             entropy: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+             teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss of a micro-batch: world_size * sum(W * l), l = surrogate + KL - bonus * entropy.
 
         ``logp``, ``weights``: [b,T]; ``entropy``: [b,T] current policy entropy (with gradient; needed
-        when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step.
+        when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step;
+        ``logits`` (with gradient), ``teacher_logits``: [n,V] at the n :meth:`active_tokens` of the
+        micro-batch (row-major), when the surrogate needs "student_logits".
         """
-        per_token = self.surrogate.loss(logp, batch, metrics) + self.kl.loss(logp, batch, metrics)
+        if "student_logits" in self.surrogate.needs:
+            if logits is None or teacher_logits is None:
+                raise ValueError(f"{self.surrogate.name} needs the student's and the teacher's logits")
+            active = self.active_tokens(batch, weights)
+            surrogate = self.surrogate.divergence(logits, teacher_logits, batch, active, metrics)
+        else:
+            surrogate = self.surrogate.loss(logp, batch, metrics)
+        kl, kl_weights = self.kl.loss(logp, batch, metrics), batch.extras.get(KL_WEIGHTS)
+        per_token = surrogate + kl if kl_weights is None else surrogate
         if self.entropy_bonus:
             if entropy is None:
                 raise ValueError("entropy_bonus is set: pass the policy entropy [b,T] to Objective.loss")
@@ -127,4 +145,18 @@ class Objective:
         # where(), not multiplication alone: a non-finite value at a zero-weight position must not leak
         per_token = torch.where(weights != 0, per_token, 0.0)
         metrics.mean("objective/loss", per_token.detach(), batch.mask)
-        return (weights * per_token).sum() * world_size()
+        total = (weights * per_token).sum()
+        if kl_weights is not None:
+            total = total + (kl_weights * torch.where(kl_weights != 0, kl, 0.0)).sum()
+        return total * world_size()
+
+    def active_tokens(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
+        """Tokens [b,T] bool whose loss can be non-zero (weights W from :meth:`prepare`, or a KL of its own)."""
+        active = weights != 0
+        if KL_WEIGHTS in batch.extras:
+            active = active | (batch.extras[KL_WEIGHTS] != 0)
+        return active
+
+    def active_rows(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
+        """Rows [b] bool with an active token."""
+        return self.active_tokens(batch, weights).any(-1)

@@ -91,6 +91,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weighting": [{"type": "tw_grpo", "alpha": 1.7}],
         "kl": NO_KL,
     },
+    # On-policy distillation: the loss is the teacher divergence alone (the task advantage is computed
+    # for metrics and for an optional mix into opd_sampled); docs/objectives.md §5
+    "opd": {
+        "description": "On-policy distillation: full-vocabulary reverse KL to the teacher on every student "
+                       "token, token-mean (needs teacher:)",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "distill", "beta": 1.0},
+        "aggregation": {"type": "token_mean"},
+        "kl": NO_KL,
+    },
+    "opd_tip": {
+        "description": "OPD with TIP (2604.14084): each rollout keeps its top 50% of tokens by the Soft-OR "
+                       "of student entropy and reverse KL, token-mean (needs teacher:)",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "distill", "beta": 1.0},
+        "aggregation": {"type": "token_mean"},
+        "selection": [{"type": "tip", "rule": "soft_or", "rho": 0.5}],
+        "kl": NO_KL,
+    },
+    "opd_q3": {
+        "description": "OPD with TIP's Q3 rule (2604.14084): top 20% per rollout by forward KL x (1 - entropy), "
+                       "reverse-KL loss, token-mean (needs teacher:)",
+        "advantage": {"type": "group_zscore"},
+        "surrogate": {"type": "distill", "beta": 1.0},
+        "aggregation": {"type": "token_mean"},
+        "selection": [{"type": "tip", "rule": "q3", "rho": 0.2}],
+        "kl": NO_KL,
+    },
 }
 
 SLOTS = ("advantage", "surrogate", "aggregation", "kl")

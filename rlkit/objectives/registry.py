@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 KINDS = ("advantage", "surrogate", "aggregation", "selection", "weighting", "kl")
+TEACHER_NEEDS = frozenset({"logp_teacher", "teacher_logits", "student_logits"})  # needs that run the teacher
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class Part(BaseModel):
 
     #: inputs this part reads from the StepBatch besides mask/advantages/group ids: any of "logp_old",
     #: "logp_ref", "entropy" (policy entropy at rollout time), "logits" (the trainer must run its no-grad
-    #: scoring pass, even on-policy, and call :meth:`on_logits`).
+    #: scoring pass, even on-policy, and call :meth:`on_logits`), "logp_teacher" (the teacher's log-probs
+    #: of the sampled tokens), "teacher_logits" (the scoring pass also runs the teacher and passes its
+    #: logits to :meth:`on_logits`), "student_logits" (each training micro-batch's forward hands the
+    #: policy's logits, with gradient, and the teacher's logits on the same rows, without, to the loss).
     needs: ClassVar[frozenset[str]] = frozenset()
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
@@ -58,11 +62,12 @@ class Part(BaseModel):
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
-    def on_logits(self, logits, completion_ids, mask, group_ids=None) -> dict[str, Any]:
+    def on_logits(self, logits, completion_ids, mask, group_ids=None, teacher_logits=None) -> dict[str, Any]:
         """Per-token statistics taken from the no-grad scoring pass (whole groups at a time).
 
         ``logits``: [b,T,V] of the policy at rollout time, ``logits[:, t]`` scoring ``completion_ids[:, t]``
-        [b,T]; ``mask``: [b,T]; ``group_ids``: [b] (any labels; every group of the chunk is whole).
+        [b,T]; ``mask``: [b,T]; ``group_ids``: [b] (any labels; every group of the chunk is whole);
+        ``teacher_logits``: [b,T,V] of the teacher on the same tokens (parts that need "teacher_logits").
         Returns name -> [b,T] tensors, which the trainer concatenates into ``StepBatch.extras``.
         Only parts that declare the need "logits" are called.
         """

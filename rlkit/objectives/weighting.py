@@ -76,7 +76,7 @@ class TWGRPO(Weighting):
     normalise: Literal["max", "minmax"] = "max"
     vocab_chunk: int = 8192
 
-    def on_logits(self, logits, completion_ids, mask, group_ids=None):
+    def on_logits(self, logits, completion_ids, mask, group_ids=None, teacher_logits=None):
         if group_ids is None:
             raise ValueError("tw_grpo needs the group ids of the scored rows")
         return {"tw_grpo_divergence": group_divergence(logits, mask, group_ids, self.vocab_chunk)}

@@ -15,10 +15,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewards.registry import get_verifier
-from rlkit.builtins import BUILTIN_MODELS
-from rlkit.objectives import KINDS, build_part, resolve_spec
-from rlkit.objectives.registry import part_class
-from rlkit.recipe.model_check import check_model_folder
+from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TOKENIZERS
+from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
+from rlkit.objectives.registry import TEACHER_NEEDS, part_class
+from rlkit.recipe.model_check import check_model_folder, same_tokenizer
 from rlkit.recipe.schema import Recipe
 
 
@@ -202,6 +202,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(describe_errors(e, where)) from None
     check_model(recipe, where)
     check_objective(recipe, where)
+    check_teacher(recipe, where)
     check_rewards(recipe, where)
     return recipe
 
@@ -215,6 +216,30 @@ def check_model(recipe: Recipe, where: Locator) -> None:
         check_model_folder(recipe.model.path)
     except ValueError as e:
         raise RecipeError(f"{where(('model', 'path'))}: model.path: {e}") from None
+
+
+def check_teacher(recipe: Recipe, where: Locator) -> None:
+    """An objective that distills needs ``teacher:``, with the model's tokenizer (read from the tokenizer
+    files, or known for the built-in models), so a mismatch fails here and not after loading weights."""
+    needs = build_objective(recipe.objective).needs
+    if recipe.teacher is None:
+        if needs & TEACHER_NEEDS:
+            raise RecipeError(f"{where(('objective',))}: objective: it distills from a teacher; add a teacher: "
+                              "section (e.g. teacher: {path: builtin:tiny-teacher})")
+        return
+    student, teacher = recipe.model.path, recipe.teacher.path
+    loc = where(("teacher", "path"))
+    if student in BUILTIN_MODELS or teacher in BUILTIN_MODELS:
+        if BUILTIN_TOKENIZERS.get(student, student) != BUILTIN_TOKENIZERS.get(teacher, teacher):
+            raise RecipeError(f"{loc}: teacher.path: {teacher} does not share the tokenizer of model.path {student}")
+        return
+    try:
+        check_model_folder(teacher)
+    except ValueError as e:
+        raise RecipeError(f"{loc}: teacher.path: {e}") from None
+    difference = same_tokenizer(student, teacher)
+    if difference is not None:
+        raise RecipeError(f"{loc}: teacher.path: the teacher's tokenizer differs from the model's: {difference}")
 
 
 def check_objective(recipe: Recipe, where: Locator) -> None:

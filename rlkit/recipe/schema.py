@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.scoring import RewardSpec
-from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASKS, BUILTIN_TINY
+from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASKS, BUILTIN_TINY, BUILTIN_TINY_TEACHER
 
 
 class Section(BaseModel):
@@ -50,6 +50,24 @@ class ModelConfig(Section):
     @classmethod
     def _path_exists(cls, v):
         return v if v in BUILTIN_MODELS else _existing_path(v, "model folder")
+
+
+class TeacherConfig(Section):
+    """The frozen teacher of on-policy distillation (objective presets opd, opd_tip, opd_q3): run without
+    gradients and placed like the reference model (sharded under ZeRO-3). It must share the model's
+    tokenizer, which `rlkit check` verifies from the tokenizer files, before any weights load."""
+
+    path: str = Field(BUILTIN_TINY_TEACHER, description=f"built-in model, one of {BUILTIN_MODELS}, or a local "
+                                                         "Hugging Face model folder")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
+    warm_start: WarmStartConfig | None = Field(None, description="supervised stage on the task before use, as "
+                                                                 "model.warm_start (cached); trains a built-in "
+                                                                 "teacher to high accuracy")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v):
+        return v if v in BUILTIN_MODELS else _existing_path(v, "teacher folder")
 
 
 class DataConfig(Section):
@@ -128,6 +146,7 @@ class LogConfig(Section):
 
 class Recipe(Section):
     model: ModelConfig = ModelConfig()
+    teacher: TeacherConfig | None = Field(None, description="teacher model, for objectives that distill from one")
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(verifier="exact_number")],

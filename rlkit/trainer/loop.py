@@ -32,6 +32,7 @@ from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
 from rlkit.models import eos_token_ids, load_model, load_tokenizer, resolve_model_path
 from rlkit.objectives import StepBatch, build_objective
+from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
 from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -98,6 +99,7 @@ class Trainer:
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
+        self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
 
         r = recipe.rollout
         self.worker = WORKERS[r.worker](self.tokenizer, eos_token_ids(self.tokenizer, model), r.max_new_tokens,
@@ -107,11 +109,23 @@ class Trainer:
                           recipe.model_dump())
 
     # ---------------------------------------------------------------- setup helpers
-    def _prepare_reference(self, path):
-        reference = load_model(path, self.recipe.model.dtype).eval().requires_grad_(False)
+    def _prepare_reference(self, path, dtype: str | None = None):
+        reference = load_model(path, dtype or self.recipe.model.dtype).eval().requires_grad_(False)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             return prepare_deepspeed(reference, self.accelerator)  # sharded like the policy under ZeRO-3
         return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
+    def _prepare_teacher(self):
+        """The recipe's teacher (warm-started if asked, cached), frozen and placed like the reference."""
+        teacher = self.recipe.teacher
+        if teacher is None:
+            raise ValueError(f"objective {self.objective.name} distills from a teacher: the recipe needs teacher:")
+        with self.accelerator.main_process_first():
+            path = resolve_model_path(teacher.path)
+            if teacher.warm_start is not None:
+                path = warm_start(path, self.data.train, teacher.warm_start, self.recipe.trainer.seed,
+                                  log=self.accelerator.is_main_process)
+        return self._prepare_reference(path, teacher.dtype)
 
     @property
     def _zero3(self) -> bool:
@@ -169,8 +183,13 @@ class Trainer:
         batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps)
         batch.advantages = self.objective.advantages(rollout.rewards, batch, metrics)
         t = time.time()
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.accelerator.device)
         self.update(batch, step, metrics)
         metrics.mean("time/update_s", time.time() - t)
+        if self.accelerator.device.type == "cuda":  # the update's peak (the largest over ranks is logged)
+            metrics.max("train/peak_mem_gib", torch.tensor(torch.cuda.max_memory_allocated(self.accelerator.device)
+                                                           / 2**30))
         samples = [{"prompt": rollout.prompts[i], "completion": rollout.completions[i],
                     "reward": float(rollout.rewards[i]), "advantage": float(batch.advantages[i])}
                    for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)]
@@ -260,12 +279,17 @@ class Trainer:
         outputs: dict[str, list[torch.Tensor]] = {}
         for rows in self._group_chunks(len(rollout)):
             chunk = batch.rows(rows)
+            teacher = None
+            if needs & {"logp_teacher", "teacher_logits"}:
+                teacher = self._forward(self.teacher, chunk, with_logits="teacher_logits" in needs)
+                outputs.setdefault("logp_teacher", []).append(teacher.logp)
             if off_policy or with_entropy or with_logits:
                 s = self._forward(self.model, chunk, with_entropy=with_entropy, with_logits=with_logits)
                 outputs.setdefault("logp_old", []).append(s.logp)
                 outputs.setdefault("entropy", []).append(s.entropy)
                 if with_logits:
-                    stats = self.objective.on_logits(s.logits, chunk.completion_ids, chunk.mask, chunk.group_ids)
+                    stats = self.objective.on_logits(s.logits, chunk.completion_ids, chunk.mask, chunk.group_ids,
+                                                     teacher_logits=teacher.logits if teacher else None)
                     for k, v in stats.items():
                         outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
@@ -276,6 +300,8 @@ class Trainer:
             batch.entropy = torch.cat(outputs["entropy"])
         if self.reference is not None:
             batch.logp_ref = torch.cat(outputs["logp_ref"])
+        if "logp_teacher" in outputs:
+            batch.logp_teacher = torch.cat(outputs["logp_teacher"])
         batch.extras = {k[len("extras."):]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
         return batch
 
@@ -304,20 +330,29 @@ class Trainer:
         the same number of micro-batches (ZeRO-3 gathers parameters collectively in each forward).
         """
         weights = self.objective.prepare(batch, metrics)
-        active = torch.nonzero(weights.abs().sum(-1) > 0).flatten()
+        active = torch.nonzero(self.objective.active_rows(batch, weights)).flatten()
         if len(active) == 0:  # nothing to learn on this rank: a zero-weight row keeps ranks in step
             active = torch.zeros(1, dtype=torch.long, device=weights.device)
         chunks = list(active.split(self.recipe.trainer.micro_batch_size))
         n_real, n_micro = len(chunks), int(all_max(torch.tensor(len(chunks), device=weights.device)))
         chunks += [active[:1]] * (n_micro - n_real)  # padding micro-batches, given zero weight below
+        with_logits = "student_logits" in self.objective.needs
         for i, rows in enumerate(chunks):
             rows_batch = batch.rows(rows)
             real = i < n_real
             w = weights[rows] if real else torch.zeros_like(weights[rows])
             with self._grad_sync(last=i == n_micro - 1):
-                s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus))
-                loss = self.objective.loss(s.logp, rows_batch, w, metrics if real else Metrics(), entropy=s.entropy)
-                self.accelerator.backward(loss)
+                # full-vocabulary losses: both models' logits at the active tokens only ([n,V]), the
+                # teacher's for these rows only and without gradient: never [B,T,V] for the step
+                positions = self.objective.active_tokens(rows_batch, w) if with_logits else None
+                s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus),
+                                  with_logits=with_logits, positions=positions)
+                teacher_logits = self._forward(self.teacher, rows_batch, with_logits=True, positions=positions).logits \
+                    if with_logits else None
+                loss = self.objective.loss(s.logp, rows_batch, w, metrics if real else Metrics(), entropy=s.entropy,
+                                           logits=s.logits, teacher_logits=teacher_logits)
+                # a padding micro-batch contributes nothing, whatever terms carry weights of their own (KL)
+                self.accelerator.backward(loss if real else 0.0 * loss)
 
     def _apply_gradients(self, metrics: Metrics) -> None:
         """Clip, step and schedule, unless the gradient norm is not finite (the update is then skipped).

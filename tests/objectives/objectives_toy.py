@@ -29,13 +29,16 @@ def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
     """(theta, batch fields, rewards, rollout logits, tokens) for N_GROUPS groups of G rollouts.
 
-    Lengths vary (one row is empty), one group has all-equal rewards, one row is truncated.
+    Lengths vary (one row is empty), one group has all-equal rewards, one row is truncated. The
+    teacher's logits [B,T,V] travel in ``batch.extras["teacher_logits"]`` (what the trainer would compute
+    per micro-batch), its log-probs of the tokens in ``logp_teacher``.
     """
     gen = torch.Generator().manual_seed(seed)
     b = N_GROUPS * G
     theta = torch.randn(b, T, V, generator=gen, dtype=torch.float64)
     old_logits = theta + 0.3 * torch.randn(b, T, V, generator=gen, dtype=torch.float64)
     ref_logits = theta + 0.3 * torch.randn(b, T, V, generator=gen, dtype=torch.float64)
+    teacher_logits = theta + torch.randn(b, T, V, generator=gen, dtype=torch.float64)
     tokens = torch.randint(V, (b, T), generator=gen)
     lengths = torch.randint(1, T + 1, (b,), generator=gen)
     lengths[3] = 0
@@ -50,7 +53,8 @@ def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
     batch = StepBatch(
         mask=mask, advantages=torch.zeros(b, dtype=torch.float64), group_ids=group_ids,
         logp_old=token_logp(old_logits, tokens), logp_ref=token_logp(ref_logits, tokens),
-        entropy=-(old.exp() * old).sum(-1), truncated=lengths == T, progress=progress)
+        logp_teacher=token_logp(teacher_logits, tokens), entropy=-(old.exp() * old).sum(-1),
+        truncated=lengths == T, progress=progress, extras={"teacher_logits": teacher_logits})
     return theta, batch, rewards, old_logits, tokens
 
 
@@ -62,10 +66,13 @@ def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows
     batch.logp_old = None if on_policy or "logp_old" not in needs else batch.logp_old
     batch.logp_ref = batch.logp_ref if "logp_ref" in needs else None
     batch.entropy = batch.entropy if "entropy" in needs else None
+    batch.logp_teacher = batch.logp_teacher if "logp_teacher" in needs else None
     if rows is not None:
         theta, batch, rewards, old_logits, tokens = theta[rows], batch.rows(rows), rewards[rows], \
             old_logits[rows], tokens[rows]
-    batch.extras = objective.on_logits(old_logits, tokens, batch.mask, batch.group_ids)
+    teacher = batch.extras["teacher_logits"]
+    batch.extras = objective.on_logits(old_logits, tokens, batch.mask, batch.group_ids, teacher_logits=teacher)
+    batch.extras["teacher_logits"] = teacher
     metrics = Metrics()
     batch.advantages = objective.advantages(rewards, batch, metrics)
     weights = objective.prepare(batch, metrics)
@@ -83,7 +90,10 @@ def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty
         logits = theta[part]
         logp = token_logp(logits, tokens[part])
         entropy = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
-        loss = objective.loss(logp, batch.rows(part), weights[part], metrics, entropy=entropy)
+        rows = batch.rows(part)
+        active = objective.active_tokens(rows, weights[part])       # logits packed as the trainer does
+        loss = objective.loss(logp, rows, weights[part], metrics, entropy=entropy, logits=logits[active],
+                              teacher_logits=rows.extras["teacher_logits"][active])
         loss.backward()
         total += float(loss.detach())
     return total, theta.grad, metrics

@@ -61,3 +61,27 @@ def test_kl_in_reward_subtracts_summed_k1_before_the_advantage():
     assert metrics.result()["objective/kl"] == pytest.approx(k1, rel=1e-6)
     # nothing is added to the loss
     assert objective.kl.loss(torch.zeros(2, 2), batch, metrics) == 0.0
+
+
+def test_kl_token_mean_under_balanced_aggregation_reaches_zero_advantage_rows():
+    """BA leaves zero-advantage rows at W = 0; kl aggregation token_mean adds beta * mean_t k3 over every
+    kept token of the step, those rows included, whatever the micro-batching."""
+    from objectives_toy import G, prepared, step_gradient, token_logp
+
+    from rlkit.objectives.kl import kl_estimate
+
+    kl = {"type": "kl", "beta": 0.1, "aggregation": "token_mean"}
+    objective = build_objective({"preset": "ba", "kl": kl})
+    plain = build_objective({"preset": "ba"})
+    loss1, grad1, _ = step_gradient(objective, 1)
+    loss3, grad3, _ = step_gradient(objective, 3, split_seed=2)
+    torch.testing.assert_close(grad3, grad1, rtol=1e-9, atol=1e-12)
+    theta, batch, _, tokens, _ = prepared(objective)
+    k3 = kl_estimate(token_logp(theta, tokens), batch.logp_ref, "k3")
+    expected_kl = 0.1 * float((k3 * batch.mask).sum() / batch.mask.sum())
+    assert loss1 == pytest.approx(step_gradient(plain, 1)[0] + expected_kl, rel=1e-10)
+    zero_rows = slice(G, 2 * G)                      # the toy's group with all-equal rewards
+    assert torch.all(batch.advantages[zero_rows] == 0)
+    assert grad1[zero_rows].abs().sum() > 0
+    shared = build_objective({"preset": "ba", "kl": {**kl, "aggregation": "objective"}})
+    assert step_gradient(shared, 1)[1][zero_rows].abs().sum() == 0

@@ -37,7 +37,8 @@ def test_all_masked_batch_gives_finite_loss_and_zero_gradient(name):
 @pytest.mark.parametrize("name", ALL)
 def test_presets_declare_what_they_read(name):
     objective = objective_for(name)
-    assert objective.needs <= {"logp_old", "logp_ref", "entropy", "logits"}
+    assert objective.needs <= {"logp_old", "logp_ref", "entropy", "logits", "logp_teacher", "teacher_logits",
+                               "student_logits"}
     assert PRESETS[name]["description"]
     assert objective.name == name
 

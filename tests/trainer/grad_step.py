@@ -4,8 +4,9 @@ Run directly (one process) or under ``accelerate launch`` (two gloo processes). 
 the same full rollout batch with a fixed seed, keeps its contiguous block of groups, scores it with
 fixed synthetic rewards, perturbs the old log-probs (so ratios differ from 1 and clipping acts) and
 accumulates the gradient of one optimizer step in micro-batches of each size in ``--micro``. Rank 0
-saves {(preset, micro): flat gradient} to ``--out``. Gradients are read after DDP's all-reduce, i.e. what the
-optimizer would use.
+saves {(preset, micro): flat gradient} to ``--out``. The distillation presets use the built-in teacher
+without its warm start (a random model, quick to build, and far from the student). Gradients are read
+after DDP's all-reduce, i.e. what the optimizer would use.
 """
 
 import argparse
@@ -25,7 +26,8 @@ PROMPTS = ["12+34=", "7+5=", "40+2=", "99+99="]
 def recipe_for(preset: str, output_dir: str):
     overrides = [f"objective={{preset: {preset}}}", "trainer.mini_batches=2",
                  f"trainer.prompts_per_step={N_PROMPTS}", f"rollout.samples_per_prompt={G}",
-                 "rollout.max_new_tokens=6", "log.trackers=[]", "trainer.resume=false", f"output_dir={output_dir}"]
+                 "rollout.max_new_tokens=6", "teacher={path: builtin:tiny-teacher}", "log.trackers=[]",
+                 "trainer.resume=false", f"output_dir={output_dir}"]
     return load_recipe("recipes/quickstart.yaml", overrides + ["model.warm_start=null"])
 
 
@@ -45,7 +47,8 @@ def step_gradient(trainer: Trainer, micro: int) -> torch.Tensor:
     keep[rank * per_rank:(rank + 1) * per_rank] = True
     rollout = full.select_groups(keep)
     batch = trainer.score(rollout, progress=0.5)
-    batch.logp_old = batch.logp_old + noise[keep[full.group_ids]]
+    if batch.logp_old is not None:  # the distillation presets are on-policy: no old log-probs
+        batch.logp_old = batch.logp_old + noise[keep[full.group_ids]]
     batch.advantages = trainer.objective.advantages(rollout.rewards, batch)
     trainer.model.zero_grad(set_to_none=True)
     trainer.accumulate_gradients(batch, Metrics())
