@@ -122,4 +122,5 @@ def two_rank_worker(rank: int, world: int, port: int, out_path: str) -> None:
         out[name] = full / world
     if rank == 0:
         torch.save(out, out_path)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it ("terminate called ...")
     dist.destroy_process_group()
