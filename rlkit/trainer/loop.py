@@ -137,7 +137,12 @@ class Trainer:
         """Run the recipe to its last step, resuming from the latest checkpoint; returns the summary.
         The verifier pool and the trackers are closed however the run ends (error, divergence, Ctrl-C)."""
         try:
-            return self._train()
+            summary = self._train()
+            # Ranks leave together: accelerate's end_training (in log.close) tears the process group
+            # down, and a gloo rank torn down while a peer still talks to it aborts the job ("terminate
+            # called without an active exception", seen at the end of ZeRO-3 runs).
+            self.accelerator.wait_for_everyone()
+            return summary
         finally:
             self.log.close()
             self.scorer.close()
