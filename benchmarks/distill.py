@@ -1,4 +1,4 @@
-"""On-policy distillation on the built-in task: ``python -m benchmarks.distill [--steps N] [--out DIR]``.
+"""On-policy distillation on the built-in task: ``python -m benchmarks.distill [--steps N] [--seed N] [--out DIR]``.
 
 Evaluates the warm-started teacher of ``recipes/distill.yaml`` on the held-out set (greedy, as the
 trainer evaluates the student), then trains ``opd``, ``opd_tip`` and ``opd_q3`` with
@@ -21,10 +21,10 @@ from rlkit.trainer import Trainer
 PRESETS = ("opd", "opd_tip", "opd_q3")
 
 
-def teacher_accuracy(out: Path) -> float:
+def teacher_accuracy(out: Path, seed: int | None) -> float:
     """Held-out greedy accuracy of the recipe's teacher, evaluated as the trainer evaluates a policy."""
-    recipe = load_recipe(preset_runs.RECIPES.parent / "distill.yaml", [f"output_dir={out / 'teacher'}",
-                                                                       "log.trackers=[]"])
+    overrides = [f"output_dir={out / 'teacher'}", "log.trackers=[]"] + ([] if seed is None else [f"trainer.seed={seed}"])
+    recipe = load_recipe(preset_runs.RECIPES.parent / "distill.yaml", overrides)
     teacher = recipe.teacher
     recipe.model = ModelConfig(path=teacher.path, dtype=teacher.dtype, warm_start=teacher.warm_start)
     recipe.objective, recipe.teacher = {"preset": "grpo", "kl": {"beta": 0.0}}, None
@@ -39,11 +39,12 @@ def teacher_accuracy(out: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="RL steps of every run (default: the recipes' trainer.steps)")
+    parser.add_argument("--seed", type=int, help="trainer.seed of every run, teacher included (default: the recipes')")
     parser.add_argument("--out", default="benchmarks/results/distill")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    teacher = teacher_accuracy(out)
+    teacher = teacher_accuracy(out, args.seed)
     print(f"teacher held-out accuracy: {teacher:.3f}", flush=True)
     status = preset_runs.main(["--presets", ",".join(PRESETS), "--out", str(out)]
                               + ([] if args.steps is None else ["--steps", str(args.steps)]))

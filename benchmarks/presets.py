@@ -1,4 +1,4 @@
-"""Objective presets compared: ``python -m benchmarks.presets [--steps N] [--presets a,b,...] [--out DIR]``.
+"""Objective presets compared: ``python -m benchmarks.presets [--steps N] [--seed N] [--presets a,b,...] [--out DIR]``.
 
 Trains ``recipes/presets/<preset>.yaml`` for each preset, one after another, each as its own ``rlkit train``
 process into ``OUT/<preset>`` (a run already there is deleted first, so that every run starts fresh). Then
@@ -23,12 +23,15 @@ HEADER = ("| preset | accuracy at start | accuracy at end | change | wall s |\n"
           "|---|---:|---:|---:|---:|")
 
 
-def train(preset: str, steps: int | None, run_dir: Path) -> int:
-    """Run the preset's recipe with ``rlkit train`` into ``run_dir`` (for ``steps`` if given); its exit status."""
+def train(preset: str, steps: int | None, seed: int | None, run_dir: Path) -> int:
+    """Run the preset's recipe with ``rlkit train`` into ``run_dir`` (for ``steps``, with ``seed``, if given);
+    its exit status."""
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [sys.executable, "-m", "rlkit.cli", "train", str(RECIPES / f"{preset}.yaml"), f"output_dir={run_dir}"]
     if steps is not None:
         command.append(f"trainer.steps={steps}")
+    if seed is not None:
+        command.append(f"trainer.seed={seed}")
     print(f"== {preset}: {' '.join(command[1:])}", flush=True)
     return subprocess.run(command).returncode
 
@@ -43,6 +46,7 @@ def table_row(preset: str, run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="RL steps of every run (default: the recipes' trainer.steps)")
+    parser.add_argument("--seed", type=int, help="trainer.seed of every run (default: the recipes')")
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated (default: all)")
     parser.add_argument("--out", default="benchmarks/results/presets", help="runs, table and plot go here")
     args = parser.parse_args(argv)
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows, finished = [], []
     for preset in presets:
-        status = train(preset, args.steps, out / preset)
+        status = train(preset, args.steps, args.seed, out / preset)
         if status:
             rows.append(f"| {preset} | failed (exit {status}) | | | |")
         else:
