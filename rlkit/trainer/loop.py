@@ -128,9 +128,14 @@ class Trainer:
         return self._prepare_reference(path, teacher.dtype)
 
     @property
-    def _zero3(self) -> bool:
+    def _sharded(self) -> bool:
+        """Parameters are split over several ranks (ZeRO-3 or FSDP): ``generate`` then gets ``synced_gpus``,
+        so that a rank whose completions end early keeps joining the others' collectives (FSDP gathers
+        parameters in every forward; ZeRO-3 does too where TRL does not gather them for generation)."""
         plugin = self.accelerator.state.deepspeed_plugin
-        return plugin is not None and plugin.zero_stage == 3
+        zero3 = plugin is not None and plugin.zero_stage == 3
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        return (zero3 or fsdp) and self.accelerator.num_processes > 1
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> dict:
@@ -265,7 +270,7 @@ class Trainer:
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
             batch = self.worker.generate(policy, prompts, columns, self.recipe.rollout.samples_per_prompt,
-                                         synced_gpus=self._zero3 and self.accelerator.num_processes > 1)
+                                         synced_gpus=self._sharded)
         self.model.train()
         return batch
 
@@ -385,18 +390,27 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation and records
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers."""
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        shard = self.data.eval.select(range(rank, len(self.data.eval), world))
+        """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers.
+
+        Every rank makes the same number of ``generate`` calls, ceil(ceil(N / world) / EVAL_CHUNK): with
+        sharded parameters every decoding step runs collectives (``synced_gpus``, FSDP's all-gathers), so
+        a rank with one call more would wait forever. The shards (rows rank, rank + world, ...) are padded to ceil(N / world) rows with row 0,
+        whose completions are not scored.
+        """
+        rank, world, n = self.accelerator.process_index, self.accelerator.num_processes, len(self.data.eval)
+        own, per_rank = range(rank, n, world), -(-n // world)
+        shard = self.data.eval.select([*own, *[0] * (per_rank - len(own))])
         first, total = torch.zeros(2), torch.zeros(2)  # host sums of the verifiers' Python floats
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
-            for start in range(0, len(shard), 256):
-                rows = shard.select(range(start, min(start + 256, len(shard))))
+            for start in range(0, per_rank, EVAL_CHUNK):
+                rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
                 columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
                 out = self.worker.generate(policy, list(rows["prompt"]), columns, 1, greedy=True,
-                                           synced_gpus=self._zero3 and world > 1)
-                scores = self.scorer(out.prompts, out.completions, out.columns)
+                                           synced_gpus=self._sharded)
+                real = slice(0, max(0, len(own) - start))  # the padding rows come last
+                scores = self.scorer(out.prompts[real], out.completions[real],
+                                     {c: v[real] for c, v in out.columns.items()})
                 head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
                 first += torch.tensor([sum(head), len(head)])
                 valid = [s for s in scores.total if not math.isnan(s)]
