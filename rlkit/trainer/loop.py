@@ -41,6 +41,7 @@ from rlkit.trainer.tracking import RunLog
 from rlkit.warm_start import warm_start
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses or gradient norms before the run stops
+EVAL_CHUNK = 256  # held-out prompts per generate call (memory only: results do not depend on it)
 
 
 class TrainingDiverged(RuntimeError):

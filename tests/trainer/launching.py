@@ -15,6 +15,8 @@ LAUNCHERS = {
               "--mixed_precision", "no"],
     "zero3": [ACCELERATE, "launch", "--config_file", "launch/zero3.yaml", "--num_processes", "2",
               "--mixed_precision", "no"],
+    "zero3_offload": [ACCELERATE, "launch", "--config_file", "launch/zero3_offload.yaml", "--num_processes", "2",
+                      "--mixed_precision", "no"],
 }
 
 
