@@ -1,11 +1,23 @@
-"""ZeRO-3 on 2 CPU processes (launch/zero3.yaml): held-out evaluation with shards of unequal size."""
+"""ZeRO-3 on 2 CPU processes (launch/zero3.yaml): held-out evaluation with shards of unequal size, the
+distillation teacher partitioned like the policy, and checkpoints that resume."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+from transformers import AutoModelForCausalLM
+
+from rlkit.models import builtin_tiny_teacher_path
 from tests.trainer.launching import ROOT, launch
+
+# on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
+# and the teacher's distributions differ, so the reverse KL has a gradient); 2 steps, a checkpoint after each
+OPD = ["recipes/presets/opd.yaml", "model.warm_start=null", "teacher.warm_start=null", "trainer.steps=2",
+       "trainer.save_every=1", "trainer.prompts_per_step=8", "data.eval_size=8", "log.eval_every=0",
+       "log.trackers=[]"]
 
 
 def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
@@ -25,3 +37,59 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     assert one["calls"] == [3] and two["calls"] == [2, 2]
     assert 0 < one["accuracy"] < 1
     assert two["accuracy"] == one["accuracy"] and two["reward"] == one["reward"]
+
+
+def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache, port: int):
+    result = launch(launcher, [*script, *OPD, *overrides, f"output_dir={output_dir}"], cache, port)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output_dir
+
+
+def model_at(output_dir, step: int):
+    return AutoModelForCausalLM.from_pretrained(output_dir / "checkpoints" / f"step-{step:06d}" / "model")
+
+
+def max_difference(a, b) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def opd_zero3(tmp_path_factory, cache):
+    """2 steps under ZeRO-3, in micro-batches of 4 rows (2 per rank and step), through a script that
+    records the teacher's partitions first."""
+    return run("zero3", ["tests/trainer/teacher_partition.py"], ["trainer.micro_batch_size=4"],
+               tmp_path_factory.mktemp("zero3"), cache, 29614)
+
+
+def test_teacher_is_partitioned_under_zero3(opd_zero3):
+    """Each rank holds half of the teacher's elements (6.3M, an even number of elements per
+    parameter: no partition padding) and no parameter keeps its full data."""
+    report = json.loads((opd_zero3 / "teacher_partition.json").read_text())
+    teacher = AutoModelForCausalLM.from_pretrained(builtin_tiny_teacher_path())
+    assert report["full"] == teacher.num_parameters() > 6_000_000
+    assert report["held"] == [report["full"] // 2] * 2
+    assert report["materialized"] == [0, 0]
+
+
+def test_distillation_under_zero3_equals_ddp(opd_zero3, cache, tmp_path):
+    """The same two steps under DDP, in one micro-batch: the same weights after each step. The
+    tolerance is test_deepspeed.py's (fp32 sums in another order)."""
+    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path, cache, 29615)
+    for step in (1, 2):
+        assert max_difference(model_at(ddp, step), model_at(opd_zero3, step)) < 1e-5
+    assert max_difference(model_at(ddp, 2), model_at(ddp, 1)) > 1e-4  # the second step moved the weights
+
+
+def test_zero3_run_resumed_from_step_1_equals_the_uninterrupted_run(opd_zero3, cache, tmp_path):
+    """A run stopped after its step-1 checkpoint (that checkpoint alone, copied to a fresh output
+    directory) resumes from its sharded state to step 2, with the same weights as the run that went
+    on: same prompts, sampling RNG, optimizer moments and step count, so equal to fp32 rounding."""
+    shutil.copytree(opd_zero3 / "checkpoints" / "step-000001", tmp_path / "checkpoints" / "step-000001")
+    run("zero3", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], tmp_path, cache, 29616)
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == 1
+    assert max_difference(model_at(tmp_path, 2), model_at(opd_zero3, 2)) < 1e-6
