@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
 from transformers import get_scheduler
-from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from rewards.scoring import RewardScorer
 from rlkit.data import check_prompt_lengths, load_task
@@ -114,6 +114,8 @@ class Trainer:
         reference = load_model(path, dtype or self.recipe.model.dtype).eval().requires_grad_(False)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             return prepare_deepspeed(reference, self.accelerator)  # sharded like the policy under ZeRO-3
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return prepare_fsdp(reference, self.accelerator)  # sharded too (accelerate would copy it whole)
         return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     def _prepare_teacher(self):

@@ -24,6 +24,9 @@ def launch(launcher: str, args: list[str], cache: Path, port: int, timeout: int 
     """Run ``python args...`` on two processes with ``launcher`` (a key of LAUNCHERS) from the repository root."""
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # it turns DeepSpeed into DDP
     env["RLKIT_CACHE"] = str(cache)
+    # DeepSpeed's JIT-compiled ops, once per virtual environment: a build for another environment's
+    # include paths in the shared default (~/.cache/torch_extensions) makes the next launch rebuild them
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     if launcher == "ddp":
         env["ACCELERATE_USE_CPU"] = "true"
     return subprocess.run([*LAUNCHERS[launcher], "--main_process_port", str(port), *args], cwd=ROOT, env=env,
