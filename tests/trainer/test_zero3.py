@@ -10,7 +10,6 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM
 
-from rlkit.models import builtin_tiny_teacher_path
 from tests.trainer.launching import ROOT, launch
 
 # on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
@@ -61,19 +60,20 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def opd_zero3(tmp_path_factory, cache):
     """2 steps under ZeRO-3, in micro-batches of 4 rows (2 per rank and step), through a script that
-    records the teacher's partitions first."""
-    return run("zero3", ["tests/trainer/teacher_partition.py"], ["trainer.micro_batch_size=4"],
+    records the models' partitions first."""
+    return run("zero3", ["tests/trainer/partitions.py"], ["trainer.micro_batch_size=4"],
                tmp_path_factory.mktemp("zero3"), cache, 29614)
 
 
 def test_teacher_is_partitioned_under_zero3(opd_zero3):
-    """Each rank holds half of the teacher's elements (6.3M, an even number of elements per
-    parameter: no partition padding) and no parameter keeps its full data."""
-    report = json.loads((opd_zero3 / "teacher_partition.json").read_text())
-    teacher = AutoModelForCausalLM.from_pretrained(builtin_tiny_teacher_path())
-    assert report["full"] == teacher.num_parameters() > 6_000_000
-    assert report["held"] == [report["full"] // 2] * 2
-    assert report["materialized"] == [0, 0]
+    """After setup each rank holds half of the teacher's elements, as it does of the policy's (every
+    parameter has an even number of elements, so the partitions need no padding)."""
+    partitions = json.loads((opd_zero3 / "partitions.json").read_text())
+    # tied embedding 100 x h, per layer 4 h^2 (attention) + 3 h 4h (MLP) + 2 h (norms), final norm h
+    assert partitions["teacher"]["full"] == 100 * 256 + 6 * (4 * 256**2 + 12 * 256**2 + 2 * 256) + 256  # 6,320,384
+    assert partitions["model"]["full"] == 100 * 128 + 4 * (4 * 128**2 + 12 * 128**2 + 2 * 128) + 128  # 1,062,528
+    for name in ("model", "teacher"):
+        assert partitions[name]["held"] == [partitions[name]["full"] // 2] * 2, name
 
 
 def test_distillation_under_zero3_equals_ddp(opd_zero3, cache, tmp_path):
