@@ -1,7 +1,7 @@
 """torch's FSDP2 (``fully_shard``) on 2 gloo processes under torchrun: the policy's parameters are
 really sharded, and the trainer's gradient of one optimizer step (generation, scoring pass and
 ``accumulate_gradients`` on the sharded model) equals the one-process gradient. accelerate's own FSDP
-does not shard on a CPU; launch/fsdp2.yaml is run on GPUs by tests/gpu/test_fsdp2.py."""
+does not shard on a CPU; launch/fsdp2.yaml is run on GPUs by tests/gpu/test_gpu_fsdp2.py."""
 
 import os
 import subprocess
