@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher held-out accuracy: {teacher:.3f}", flush=True)
     presets = args.presets.split(",")
     status = preset_runs.main(["--presets", args.presets, "--out", str(out)]
-                              + ([] if args.steps is None else ["--steps", str(args.steps)]))
+                              + ([] if args.steps is None else ["--steps", str(args.steps)])
+                              + ([] if args.seed is None else ["--seed", str(args.seed)]))
     gains = {}
     for preset in presets:
         summary = out / preset / "summary.json"
