@@ -397,8 +397,8 @@ class Trainer:
 
         Every rank makes the same number of ``generate`` calls, ceil(ceil(N / world) / EVAL_CHUNK): with
         sharded parameters every decoding step runs collectives (``synced_gpus``, FSDP's all-gathers), so
-        a rank with one call more would wait forever. The shards (rows rank, rank + world, ...) are padded to ceil(N / world) rows with row 0,
-        whose completions are not scored.
+        a rank with one call more would wait forever. The shards (rows rank, rank + world, ...) are padded
+        to ceil(N / world) rows with row 0, whose completions are not scored.
         """
         rank, world, n = self.accelerator.process_index, self.accelerator.num_processes, len(self.data.eval)
         own, per_rank = range(rank, n, world), -(-n // world)
