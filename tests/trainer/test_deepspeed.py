@@ -2,9 +2,9 @@
 processes, launched with the shipped configs) make the same update as DDP: one RL step (two optimizer
 updates) in several micro-batches under ZeRO equals DDP with one micro-batch, weight for weight. The
 DDP launch also builds the warm start (one process trains it, the other waits for the cache). With
-optimizer offload, accelerate swaps torch's AdamW for DeepSpeed's
-CPU Adam (its C++ op is JIT-compiled on first use, a few minutes, then cached under
-TORCH_EXTENSIONS_DIR): the same arithmetic in fp32, in another order, hence the same tolerance."""
+optimizer offload, accelerate swaps torch's AdamW for DeepSpeed's CPU Adam (its C++ op is JIT-compiled
+on first use, a few minutes, then cached under TORCH_EXTENSIONS_DIR): the same arithmetic in fp32, in
+another order, hence the same tolerance."""
 
 import json
 from pathlib import Path
