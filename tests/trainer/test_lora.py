@@ -19,6 +19,7 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
+import rlkit.models
 from rlkit.metrics import Metrics
 from rlkit.models import builtin_tiny_path, check_quantization_support
 from rlkit.recipe import load_recipe
@@ -150,6 +151,13 @@ def test_4bit_without_cuda_stops_at_start_up():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="load_in_4bit: 4-bit weights .* need a CUDA device"):
+        check_quantization_support(LoraSettings(load_in_4bit=True))
+
+
+def test_4bit_without_bitsandbytes_stops_at_start_up(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(rlkit.models, "is_bitsandbytes_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"load_in_4bit: bitsandbytes is not installed \(pip install 'rlkit\[qlora\]'\)"):
         check_quantization_support(LoraSettings(load_in_4bit=True))
 
 
