@@ -196,7 +196,7 @@ def check_quantization_support(lora: LoraSettings | None) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("model.lora.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA device, none found")
     if not is_bitsandbytes_available():
-        raise RuntimeError("model.lora.load_in_4bit: bitsandbytes is not installed (pip install 'rlkit[qlora]')")
+        raise RuntimeError("model.lora.load_in_4bit: bitsandbytes is not installed (pip install bitsandbytes)")
 
 
 def load_policy(path: str | Path, model_cfg: ModelConfig, device: torch.device):
