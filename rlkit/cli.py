@@ -1,4 +1,4 @@
-"""The ``rlkit`` command: train, check, verify, objectives, plot."""
+"""The ``rlkit`` command: train, check, verify, export, objectives, plot."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ def cmd_verify(args) -> int:
     return verify_file(recipe.rewards, args.completions, workers=args.workers)
 
 
+def cmd_export(args) -> int:
+    from rlkit.trainer.checkpoint import export_merged
+
+    out = args.out or f"{args.run}/merged"
+    try:
+        checkpoint = export_merged(args.run, out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: the adapter of {checkpoint} merged into its base model")
+    return 0
+
+
 def cmd_objectives(args) -> int:
     from rlkit.objectives import describe
 
@@ -73,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("completions", help="jsonl: 'prompt', 'completion' and the dataset columns on each line")
     p.add_argument("--workers", type=int, default=2, help="verifier processes (0: score in this process)")
     p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("export", help="merge a LoRA run's latest adapter into its base model: a plain model folder")
+    p.add_argument("run", help="the run folder (output_dir of a training run with model.lora)")
+    p.add_argument("--out", help="the folder to write (default: RUN/merged)")
+    p.set_defaults(fn=cmd_export)
     sub.add_parser("objectives", help="list objective parts and presets").set_defaults(fn=cmd_objectives)
     p = sub.add_parser("plot", help="held-out accuracy and training reward of runs against step, as a PNG")
     p.add_argument("runs", nargs="+", help="run folders (output_dir of a training run)")

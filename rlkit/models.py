@@ -19,11 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers.utils import is_bitsandbytes_available
 
 from rlkit.builtins import BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER
+from rlkit.recipe.schema import LoraSettings, ModelConfig
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # ChatML-like, so conversational datasets work with the tiny model too.
@@ -184,3 +187,30 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 
 def load_model(path: str | Path, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+
+
+def check_quantization_support(lora: LoraSettings | None) -> None:
+    """Stop at start-up, before any warm start, if the recipe asks for QLoRA where it cannot run."""
+    if lora is None or not lora.load_in_4bit:
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.lora.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA device, none found")
+    if not is_bitsandbytes_available():
+        raise RuntimeError("model.lora.load_in_4bit: bitsandbytes is not installed (pip install bitsandbytes)")
+
+
+def load_policy(path: str | Path, model_cfg: ModelConfig, device: torch.device):
+    """The model to train: the one at ``path``, or with ``model_cfg.lora`` a peft model whose LoRA
+    adapters alone require grad (on a 4-bit base with ``load_in_4bit``, placed on ``device`` at load)."""
+    lora = model_cfg.lora
+    if lora is None:
+        return load_model(path, model_cfg.dtype)
+    dtype = getattr(torch, model_cfg.dtype)
+    if lora.load_in_4bit:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization,
+                                                    device_map={"": device})
+    else:
+        base = load_model(path, model_cfg.dtype)
+    config = LoraConfig(task_type="CAUSAL_LM", **lora.model_dump(exclude={"load_in_4bit"}))
+    return get_peft_model(base, config)

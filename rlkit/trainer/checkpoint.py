@@ -2,7 +2,9 @@
 
 Layout of ``OUTPUT_DIR/checkpoints/step-000050/``::
 
-    model/               save_pretrained + tokenizer: loads with AutoModelForCausalLM.from_pretrained
+    model/               save_pretrained + tokenizer: loads with AutoModelForCausalLM.from_pretrained;
+                         with model.lora, peft's adapter folder (PeftModel.from_pretrained on the base
+                         model; `rlkit export RUN` merges it into a plain model folder)
     state/               accelerator.save_state: model, optimizer, scheduler, RNG of every process
     trainer_state.json   step, elapsed seconds, held-out metrics at the start of RL; written last,
                          so a folder without it is an interrupted save and is ignored
@@ -13,6 +15,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
+from peft import AutoPeftModelForCausalLM, PeftConfig
+from transformers import AutoTokenizer
 
 STATE_FILE = "trainer_state.json"
 
@@ -46,6 +51,24 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``path``; returns its trainer state."""
     accelerator.load_state(str(path / "state"))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def export_merged(output_dir: str | Path, out: str | Path) -> Path:
+    """Merge the LoRA adapter of the run's latest checkpoint into its base model (peft's
+    ``merge_and_unload``: W + (lora_alpha / r) * B A) and save model and tokenizer at ``out``, a plain
+    Hugging Face folder. Returns the checkpoint merged."""
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{output_dir}: no complete checkpoint (checkpoints/step-*/{STATE_FILE})")
+    adapter = checkpoint / "model"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter} is a full model, not a LoRA adapter: it loads with from_pretrained as it is")
+    base = PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    if not Path(base).is_dir():
+        raise FileNotFoundError(f"{adapter}: its base model folder {base} (adapter_config.json) no longer exists")
+    AutoPeftModelForCausalLM.from_pretrained(adapter, dtype="auto").merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(out)
+    return checkpoint
 
 
 def _prune(root: Path, keep: int) -> None:

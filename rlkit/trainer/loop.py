@@ -30,13 +30,15 @@ from rewards.scoring import RewardScorer
 from rlkit.data import check_prompt_lengths, load_task
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
-from rlkit.models import eos_token_ids, load_model, load_tokenizer, resolve_model_path
+from rlkit.models import (check_quantization_support, eos_token_ids, load_model, load_policy, load_tokenizer,
+                          resolve_model_path)
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
 from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlkit.trainer.logprobs import completion_scores
+from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
 from rlkit.trainer.tracking import RunLog
 from rlkit.warm_start import warm_start
 
@@ -65,6 +67,7 @@ class Trainer:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         cfg = recipe.trainer
+        check_quantization_support(recipe.model.lora)
         self.objective = build_objective(recipe.objective)
         self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
         self.accelerator = Accelerator(
@@ -89,9 +92,10 @@ class Trainer:
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
             self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
                 cfg.micro_batch_size
-        model = load_model(start_path, recipe.model.dtype)
+        model = load_policy(start_path, recipe.model, self.accelerator.device)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # only the adapters with LoRA
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Not passed to accelerator.prepare: accelerate would step it once per process at every call (and
         # DeepSpeed inside its engine), so warmup and decay would run N times too fast on N processes.
         # rlkit steps it once per applied optimizer update; save_state/load_state still carry it.
@@ -110,13 +114,20 @@ class Trainer:
                           recipe.model_dump())
 
     # ---------------------------------------------------------------- setup helpers
-    def _prepare_reference(self, path, dtype: str | None = None):
-        reference = load_model(path, dtype or self.recipe.model.dtype).eval().requires_grad_(False)
+    def _prepare_reference(self, path):
+        """The KL reference: with LoRA, the policy with its adapters disabled (no second copy)."""
+        if self.recipe.model.lora is not None:
+            return AdaptersOffReference(self.model, self.accelerator.unwrap_model(self.model), self._forward)
+        return FrozenReference(self._prepare_frozen(path, self.recipe.model.dtype), self._forward)
+
+    def _prepare_frozen(self, path, dtype: str):
+        """A model run without gradients, placed like the policy."""
+        frozen = load_model(path, dtype).eval().requires_grad_(False)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return prepare_deepspeed(reference, self.accelerator)  # sharded like the policy under ZeRO-3
+            return prepare_deepspeed(frozen, self.accelerator)  # sharded like the policy under ZeRO-3
         if self.accelerator.distributed_type == DistributedType.FSDP:
-            return prepare_fsdp(reference, self.accelerator)  # sharded too (accelerate would copy it whole)
-        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+            return prepare_fsdp(frozen, self.accelerator)  # sharded too (accelerate would copy it whole)
+        return self.accelerator.prepare_model(frozen, evaluation_mode=True)
 
     def _prepare_teacher(self):
         """The recipe's teacher (warm-started if asked, cached), frozen and placed like the reference."""
@@ -128,7 +139,7 @@ class Trainer:
             if teacher.warm_start is not None:
                 path = warm_start(path, self.data.train, teacher.warm_start, self.recipe.trainer.seed,
                                   log=self.accelerator.is_main_process)
-        return self._prepare_reference(path, teacher.dtype)
+        return self._prepare_frozen(path, teacher.dtype)
 
     @property
     def _sharded(self) -> bool:
@@ -306,7 +317,7 @@ class Trainer:
                     for k, v in stats.items():
                         outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
-                outputs.setdefault("logp_ref", []).append(self._forward(self.reference, chunk).logp)
+                outputs.setdefault("logp_ref", []).append(self.reference.logp(chunk))
         if off_policy:
             batch.logp_old = torch.cat(outputs["logp_old"])
         if with_entropy:
