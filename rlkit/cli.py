@@ -39,18 +39,15 @@ def cmd_train(args) -> int:
 def cmd_launch(args) -> int:
     from rlkit.launcher import LaunchError, accelerate_command, exec_launch, resolve_config
 
-    # argparse puts what follows `--` among the overrides; overrides never start with "-"
-    split = next((i for i, a in enumerate(args.overrides) if a.startswith("-")), len(args.overrides))
-    overrides, extra = args.overrides[:split], args.overrides[split:]
-    recipe = load_recipe(args.recipe, overrides)  # a bad recipe fails here, not in N processes
+    recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe fails here, not in N processes
     import torch
 
     layout = {k: getattr(args, k) for k in ("num_processes", "num_machines", "machine_rank", "main_process_ip",
                                             "main_process_port")}
     try:
-        command, env = accelerate_command(resolve_config(args.config), [args.recipe, *overrides],
-                                          recipe.trainer.mixed_precision, torch.cuda.device_count(), layout, extra,
-                                          dict(os.environ))
+        command, env = accelerate_command(resolve_config(args.config), [args.recipe, *args.overrides],
+                                          recipe.trainer.mixed_precision, torch.cuda.device_count(), layout,
+                                          args.accelerate_flags, dict(os.environ))
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # `rlkit launch ... -- FLAGS`: FLAGS go to accelerate
+    parser = build_parser()
+    args = parser.parse_args(argv[:cut])
+    args.accelerate_flags = argv[cut + 1:]
+    if args.accelerate_flags and args.command != "launch":
+        parser.error(f"flags after -- are for rlkit launch, not rlkit {args.command}")
     try:
         return args.fn(args)
     except RecipeError as e:
