@@ -36,40 +36,53 @@ class LaunchRefused(RuntimeError):
     """The launch did not give the run what it asked for; raised before any training."""
 
 
-def _refuse_if(mismatch: bool, what: str, asked, got, why: str) -> None:
+def _refuse_if(mismatch: bool, asked: str, got, why: str) -> None:
     if mismatch:
-        raise LaunchRefused(f"launch asked for {what} {asked}, the run got {got}: {why}")
+        raise LaunchRefused(f"launch asked for {asked}, the run got {got}: {why}")
 
 
 def check_launch(accelerator: Accelerator, cfg: TrainerConfig, env: Mapping[str, str] = os.environ) -> None:
-    """Processes, engine, ZeRO stage, backend, precision and clipping against what the launch asked for."""
-    world, engine = accelerator.num_processes, accelerator.distributed_type
-    if "WORLD_SIZE" not in env and "MASTER_PORT" in env and "ACCELERATE_MIXED_PRECISION" in env:
-        raise LaunchRefused("launch asked for several processes, the run got 1: `accelerate launch --cpu` (or a "
-                            "MULTI_CPU config) starts one process; use `rlkit launch ddp RECIPE`")
-    _refuse_if(int(env.get("WORLD_SIZE", world)) != world, "processes", env.get("WORLD_SIZE"), world,
+    """Processes, engine, backend, precision and clipping against what the launch asked for."""
+    _check_processes(accelerator, env)
+    _check_engine(accelerator, env)
+    _check_recipe_settings(accelerator, cfg, env)
+
+
+def _check_processes(accelerator: Accelerator, env: Mapping[str, str]) -> None:
+    world = accelerator.num_processes
+    _refuse_if("WORLD_SIZE" not in env and "MASTER_PORT" in env and "ACCELERATE_MIXED_PRECISION" in env,
+               "several processes", world, "`accelerate launch --cpu` (or a MULTI_CPU config) starts one process; "
+               "use `rlkit launch ddp RECIPE`")
+    _refuse_if(int(env.get("WORLD_SIZE", world)) != world, f"{env.get('WORLD_SIZE')} processes", world,
                "accelerate did not join the process group (multi-process CPU runs need gloo)")
-    _refuse_if(_flag(env, "ACCELERATE_USE_DEEPSPEED") and engine != DistributedType.DEEPSPEED, "DeepSpeed",
-               "", engine.value, "ACCELERATE_USE_CPU=true turns a DeepSpeed launch into DDP; unset it")
-    _refuse_if(_flag(env, "ACCELERATE_USE_FSDP") and engine != DistributedType.FSDP, "FSDP", "", engine.value,
-               "accelerate did not set FSDP up")
-    _refuse_if(engine == DistributedType.FSDP and accelerator.device.type == "cpu", "FSDP on", "cpu",
-               "no sharding", "accelerate's FSDP on a CPU neither shards nor synchronises gradients; use a GPU")
     if world > 1:
-        backend, wanted = torch.distributed.get_backend(), "nccl" if accelerator.device.type == "cuda" else "gloo"
-        _refuse_if(wanted not in backend, "collectives on", accelerator.device.type, backend,
-                   f"{accelerator.device.type} processes need {wanted}")
+        device = accelerator.device.type
+        backend, wanted = torch.distributed.get_backend(), "nccl" if device == "cuda" else "gloo"
+        _refuse_if(wanted not in backend, f"{device} processes", f"{backend} collectives", f"{device} needs {wanted}")
+
+
+def _check_engine(accelerator: Accelerator, env: Mapping[str, str]) -> None:
+    engine, device = accelerator.distributed_type, accelerator.device.type
+    _refuse_if(_flag(env, "ACCELERATE_USE_DEEPSPEED") and engine != DistributedType.DEEPSPEED, "DeepSpeed",
+               engine.value, "ACCELERATE_USE_CPU=true turns a DeepSpeed launch into DDP; unset it")
+    fsdp = _flag(env, "ACCELERATE_USE_FSDP") or engine == DistributedType.FSDP
+    _refuse_if(fsdp and (engine != DistributedType.FSDP or device == "cpu"), "FSDP", f"{engine.value} on {device}",
+               "accelerate's FSDP needs GPUs (on a CPU it neither shards nor synchronises gradients)")
+
+
+def _check_recipe_settings(accelerator: Accelerator, cfg: TrainerConfig, env: Mapping[str, str]) -> None:
+    """The recipe is the one source of precision and clipping: a launch asking for others is refused."""
     asked = env.get("ACCELERATE_MIXED_PRECISION", cfg.mixed_precision)
-    _refuse_if(asked != cfg.mixed_precision, "mixed precision", asked, f"trainer.mixed_precision={cfg.mixed_precision}",
-               "the recipe sets it; launch with `rlkit launch` or pass --mixed_precision "
+    _refuse_if(asked != cfg.mixed_precision, f"mixed precision {asked}", f"trainer.mixed_precision="
+               f"{cfg.mixed_precision}", f"the recipe sets it; use `rlkit launch` or --mixed_precision "
                f"{cfg.mixed_precision}")
-    _refuse_if(accelerator.mixed_precision != cfg.mixed_precision, "mixed precision", cfg.mixed_precision,
+    _refuse_if(accelerator.mixed_precision != cfg.mixed_precision, f"mixed precision {cfg.mixed_precision}",
                accelerator.mixed_precision, "the DeepSpeed config file sets another one")
-    clipping = cfg.max_grad_norm or 0.0  # DeepSpeed's 0 is off, the recipe's null
-    if "ACCELERATE_GRADIENT_CLIPPING" in env:
-        _refuse_if(float(env["ACCELERATE_GRADIENT_CLIPPING"]) != clipping, "gradient clipping",
-                   env["ACCELERATE_GRADIENT_CLIPPING"], f"trainer.max_grad_norm={cfg.max_grad_norm}",
-                   "the recipe sets it; drop gradient_clipping from the accelerate config")
+    if "ACCELERATE_GRADIENT_CLIPPING" in env:  # DeepSpeed's 0 is off, the recipe's null
+        _refuse_if(float(env["ACCELERATE_GRADIENT_CLIPPING"]) != (cfg.max_grad_norm or 0.0),
+                   f"gradient clipping {env['ACCELERATE_GRADIENT_CLIPPING']}",
+                   f"trainer.max_grad_norm={cfg.max_grad_norm}", "the recipe sets it; drop gradient_clipping "
+                   "from the accelerate config")
 
 
 def check_sharding(accelerator: Accelerator, model: torch.nn.Module) -> None:
@@ -79,12 +92,12 @@ def check_sharding(accelerator: Accelerator, model: torch.nn.Module) -> None:
     params = list(model.parameters())
     if plugin is not None and plugin.zero_stage == 3:
         whole = sum(not hasattr(p, "ds_id") for p in params)
-        _refuse_if(whole > 0, "ZeRO-3", "partitioned parameters", f"{whole} of {len(params)} whole",
+        _refuse_if(whole > 0, "ZeRO-3", f"{whole} of {len(params)} parameters whole",
                    "DeepSpeed did not partition the model")
     if accelerator.distributed_type == DistributedType.FSDP:
         whole = sum(not isinstance(p, DTensor) for p in params)
-        _refuse_if(whole > 0 and not isinstance(model, FullyShardedDataParallel), "FSDP", "sharded parameters",
-                   f"{whole} of {len(params)} whole", "accelerate did not shard the model")
+        _refuse_if(whole > 0 and not isinstance(model, FullyShardedDataParallel), "FSDP",
+                   f"{whole} of {len(params)} parameters whole", "accelerate did not shard the model")
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -90,6 +90,9 @@ def test_cli_refuses_fsdp_on_cpu_and_a_bad_recipe_before_launching(monkeypatch, 
     assert "fsdp2.yaml: accelerate's FSDP on a CPU neither shards nor synchronises" in capsys.readouterr().err
     assert main(["launch", "ddp", "recipes/quickstart.yaml", "trainer.mixed_precision=fp8"]) == 2
     assert "trainer.mixed_precision" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # flags after -- are accelerate's, so only for rlkit launch
+        main(["check", "recipes/quickstart.yaml", "--", "--num_processes", "2"])
+    assert "flags after -- are for rlkit launch, not rlkit check" in capsys.readouterr().err
 
 
 def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path):
