@@ -9,13 +9,14 @@ launching. What the run then really gets is checked at start-up (rlkit/trainer/s
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 import yaml
 
-CONFIGS = Path(__file__).parents[1] / "launch"
+CONFIGS = Path(__file__).parents[1] / "launch"  # of the source tree rlkit is installed from (pip install -e)
 CPU_PROCESSES = 2  # per machine without CUDA, unless --num_processes says otherwise
 
 
@@ -67,5 +68,5 @@ def accelerate_command(config: Path, recipe_args: list[str], mixed_precision: st
 
 def exec_launch(command: list[str], env: dict[str, str]) -> NoReturn:
     """Replace this process with the launch (signals and the exit code are then accelerate's)."""
-    print(" ".join(command), file=sys.stderr, flush=True)
+    print(shlex.join(command), file=sys.stderr, flush=True)
     os.execve(command[0], command, env)

@@ -5,14 +5,14 @@ accelerate falls back silently in several ways (docs/architecture.md, "Running o
 FSDP on a CPU neither shards nor synchronises. What was asked is in the environment that
 ``accelerate launch`` (and torchrun under it) gives every process:
 
-==============================  =====================================================================
-``WORLD_SIZE``                  processes, set by torchrun and DeepSpeed's launcher
-``MASTER_PORT``, no WORLD_SIZE  accelerate's simple launcher was asked for several processes, started one
-``ACCELERATE_USE_DEEPSPEED``    DeepSpeed (its ZeRO-3 partitioning is checked on the prepared model)
-``ACCELERATE_USE_FSDP``         FSDP
-``ACCELERATE_MIXED_PRECISION``  mixed precision (always set by ``accelerate launch``)
+================================  ========================================================================
+``WORLD_SIZE``                    processes, set by torchrun and DeepSpeed's launcher
+``MASTER_PORT``, no WORLD_SIZE    accelerate's simple launcher was asked for several processes, started one
+``ACCELERATE_USE_DEEPSPEED``      DeepSpeed (its ZeRO-3 partitioning is checked on the prepared model)
+``ACCELERATE_USE_FSDP``           FSDP (its sharding is checked on the prepared model)
+``ACCELERATE_MIXED_PRECISION``    mixed precision (always set by ``accelerate launch``)
 ``ACCELERATE_GRADIENT_CLIPPING``  DeepSpeed's clipping, when a config or flag sets one
-==============================  =====================================================================
+================================  ========================================================================
 
 The recipe is the one source of precision and clipping (``trainer.mixed_precision``,
 ``trainer.max_grad_norm``): a launch asking for another value is refused, not overridden.
