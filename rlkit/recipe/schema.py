@@ -149,7 +149,16 @@ class TrainerConfig(Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="after warmup")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, description="gradient clipping by global norm; null = off")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping by global norm; null = off "
+                                                         "(also DeepSpeed's gradient_clipping, set from here)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast precision of forward and backward, fp32 master weights (accelerate's "
+                          "mixed_precision; DeepSpeed's bf16/fp16); `rlkit launch` passes it, and a launch "
+                          "asking for another is refused at start-up. 'no' on a CPU, 'bf16' on recent GPUs")
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait of one rank for the others in a collective, and so for "
+                                 "the main process building a cache (warm start); a rank that died or stalled "
+                                 "ends the job within this bound plus ~30 s (torchrun's grace before SIGKILL)")
     seed: int = Field(0, description="seeds data order, sampling and initialisation")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="most recent checkpoints kept on disk")

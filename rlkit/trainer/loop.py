@@ -18,6 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from rlkit.rollout import WORKERS, RolloutBatch
 from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlkit.trainer.logprobs import completion_scores
 from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
+from rlkit.trainer.startup import check_launch, check_sharding
 from rlkit.trainer.tracking import RunLog
 from rlkit.warm_start import warm_start
 
@@ -56,11 +58,13 @@ class EvalResult:
     reward: float        # mean total reward on greedy completions
 
 
-def _process_group_kwargs() -> list:
-    """gloo for multi-process CPU runs: accelerate's own collectives need it too (docs/architecture.md,
-    "Running on a CPU"). A single process must not ask for a backend, or accelerate expects a process group."""
+def _process_group_kwargs(timeout_s: float) -> list:
+    """The recipe's collective timeout, and gloo for multi-process CPU runs: accelerate's own collectives
+    need it too (docs/architecture.md, "Running on a CPU"). A single process must not ask for a backend,
+    or accelerate expects a process group."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+    backend = {"backend": "gloo"} if launched and not torch.cuda.is_available() else {}
+    return [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s), **backend)]
 
 
 class Trainer:
@@ -72,8 +76,9 @@ class Trainer:
         self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
         self.accelerator = Accelerator(
             log_with=recipe.log.trackers or None, project_dir=recipe.output_dir,
-            kwargs_handlers=_process_group_kwargs(),
+            mixed_precision=cfg.mixed_precision, kwargs_handlers=_process_group_kwargs(cfg.collective_timeout_s),
         )
+        check_launch(self.accelerator, cfg)  # before any training: what the launch asked for, or stop
         world = self.accelerator.num_processes
         if cfg.prompts_per_step % (world * cfg.mini_batches):
             raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
@@ -90,8 +95,9 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
         if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
-            self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
-                cfg.micro_batch_size
+            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            ds_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+            ds_config["gradient_clipping"] = cfg.max_grad_norm or 0.0  # the engine clips inside its step; 0 = off
         model = load_policy(start_path, recipe.model, self.accelerator.device)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
         trainable = [p for p in model.parameters() if p.requires_grad]  # only the adapters with LoRA
@@ -103,6 +109,7 @@ class Trainer:
                                        num_training_steps=cfg.steps * self.updates_per_step)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        check_sharding(self.accelerator, self.model)
         self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
         self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
 
