@@ -11,11 +11,11 @@ from rlkit.recipe import RecipeError, load_recipe
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     from rlkit.data import PromptTooLong
-    from rlkit.trainer import Trainer, TrainingDiverged  # heavy imports only once the recipe is valid
+    from rlkit.trainer import CheckpointNotShared, Trainer, TrainingDiverged  # heavy: once the recipe is valid
 
     try:
         summary = Trainer(recipe).train()
-    except PromptTooLong as e:
+    except (PromptTooLong, CheckpointNotShared) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
