@@ -5,6 +5,8 @@ process each), each with its own RLKIT_CACHE and output_dir, as on nodes that sh
   rank 1), the run trains and the global main process saves a model that loads with transformers;
 - a checkpoint that only node 0 holds is refused at start-up on both nodes, with a message, not a hang;
 - with a shared output_dir the same checkpoint resumes on both nodes.
+
+The last test does the same on two GPUs (NCCL) and is skipped without them.
 """
 
 import json
@@ -24,9 +26,13 @@ RUN = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml",
 TIMEOUT = 600  # seconds; a fresh two-node run takes about 2 min on a busy 2-core machine
 
 
-def run_nodes(output_dirs, caches, port, steps):
+def run_nodes(output_dirs, caches, port, steps, devices=None):
+    """``steps`` steps on two nodes; ``devices``: each node's GPU (None: CPU processes, gloo)."""
     args = [[*RUN, f"trainer.steps={steps}", f"output_dir={out}"] for out in output_dirs]
-    return launch_nodes(args, caches, port, TIMEOUT)
+    envs = [{"RLKIT_CACHE": str(cache), **({"ACCELERATE_USE_CPU": "true"} if devices is None else
+                                           {"CUDA_VISIBLE_DEVICES": str(device)})}
+            for cache, device in zip(caches, devices or [None, None])]
+    return launch_nodes(args, envs, port, TIMEOUT)
 
 
 def model_folder(output_dir, step):
@@ -78,3 +84,14 @@ def test_checkpoint_in_a_shared_output_dir_resumes_on_both_nodes(nodes, tmp_path
     summary = json.loads((shared / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["resumed_from"] == 1
     AutoModelForCausalLM.from_pretrained(model_folder(shared, 2))
+
+
+@pytest.mark.gpu(2)
+def test_two_gpu_nodes_train_then_refuse_a_checkpoint_on_one_node(tmp_path):
+    """The same on one GPU per node: NCCL carries rank 0's choice and the ranks' answers as objects."""
+    caches, outs = [tmp_path / f"cache{rank}" for rank in range(2)], [tmp_path / f"out{rank}" for rank in range(2)]
+    for result in run_nodes(outs, caches, 29684, steps=1, devices=[0, 1]):
+        assert result.returncode == 0, result.stdout[-4000:]
+    AutoModelForCausalLM.from_pretrained(model_folder(outs[0], 1))
+    for result in run_nodes(outs, caches, 29685, steps=2, devices=[0, 1]):
+        assert result.returncode != 0 and "do not find it in their output_dir" in result.stdout, result.stdout[-4000:]
