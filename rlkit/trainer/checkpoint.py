@@ -57,8 +57,8 @@ def agreed_checkpoint(accelerator, output_dir: str | Path) -> Path | None:
     blind = [rank for rank, ok in enumerate(gather_object([readable])) if not ok]
     if blind:
         raise CheckpointNotShared(
-            f"rank 0 resumes from checkpoints/{name} but rank(s) {blind} do not find it in their output_dir "
-            f"({output_dir}): resuming on several nodes needs an output_dir shared by all of them "
+            f"rank 0 resumes from checkpoints/{name} of its output_dir, but rank(s) {blind} do not find that "
+            f"checkpoint in theirs: resuming on several nodes needs an output_dir shared by every node "
             f"(or trainer.resume=false to start afresh)")
     return path
 

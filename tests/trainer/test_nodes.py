@@ -68,8 +68,8 @@ def test_checkpoint_on_one_node_only_is_refused_at_start_up(nodes):
     results = run_nodes(outs, caches, 29682, steps=2)  # node 0 holds step 1, node 1 has no checkpoint
     for result in results:
         assert result.returncode != 0, result.stdout[-4000:]  # the launcher reports its worker's exit 2 as 1
-        assert ("error: rank 0 resumes from checkpoints/step-000001 but rank(s) [1] do not find it in their "
-                "output_dir") in result.stdout
+        assert ("error: rank 0 resumes from checkpoints/step-000001 of its output_dir, but rank(s) [1] do not "
+                "find that checkpoint in theirs") in result.stdout
     assert not model_folder(outs[0], 2).exists()
 
 
@@ -94,4 +94,4 @@ def test_two_gpu_nodes_train_then_refuse_a_checkpoint_on_one_node(tmp_path):
         assert result.returncode == 0, result.stdout[-4000:]
     AutoModelForCausalLM.from_pretrained(model_folder(outs[0], 1))
     for result in run_nodes(outs, caches, 29685, steps=2, devices=[0, 1]):
-        assert result.returncode != 0 and "do not find it in their output_dir" in result.stdout, result.stdout[-4000:]
+        assert result.returncode != 0 and "do not find that checkpoint" in result.stdout, result.stdout[-4000:]
