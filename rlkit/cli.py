@@ -13,12 +13,12 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     from rlkit.data import PromptTooLong
     from rlkit.distributed import collective_timed_out
-    from rlkit.trainer import CheckpointNotShared, Trainer, TrainingDiverged  # heavy: once the recipe is valid
+    from rlkit.trainer import Trainer, TrainingDiverged  # heavy imports only once the recipe is valid
     from rlkit.trainer.startup import LaunchRefused
 
     try:
         summary = Trainer(recipe).train()
-    except (PromptTooLong, LaunchRefused, CheckpointNotShared) as e:
+    except (PromptTooLong, LaunchRefused) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
