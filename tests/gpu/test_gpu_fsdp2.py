@@ -12,9 +12,8 @@ import shutil
 import subprocess
 
 import pytest
-from transformers import AutoModelForCausalLM
 
-from tests.trainer.launching import ACCELERATE, ROOT
+from tests.trainer.launching import ACCELERATE, ROOT, max_difference, model_at
 
 # on-policy distillation, both models untrained; 2 steps, a checkpoint after each (as tests/trainer/test_zero3.py)
 OPD = ["recipes/presets/opd.yaml", "model.warm_start=null", "teacher.warm_start=null", "trainer.steps=2",
@@ -30,14 +29,6 @@ def run(config: str, script: list[str], overrides: list[str], output_dir, port: 
                             env={**os.environ, "RLKIT_CACHE": str(output_dir.parent / "cache")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
-
-
-def model_at(output_dir, step: int):
-    return AutoModelForCausalLM.from_pretrained(output_dir / "checkpoints" / f"step-{step:06d}" / "model")
-
-
-def max_difference(a, b) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 @pytest.mark.gpu(2)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM
+
 ROOT = Path(__file__).parents[2]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 LAUNCHERS = {
@@ -31,3 +33,11 @@ def launch(launcher: str, args: list[str], cache: Path, port: int, timeout: int 
         env["ACCELERATE_USE_CPU"] = "true"
     return subprocess.run([*LAUNCHERS[launcher], "--main_process_port", str(port), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def model_at(output_dir, step: int):
+    return AutoModelForCausalLM.from_pretrained(output_dir / "checkpoints" / f"step-{step:06d}" / "model")
+
+
+def max_difference(a, b) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))

@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoModelForCausalLM
 
-from tests.trainer.launching import ROOT, launch
+from tests.trainer.launching import ROOT, launch, max_difference, model_at
 
 # on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
 # and the teacher's distributions differ, so the reverse KL has a gradient); 2 steps, a checkpoint after each
@@ -42,14 +41,6 @@ def run(launcher: str, script: list[str], overrides: list[str], output_dir, cach
     result = launch(launcher, [*script, *OPD, *overrides, f"output_dir={output_dir}"], cache, port)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
-
-
-def model_at(output_dir, step: int):
-    return AutoModelForCausalLM.from_pretrained(output_dir / "checkpoints" / f"step-{step:06d}" / "model")
-
-
-def max_difference(a, b) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 @pytest.fixture(scope="module")
