@@ -10,6 +10,19 @@ from rlkit.recipe import RecipeError, load_recipe
 
 
 def cmd_train(args) -> int:
+    code = _train(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A launched rank whose run is over (saved, trackers finished, process group destroyed) skips the
+        # interpreter's finalization: there a gloo worker thread that drops a tensor owned by Python
+        # can no longer take the GIL and aborts the process ("terminate called without an active
+        # exception", pytorch/pytorch#190489), and torchrun then reports a finished run as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     from rlkit.data import PromptTooLong
     from rlkit.distributed import collective_timed_out

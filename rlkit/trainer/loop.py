@@ -165,8 +165,7 @@ class Trainer:
         try:
             summary = self._train()
             # Ranks leave together: accelerate's end_training (in log.close) tears the process group
-            # down, and a gloo rank torn down while a peer still talks to it aborts the job ("terminate
-            # called without an active exception", seen at the end of ZeRO-3 runs).
+            # down, which must not happen while a peer still talks to it.
             self.accelerator.wait_for_everyone()
             return summary
         finally:
