@@ -10,43 +10,45 @@ from rlkit.recipe import RecipeError, load_recipe
 
 
 def cmd_train(args) -> int:
-    code = _train(args)
+    recipe = load_recipe(args.recipe, args.overrides)
+    from rlkit.data import PromptTooLong
+    from rlkit.distributed import collective_timed_out
+    from rlkit.trainer import CheckpointNotShared, Trainer, TrainingDiverged  # heavy: once the recipe is valid
+    from rlkit.trainer.startup import LaunchRefused
+
+    try:
+        trainer = Trainer(recipe)
+        summary = trainer.train()
+    except (PromptTooLong, LaunchRefused, CheckpointNotShared) as e:
+        return _leave(2, f"error: {e}")
+    except TrainingDiverged as e:
+        return _leave(1, f"error: training stopped: {e}")
+    except RuntimeError as e:
+        if not collective_timed_out(e):
+            raise
+        return _leave(1, f"error: a collective waited longer than trainer.collective_timeout_s="
+                         f"{recipe.trainer.collective_timeout_s:g} s: another rank died or stalled ({e})")
+    return _leave(0, f"held-out accuracy: {summary['eval_start']['accuracy']:.3f} at the start of RL -> "
+                     f"{summary['eval_end']['accuracy']:.3f} after {summary['steps']} steps "
+                     f"({summary['wall_seconds']:.0f} s); run in {recipe.output_dir}")
+
+
+def _leave(code: int, message: str) -> int:
+    """Print the run's outcome; a launched rank then exits at once, with the trainer still referenced.
+
+    By then the run is saved, its trackers finished and its process group destroyed. What is left is
+    freeing the objects that hold the group (DDP's reducer, DeepSpeed's engine), and that is unsafe: the
+    group's destructor joins gloo worker threads while holding the GIL, and a worker that is releasing a
+    tensor owned by Python waits for the GIL, so the rank hangs (seen when both nodes refused a
+    checkpoint), or, during interpreter finalization, aborts with "terminate called without an active
+    exception" (pytorch/pytorch#190489), and torchrun reports a finished run as failed.
+    """
+    print(message, file=sys.stderr if code else sys.stdout)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # A launched rank whose run is over (saved, trackers finished, process group destroyed) skips the
-        # interpreter's finalization: there a gloo worker thread that drops a tensor owned by Python
-        # can no longer take the GIL and aborts the process ("terminate called without an active
-        # exception", pytorch/pytorch#190489), and torchrun then reports a finished run as failed.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-def _train(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
-    from rlkit.data import PromptTooLong
-    from rlkit.distributed import collective_timed_out
-    from rlkit.trainer import Trainer, TrainingDiverged  # heavy imports only once the recipe is valid
-    from rlkit.trainer.startup import LaunchRefused
-
-    try:
-        summary = Trainer(recipe).train()
-    except (PromptTooLong, LaunchRefused) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: training stopped: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if not collective_timed_out(e):
-            raise
-        print(f"error: a collective waited longer than trainer.collective_timeout_s="
-              f"{recipe.trainer.collective_timeout_s:g} s: another rank died or stalled ({e})", file=sys.stderr)
-        return 1
-    print(f"held-out accuracy: {summary['eval_start']['accuracy']:.3f} at the start of RL -> "
-          f"{summary['eval_end']['accuracy']:.3f} after {summary['steps']} steps "
-          f"({summary['wall_seconds']:.0f} s); run in {recipe.output_dir}")
-    return 0
 
 
 def cmd_launch(args) -> int:

@@ -37,7 +37,7 @@ from rlkit.objectives import StepBatch, build_objective
 from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
-from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
 from rlkit.trainer.logprobs import completion_scores
 from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
 from rlkit.trainer.startup import check_launch, check_sharding
@@ -84,14 +84,15 @@ class Trainer:
             raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
                              f"of processes ({world}) times trainer.mini_batches ({cfg.mini_batches})")
         self.prompts_per_rank = cfg.prompts_per_step // world
-        with self.accelerator.main_process_first():  # one process builds and caches, the others then load
+        # one process per node builds and caches (nodes may not share RLKIT_CACHE), the others then load
+        with self.accelerator.local_main_process_first():
             start_path = resolve_model_path(recipe.model.path)
             self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
             if recipe.rollout.prompt_overflow == "error":  # before any training
                 check_prompt_lengths(self.data, self.tokenizer, recipe.rollout.max_prompt_tokens)
             if recipe.model.warm_start is not None:
                 start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
-                                        log=self.accelerator.is_main_process)
+                                        log=self.accelerator.is_local_main_process)
         set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
         if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
@@ -141,11 +142,11 @@ class Trainer:
         teacher = self.recipe.teacher
         if teacher is None:
             raise ValueError(f"objective {self.objective.name} distills from a teacher: the recipe needs teacher:")
-        with self.accelerator.main_process_first():
+        with self.accelerator.local_main_process_first():
             path = resolve_model_path(teacher.path)
             if teacher.warm_start is not None:
                 path = warm_start(path, self.data.train, teacher.warm_start, self.recipe.trainer.seed,
-                                  log=self.accelerator.is_main_process)
+                                  log=self.accelerator.is_local_main_process)
         return self._prepare_frozen(path, teacher.dtype)
 
     @property
@@ -464,7 +465,7 @@ class Trainer:
         return Metrics.combine(gather_object([metrics.state()]))
 
     def _resume(self) -> tuple[int, dict]:
-        path = latest_checkpoint(self.recipe.output_dir) if self.recipe.trainer.resume else None
+        path = agreed_checkpoint(self.accelerator, self.recipe.output_dir) if self.recipe.trainer.resume else None
         if path is None:
             self.log.start_at(0)
             return 0, {}

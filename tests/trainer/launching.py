@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM
@@ -41,3 +43,29 @@ def model_at(output_dir, step: int):
 
 def max_difference(a, b) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def launch_nodes(args: list[list[str]], envs: list[dict], port: int, timeout: int) -> list[subprocess.CompletedProcess]:
+    """Two simulated nodes, one process each: ``python args[r]...`` on node r with the extra environment
+    ``envs[r]`` (its RLKIT_CACHE; ACCELERATE_USE_CPU=true on a CPU, its GPU on a GPU machine), both started
+    at once. A node still running after ``timeout`` seconds fails the test (a hang) and both are killed."""
+    nodes, logs = [], [tempfile.TemporaryFile("w+") for _ in args]  # files: a full pipe would block a node
+    for rank, (node_args, env, log) in enumerate(zip(args, envs, logs)):
+        command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "2",
+                   "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                   "--mixed_precision", "no", "--dynamo_backend", "no"]
+        nodes.append(subprocess.Popen([*command, *node_args], cwd=ROOT, env={**os.environ, **env}, stdout=log,
+                                      stderr=subprocess.STDOUT, text=True))
+    deadline = time.monotonic() + timeout
+    try:
+        for node in nodes:
+            node.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            node.terminate()  # the launcher passes it on to its worker (torch elastic)
+        for node in nodes:
+            node.wait(timeout=60)
+        raise AssertionError(f"two-node run still running after {timeout} s: hung") from None
+    for log in logs:
+        log.seek(0)
+    return [subprocess.CompletedProcess(node.args, node.returncode, log.read()) for node, log in zip(nodes, logs)]
