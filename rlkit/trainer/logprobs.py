@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rlkit.trainer.packing import pack
+
 # Elements of one [c,V] fp32 block of logits (64 MiB): log-probs and entropy are computed c = LOGITS_PER_CHUNK // V
 # tokens at a time, so their memory does not grow with the batch (c = 110 tokens at V = 152k).
 LOGITS_PER_CHUNK = 2 ** 24
@@ -25,8 +27,9 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
     """Log-probs of ``completion_ids`` [b,T] after ``prompt_ids`` [b,P] (left-padded).
 
     Logits are divided by the sampling temperature, so ratios compare the distribution the rollout was
-    actually drawn from. Position ids count real tokens only, matching what ``generate`` used for
-    left-padded prompts.
+    actually drawn from. The forward is packed (:func:`rlkit.trainer.packing.pack`): no padding, nothing
+    after the last scored token, and a prompt shared by several rows computed once where prompts are long;
+    position ids count real tokens only, matching what ``generate`` used for left-padded prompts.
 
     Only the scored positions reach the vocabulary: the completion tokens (``completion_mask`` > 0), or
     ``positions`` [b,T] bool when given. A forward pre-hook on the output embedding takes the hidden
@@ -39,16 +42,15 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
     position, or [n,V] at ``positions`` (so token selection, TIP, cuts the memory of full-vocabulary
     losses); log-probs and entropy then come from those logits.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if positions is not None:
         keep = positions.bool()
     else:
         keep = torch.ones_like(completion_ids, dtype=torch.bool) if with_logits else completion_mask > 0
-    head = getattr(model, "module", model).get_output_embeddings()
-    hidden = _packed_hidden_states(model, head, keep, input_ids=input_ids, attention_mask=attention_mask,
-                                   position_ids=position_ids)
+    inner = getattr(model, "module", model)
+    head = inner.get_output_embeddings()
+    packed = pack(prompt_ids, prompt_mask, completion_ids, keep)
+    hidden = _hidden_states_at(model, head, packed.predictor[keep], input_ids=packed.input_ids,
+                               position_ids=packed.position_ids, attention_mask=_attention_mask(inner, packed.attend))
     ids = completion_ids[keep]
     logits = None
     if with_logits:
@@ -64,25 +66,34 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
                        logits=logits)
 
 
-def _packed_hidden_states(model, head: torch.nn.Module, keep: torch.Tensor, **inputs) -> torch.Tensor:
-    """The last hidden states [n,H] at the n True positions of ``keep`` [b,T] (completion position t is
-    predicted from the hidden state before completion token t). The model's own call to ``head`` gets
-    an empty [0,H] batch, so it projects nothing."""
-    T = keep.shape[1]
-    # of the T+1 positions the model keeps, the last predicts past the completion: never scored
-    packed = torch.cat([keep, keep.new_zeros(keep.shape[0], 1)], 1)
+def _hidden_states_at(model, head: torch.nn.Module, index: torch.Tensor, **inputs) -> torch.Tensor:
+    """The last hidden states [n,H] at ``index`` [n] (flat indices into the packed [r*L] positions). The
+    model's own call to ``head`` gets an empty [0,H] batch, so it projects nothing."""
     captured = []
 
     def take(_, args):
-        captured.append(args[0][packed])
+        captured.append(args[0].flatten(0, 1)[index])
         return (args[0][:0, 0], *args[1:])
 
     hook = head.register_forward_pre_hook(take)
     try:
-        model(**inputs, logits_to_keep=T + 1, use_cache=False)
+        model(**inputs, use_cache=False)
     finally:
         hook.remove()
     return captured[0]
+
+
+def _attention_mask(model, attend: torch.Tensor) -> torch.Tensor:
+    """The packed rows' 4D mask in the form the model's attention takes: boolean for SDPA, additive (0 or the
+    dtype's minimum) for eager; transformers passes a 4D mask through unchanged."""
+    implementation = model.config._attn_implementation
+    if implementation == "sdpa":
+        return attend
+    if implementation == "eager":
+        return torch.zeros(attend.shape, dtype=model.dtype, device=attend.device).masked_fill_(
+            ~attend, torch.finfo(model.dtype).min)
+    raise ValueError(f"rlkit's packed forward needs attn_implementation 'sdpa' or 'eager' (the model uses "
+                     f"{implementation!r}): its attention mask is a 4D mask")
 
 
 def chunked_token_scores(x: torch.Tensor, ids: torch.Tensor, project, temperature: float,

@@ -115,3 +115,63 @@ def test_chunked_scores_on_cuda_match_and_stay_under_a_sixth_of_the_naive_peak()
     torch.testing.assert_close(logp, naive_logp, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(entropy, naive_entropy, rtol=1e-5, atol=1e-4)
     assert chunked_peak <= 0.15 * naive_peak, (chunked_peak, naive_peak)
+
+
+def plain_forward_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
+    """The unpacked reference: left-padded rows, 2D attention mask, full [b,T,V] logits."""
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)
+    attention_mask = torch.cat([prompt_mask, completion_mask.long()], 1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logp_all = (logits[:, prompt_ids.shape[1] - 1:-1].float() / temperature).log_softmax(-1)
+    return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("prompt_tokens", [2, 12])  # short prompts: one segment per row; long: shared per group
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_forward_equals_the_padded_forward_values_and_gradients(prompt_tokens, attention):
+    """Packing (no padding, shared prompts) changes no log-prob and no gradient: against the plain padded
+    forward on rows of two groups with prompts of different lengths and completions of different lengths."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, attn_implementation=attention))
+    prompts = [torch.randint(3, 64, (prompt_tokens,)), torch.randint(3, 64, (prompt_tokens - 1,))]
+    P, T = prompt_tokens, 6
+    prompt_ids = torch.zeros(6, P, dtype=torch.long)
+    prompt_mask = torch.zeros(6, P, dtype=torch.long)
+    for row in range(6):  # rows 0-2 share prompt 0, rows 3-5 prompt 1 (one token shorter, left-padded)
+        p = prompts[row // 3]
+        prompt_ids[row, P - len(p):], prompt_mask[row, P - len(p):] = p, 1
+    completion_ids = torch.randint(3, 64, (6, T))
+    lengths = torch.tensor([6, 2, 4, 1, 5, 3])
+    completion_mask = (torch.arange(T) < lengths[:, None]).float()
+    args = (prompt_ids, prompt_mask, completion_ids, completion_mask, 0.9)
+
+    packed = completion_scores(model, *args)
+    (packed.logp * torch.arange(1, T + 1)).sum().backward()  # position weights: every token's gradient counts
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    on = completion_mask > 0
+    reference = plain_forward_logp(model, *args)
+    (torch.where(on, reference, 0.0) * torch.arange(1, T + 1)).sum().backward()
+    # fp32; the packed rows change matmul shapes and the attention's padding, not the arithmetic of a token
+    torch.testing.assert_close(packed.logp[on], reference[on], rtol=1e-5, atol=1e-5)
+    assert (packed.logp[~on] == 0).all()
+    for packed_grad, p in zip(packed_grads, model.parameters()):
+        torch.testing.assert_close(packed_grad, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_shares_long_prompts_and_drops_padding():
+    from rlkit.trainer.packing import pack
+
+    prompt_ids = torch.tensor([[0, 5, 6, 7, 8]] * 4 + [[9, 9, 9, 9, 9]] * 4)
+    prompt_mask = torch.tensor([[0, 1, 1, 1, 1]] * 4 + [[1, 1, 1, 1, 1]] * 4)
+    keep = torch.tensor([[1, 1, 0]] * 8, dtype=torch.bool)  # 2 scored tokens: 1 completion token read per row
+    packed = pack(prompt_ids, prompt_mask, torch.ones(8, 3, dtype=torch.long), keep)
+    # prompts (4 + 5 tokens) once each, then 4 x 1 completion token: segments of 8 and 9 tokens, one row each
+    assert packed.input_ids.shape == (2, 9)
+    assert sorted(packed.position_ids.tolist()) == [[0, 1, 2, 3, 4, 4, 4, 4, 0], [0, 1, 2, 3, 4, 5, 5, 5, 5]]
+    long = pack(prompt_ids[:, -2:], prompt_mask[:, -2:], torch.ones(8, 6, dtype=torch.long),
+                torch.ones(8, 6, dtype=torch.bool))
+    # prompts of 2 tokens, 5 completion tokens read: one segment of 7 tokens per row, no sharing
+    assert long.input_ids.shape == (8, 7)
