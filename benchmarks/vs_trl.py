@@ -5,8 +5,9 @@ Options: ``[--size quickstart|large] [--rounds 3] [--cycles 4] [--systems rlkit,
 
 Identical work for every system:
 
-- weights: ``quickstart``, the quickstart's warm-started builtin:tiny (1.06M parameters, cached as rlkit's
-  warm start); ``large``, a randomly initialised Llama of the same tokenizer, hidden 256, 10 layers (10.5M);
+- weights: ``quickstart``, the quickstart's warm-started builtin:tiny (1.06M parameters, rlkit's cached warm
+  start, minutes on first use); ``large``, a randomly initialised Llama with the same tokenizer, hidden 256,
+  10 layers (10.5M parameters): its completions mostly run to the token limit (long completions, short prompts);
 - prompts: the built-in addition task's, in the order rlkit draws them (TRL gets them as its dataset, unshuffled);
 - per rollout batch ("cycle"): P prompts x G = 8 samples, then 2 optimizer steps of P/2 prompts each
   (TRL: ``per_device_train_batch_size`` = 8P/2, ``steps_per_generation`` 2, so it also computes the old
@@ -50,7 +51,7 @@ SEED = 0
 
 
 def start_checkpoint(size: str, workdir: Path) -> Path:
-    """The weights every system starts from (built or warm-started once, in the parent)."""
+    """The weights every system starts from (warm-started, cached, or built once, in this process)."""
     from rlkit.data import load_task
     from rlkit.models import build_char_tokenizer, build_tiny_model, builtin_tiny_path
     from rlkit.recipe import load_recipe
@@ -58,7 +59,7 @@ def start_checkpoint(size: str, workdir: Path) -> Path:
 
     spec = SIZES[size]["model"]
     if spec is None:
-        recipe = load_recipe(ROOT / "recipes/quickstart.yaml", [f"output_dir={workdir}"])
+        recipe = load_recipe(ROOT / "recipes/quickstart.yaml", [f"output_dir={workdir}", f"trainer.seed={SEED}"])
         data = load_task(recipe.data.task, None, None, SEED, recipe.data.eval_size)
         return warm_start(builtin_tiny_path(), data.train, recipe.model.warm_start, SEED)
     path = workdir / f"model-{size}"

@@ -175,3 +175,26 @@ def test_packing_shares_long_prompts_and_drops_padding():
                 torch.ones(8, 6, dtype=torch.bool))
     # prompts of 2 tokens, 5 completion tokens read: one segment of 7 tokens per row, no sharing
     assert long.input_ids.shape == (8, 7)
+
+
+@pytest.mark.gpu
+def test_packed_forward_and_sampler_logprobs_on_cuda_match_the_padded_forward():
+    """On the GPU (SDPA's CUDA kernels, the packing's index tensors on the device): the packed log-probs
+    and the sampler's equal the plain padded forward's."""
+    from rlkit.models import build_char_tokenizer, build_tiny_model
+    from rlkit.rollout import HFGenerateWorker
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, seed=0).cuda().eval()
+    torch.manual_seed(0)
+    b = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=8, temperature=0.7).generate(
+        model, ["12+34=", "7+5=", "99+99="], {}, 4, with_logp=True)
+    args = (b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7)
+    packed = completion_scores(model, *args)
+    with torch.no_grad():
+        reference = plain_forward_logp(model, *args)
+    on = b.completion_mask > 0
+    assert packed.logp.is_cuda and b.logp.is_cuda
+    # fp32 on CUDA (TF32 off by default for matmuls in torch): kernel choice and sum order only
+    torch.testing.assert_close(packed.logp[on], reference[on], rtol=0, atol=1e-4)
+    torch.testing.assert_close(b.logp[on], reference[on], rtol=0, atol=1e-4)
