@@ -1,4 +1,4 @@
-"""On-policy distillation on the built-in task: ``python -m benchmarks.distill [--steps N] [--seed N] [--out DIR]``.
+"""On-policy distillation on the built-in task: ``python -m benchmarks.distill [--steps N] [--seed N] [--presets a,b] [--out DIR]``.
 
 Evaluates the warm-started teacher of ``recipes/distill.yaml`` on the held-out set (greedy, as the
 trainer evaluates the student), then trains ``opd``, ``opd_tip`` and ``opd_q3`` with
@@ -40,16 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="RL steps of every run (default: the recipes' trainer.steps)")
     parser.add_argument("--seed", type=int, help="trainer.seed of every run, teacher included (default: the recipes')")
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated, opd first (default: all)")
     parser.add_argument("--out", default="benchmarks/results/distill")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     teacher = teacher_accuracy(out, args.seed)
     print(f"teacher held-out accuracy: {teacher:.3f}", flush=True)
-    status = preset_runs.main(["--presets", ",".join(PRESETS), "--out", str(out)]
-                              + ([] if args.steps is None else ["--steps", str(args.steps)]))
+    presets = args.presets.split(",")
+    status = preset_runs.main(["--presets", args.presets, "--out", str(out)]
+                              + ([] if args.steps is None else ["--steps", str(args.steps)])
+                              + ([] if args.seed is None else ["--seed", str(args.seed)]))
     gains = {}
-    for preset in PRESETS:
+    for preset in presets:
         summary = out / preset / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())

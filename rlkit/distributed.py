@@ -60,3 +60,10 @@ def all_gather_rows(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
     dist.all_gather(parts, padded)
     start = sum(counts[: dist.get_rank()])
     return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(t.device), slice(start, start + t.shape[0])
+
+
+def collective_timed_out(error: RuntimeError) -> bool:
+    """Whether ``error`` is gloo's report of a collective that outlived the process group's timeout (a
+    plain RuntimeError: "Timed out waiting Nms for recv operation to complete"). NCCL's watchdog aborts
+    the process itself, with its own message."""
+    return "Timed out waiting" in str(error)

@@ -12,18 +12,21 @@ A Llama architecture is used on purpose: with ``model_type: qwen2`` transformers
 
 from __future__ import annotations
 
-import os
-import shutil
 import string
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers.utils import is_bitsandbytes_available
 
 from rlkit.builtins import BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER
+from rlkit.cache import cache_dir, cached_folder, run_alone
+from rlkit.recipe.schema import LoraSettings, ModelConfig
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # ChatML-like, so conversational datasets work with the tiny model too.
@@ -41,11 +44,6 @@ LLAMA3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 BPE_VOCAB_SIZE = 512
-
-
-def cache_dir() -> Path:
-    """Where rlkit keeps built models and warm starts: $RLKIT_CACHE, else ~/.cache/rlkit."""
-    return Path(os.environ.get("RLKIT_CACHE", Path.home() / ".cache" / "rlkit"))
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -123,36 +121,46 @@ def build_tiny_bpe_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> L
     return model
 
 
-def _saved_once(name: str, build_tokenizer: Callable, build_model: Callable) -> Path:
-    """The cache folder ``name``, written on first use (the same weights every time)."""
-    path = cache_dir() / "models" / name
-    if not (path / "config.json").is_file():
-        tokenizer = build_tokenizer()
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        build_model(tokenizer).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            tmp.replace(path)  # atomic, so concurrent first uses (several ranks) cannot see half a folder
-        except OSError:
-            shutil.rmtree(tmp)  # another process won the race
-    return path
+def build_tiny_teacher_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """Wider and deeper than builtin:tiny (hidden 256, 6 layers, ~6.3M parameters)."""
+    return build_tiny_model(tokenizer, seed=1, hidden=256, layers=6)
+
+
+# cache folder name -> (tokenizer builder, model builder); the same weights every time
+SAVED_BUILTINS = {
+    "tiny-llama-char-v1": (build_char_tokenizer, build_tiny_model),
+    "tiny-llama-char-teacher-v1": (build_char_tokenizer, build_tiny_teacher_model),
+    "tiny-llama-bpe-v1": (build_bpe_tokenizer, build_tiny_bpe_model),
+}
+
+
+def save_builtin(name: str, folder: Path) -> None:
+    """Build the built-in model ``name`` (a key of SAVED_BUILTINS) and save it with its tokenizer."""
+    build_tokenizer, build_model = SAVED_BUILTINS[name]
+    tokenizer = build_tokenizer()
+    build_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _saved_once(name: str) -> Path:
+    """The cache folder of built-in model ``name``, built on first use in a plain child process."""
+    return cached_folder(cache_dir() / "models" / name, lambda tmp: run_alone(["rlkit.models", name, str(tmp)]))
 
 
 def builtin_tiny_path() -> Path:
     """The saved folder of ``builtin:tiny``."""
-    return _saved_once("tiny-llama-char-v1", build_char_tokenizer, build_tiny_model)
+    return _saved_once("tiny-llama-char-v1")
 
 
 def builtin_tiny_teacher_path() -> Path:
-    """The saved folder of ``builtin:tiny-teacher``: builtin:tiny's tokenizer, a wider and deeper model
-    (hidden 256, 6 layers, ~6.3M parameters), to be warm-started to high accuracy as an OPD teacher."""
-    return _saved_once("tiny-llama-char-teacher-v1", build_char_tokenizer,
-                       lambda tokenizer: build_tiny_model(tokenizer, seed=1, hidden=256, layers=6))
+    """The saved folder of ``builtin:tiny-teacher``: builtin:tiny's tokenizer and a larger model
+    (:func:`build_tiny_teacher_model`), to be warm-started to high accuracy as an OPD teacher."""
+    return _saved_once("tiny-llama-char-teacher-v1")
 
 
 def builtin_tiny_bpe_path() -> Path:
     """The saved folder of ``builtin:tiny-bpe``."""
-    return _saved_once("tiny-llama-bpe-v1", build_bpe_tokenizer, build_tiny_bpe_model)
+    return _saved_once("tiny-llama-bpe-v1")
 
 
 def resolve_model_path(path: str) -> Path:
@@ -184,3 +192,34 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 
 def load_model(path: str | Path, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+
+
+def check_quantization_support(lora: LoraSettings | None) -> None:
+    """Stop at start-up, before any warm start, if the recipe asks for QLoRA where it cannot run."""
+    if lora is None or not lora.load_in_4bit:
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.lora.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA device, none found")
+    if not is_bitsandbytes_available():
+        raise RuntimeError("model.lora.load_in_4bit: bitsandbytes is not installed (pip install bitsandbytes)")
+
+
+def load_policy(path: str | Path, model_cfg: ModelConfig, device: torch.device):
+    """The model to train: the one at ``path``, or with ``model_cfg.lora`` a peft model whose LoRA
+    adapters alone require grad (on a 4-bit base with ``load_in_4bit``, placed on ``device`` at load)."""
+    lora = model_cfg.lora
+    if lora is None:
+        return load_model(path, model_cfg.dtype)
+    dtype = getattr(torch, model_cfg.dtype)
+    if lora.load_in_4bit:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization,
+                                                    device_map={"": device})
+    else:
+        base = load_model(path, model_cfg.dtype)
+    config = LoraConfig(task_type="CAUSAL_LM", **lora.model_dump(exclude={"load_in_4bit"}))
+    return get_peft_model(base, config)
+
+
+if __name__ == "__main__":
+    save_builtin(sys.argv[1], Path(sys.argv[2]))

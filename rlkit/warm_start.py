@@ -15,16 +15,15 @@ SFTConfig field that changes the result is set here (TRL 1.16 turned on bf16 and
 checkpointing by default, which made this stage 17x slower on a CPU and trained a different model).
 
 The result is saved under ``$RLKIT_CACHE/warm_start/<hash>``, where the hash covers everything that
-changes it (start model, data, settings, seed, library versions); a second run loads it.
+changes it (start model, data, settings, seed, library versions); a second run loads it. It is
+published whole or not at all, as every cache folder (``rlkit/cache.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,28 +34,26 @@ from datasets import Dataset, load_from_disk
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from rlkit.models import cache_dir, eos_token_ids, load_model, load_tokenizer
+from rlkit.cache import cache_dir, cached_folder, is_complete, run_alone
+from rlkit.models import eos_token_ids, load_model, load_tokenizer
 
 CACHE_VERSION = 2  # bump when this stage's recipe changes
 REPORT = "warm_start.json"  # steps run and validation accuracy, saved beside the weights
-# Set by `accelerate launch`/torchrun; the supervised stage must not see them (see warm_start).
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
 def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = True) -> Path:
     """The cached result of fine-tuning ``model_path`` on ``train`` (columns prompt, answer).
 
     The first ``cfg.val_size`` rows of ``train`` are the validation slice; the rest is trained on.
-    On a miss the stage runs in a child process with the launcher's variables removed, so it is one
-    plain process whatever the launch (DDP, DeepSpeed), and the same settings give the same weights.
-    Call it from one process at a time (the trainer uses ``main_process_first``).
+    On a miss the stage runs in a plain child process (``run_alone``), whatever the launch (DDP,
+    DeepSpeed), so the same settings give the same weights. Concurrent calls are safe; the trainer
+    makes one process per node build it (``local_main_process_first``) while the others wait.
     """
     key = json.dumps({"v": CACHE_VERSION, "model": _fingerprint(model_path), "data": train._fingerprint,
                       "cfg": cfg.model_dump(), "seed": seed, "transformers": transformers.__version__,
                       "trl": trl.__version__}, sort_keys=True)
     out = cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if (out / REPORT).is_file():
+    if is_complete(out):
         if log:
             print(f"warm start: cached, {out} ({_describe(out)})")
         return out
@@ -67,14 +64,13 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
     if log:
         print(f"warm start: supervised steps until validation accuracy >= {cfg.target_accuracy} "
               f"(at most {cfg.max_steps}) -> {out}")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train.save_to_disk(tmp / "data")
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
-    subprocess.run([sys.executable, "-m", "rlkit.warm_start", str(model_path), str(tmp), cfg.model_dump_json(),
-                    str(seed), str(int(log))], env=env, check=True)
-    shutil.rmtree(tmp / "data")
-    tmp.replace(out)
+
+    def build(tmp: Path) -> None:
+        train.save_to_disk(tmp / "data")
+        run_alone(["rlkit.warm_start", str(model_path), str(tmp), cfg.model_dump_json(), str(seed), str(int(log))])
+        shutil.rmtree(tmp / "data")
+
+    cached_folder(out, build)
     if log:
         print(f"warm start: {_describe(out)}")
     return out

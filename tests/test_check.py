@@ -109,6 +109,13 @@ CASES = {
                                               "model.path builtin:tiny"),
     "distillation without a teacher": ({"r.yaml": OK + "objective: {preset: opd_tip}\n"}, [],
                                        "r.yaml:2", "objective: it distills from a teacher; add a teacher: section"),
+    "LoRA option under another name": ({"r.yaml": OK + "model:\n  lora: {r: 8, alpha: 16}\n"}, [],
+                                       "r.yaml:3", "model.lora.alpha: unknown key; did you mean 'lora_alpha'?"),
+    "LoRA rank 0": ({"r.yaml": OK + "model:\n  lora:\n    r: 0\n"}, [],
+                    "r.yaml:4", "model.lora.r: Input should be greater than 0"),
+    "LoRA targets neither names nor all-linear": ({"r.yaml": OK + "model:\n  lora: {target_modules: all}\n"}, [],
+                                                  "r.yaml:3", "model.lora.target_modules: Value error, a list of "
+                                                              "module names, or 'all-linear'; got 'all'"),
     "override of unknown key": ({"r.yaml": OK}, ["trainer.lrr=1"],
                                 "override 'trainer.lrr=1'", "trainer.lrr: unknown key; did you mean 'lr'?"),
     "override without =": ({"r.yaml": OK}, ["trainer.steps"],

@@ -40,11 +40,37 @@ class WarmStartConfig(Section):
     batch_size: int = Field(128, gt=0, description="examples per step")
 
 
+class LoraSettings(Section):
+    """PEFT LoRA on the policy, added after the warm start (which stays full-parameter): only the adapters
+    train, and the KL reference is the same network with its adapters disabled, never a second copy. The
+    names are those of peft's ``LoraConfig``. A targeted weight W [out,in] acts as
+    W + (lora_alpha / r) * B A, with A [r,in] random and B [out,r] zero at the start, so RL starts from the
+    warm-started model exactly. Checkpoints hold the adapter (peft format); `rlkit export RUN` merges it."""
+
+    r: int = Field(16, gt=0, description="rank of the adapters")
+    lora_alpha: float = Field(32.0, gt=0, description="scale: the update B A is multiplied by lora_alpha / r")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input; it makes every forward "
+                                                            "random, so importance ratios are no longer 1 on-policy")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", min_length=1, description="names (or name suffixes) of the linear layers given adapters; "
+                                                "'all-linear': every linear layer but the output head")
+    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base weights in 4-bit NF4 (bitsandbytes, on a "
+                                                  "CUDA device), computing in model.dtype")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names_or_all_linear(cls, v):
+        if not isinstance(v, list) and v != "all-linear":  # one clear message rather than one per union member
+            raise ValueError(f"a list of module names, or 'all-linear'; got {v!r}")
+        return v
+
+
 class ModelConfig(Section):
     path: str = Field(BUILTIN_TINY, description=f"built-in model, one of {BUILTIN_MODELS} (see rlkit/models.py), "
                                                  "or a local Hugging Face model folder")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
     warm_start: WarmStartConfig | None = Field(None, description="supervised stage before RL (cached)")
+    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of every weight (peft)")
 
     @field_validator("path")
     @classmethod
@@ -128,7 +154,16 @@ class TrainerConfig(Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="after warmup")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, description="gradient clipping by global norm; null = off")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping by global norm; null = off "
+                                                         "(also DeepSpeed's gradient_clipping, set from here)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast precision of forward and backward, fp32 master weights (accelerate's "
+                          "mixed_precision; DeepSpeed's bf16/fp16); `rlkit launch` passes it, and a launch "
+                          "asking for another is refused at start-up. 'no' on a CPU, 'bf16' on recent GPUs")
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait of one rank for the others in a collective, and so for "
+                                 "the main process building a cache (warm start); a rank that died or stalled "
+                                 "ends the job within this bound plus ~30 s (torchrun's grace before SIGKILL)")
     seed: int = Field(0, description="seeds data order, sampling and initialisation")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="most recent checkpoints kept on disk")

@@ -18,29 +18,34 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
 from transformers import get_scheduler
-from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from rewards.scoring import RewardScorer
 from rlkit.data import check_prompt_lengths, load_task
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
-from rlkit.models import eos_token_ids, load_model, load_tokenizer, resolve_model_path
+from rlkit.models import (check_quantization_support, eos_token_ids, load_model, load_policy, load_tokenizer,
+                          resolve_model_path)
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
 from rlkit.rollout import WORKERS, RolloutBatch
-from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
 from rlkit.trainer.logprobs import completion_scores
+from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
+from rlkit.trainer.startup import check_launch, check_sharding
 from rlkit.trainer.tracking import RunLog
 from rlkit.warm_start import warm_start
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses or gradient norms before the run stops
+EVAL_CHUNK = 256  # held-out prompts per generate call (memory only: results do not depend on it)
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,44 +58,51 @@ class EvalResult:
     reward: float        # mean total reward on greedy completions
 
 
-def _process_group_kwargs() -> list:
-    """gloo for multi-process CPU runs: accelerate's own collectives need it too (docs/architecture.md,
-    "Running on a CPU"). A single process must not ask for a backend, or accelerate expects a process group."""
+def _process_group_kwargs(timeout_s: float) -> list:
+    """The recipe's collective timeout, and gloo for multi-process CPU runs: accelerate's own collectives
+    need it too (docs/architecture.md, "Running on a CPU"). A single process must not ask for a backend,
+    or accelerate expects a process group."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+    backend = {"backend": "gloo"} if launched and not torch.cuda.is_available() else {}
+    return [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s), **backend)]
 
 
 class Trainer:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         cfg = recipe.trainer
+        check_quantization_support(recipe.model.lora)
         self.objective = build_objective(recipe.objective)
         self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
         self.accelerator = Accelerator(
             log_with=recipe.log.trackers or None, project_dir=recipe.output_dir,
-            kwargs_handlers=_process_group_kwargs(),
+            mixed_precision=cfg.mixed_precision, kwargs_handlers=_process_group_kwargs(cfg.collective_timeout_s),
         )
+        check_launch(self.accelerator, cfg)  # before any training: what the launch asked for, or stop
         world = self.accelerator.num_processes
         if cfg.prompts_per_step % (world * cfg.mini_batches):
             raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
                              f"of processes ({world}) times trainer.mini_batches ({cfg.mini_batches})")
         self.prompts_per_rank = cfg.prompts_per_step // world
-        with self.accelerator.main_process_first():  # one process builds and caches, the others then load
+        # one process per node builds and caches (nodes may not share RLKIT_CACHE), the others then load
+        with self.accelerator.local_main_process_first():
             start_path = resolve_model_path(recipe.model.path)
             self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
             if recipe.rollout.prompt_overflow == "error":  # before any training
                 check_prompt_lengths(self.data, self.tokenizer, recipe.rollout.max_prompt_tokens)
             if recipe.model.warm_start is not None:
                 start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
-                                        log=self.accelerator.is_main_process)
+                                        log=self.accelerator.is_local_main_process)
         set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
         if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
-            self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
-                cfg.micro_batch_size
-        model = load_model(start_path, recipe.model.dtype)
+            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            ds_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+            ds_config["gradient_clipping"] = cfg.max_grad_norm or 0.0  # the engine clips inside its step; 0 = off
+        model = load_policy(start_path, recipe.model, self.accelerator.device)
         self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # only the adapters with LoRA
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Not passed to accelerator.prepare: accelerate would step it once per process at every call (and
         # DeepSpeed inside its engine), so warmup and decay would run N times too fast on N processes.
         # rlkit steps it once per applied optimizer update; save_state/load_state still carry it.
@@ -98,6 +110,7 @@ class Trainer:
                                        num_training_steps=cfg.steps * self.updates_per_step)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        check_sharding(self.accelerator, self.model)
         self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
         self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
 
@@ -109,23 +122,32 @@ class Trainer:
                           recipe.model_dump())
 
     # ---------------------------------------------------------------- setup helpers
-    def _prepare_reference(self, path, dtype: str | None = None):
-        reference = load_model(path, dtype or self.recipe.model.dtype).eval().requires_grad_(False)
+    def _prepare_reference(self, path):
+        """The KL reference: with LoRA, the policy with its adapters disabled (no second copy)."""
+        if self.recipe.model.lora is not None:
+            return AdaptersOffReference(self.model, self.accelerator.unwrap_model(self.model), self._forward)
+        return FrozenReference(self._prepare_frozen(path, self.recipe.model.dtype), self._forward)
+
+    def _prepare_frozen(self, path, dtype: str):
+        """A model run without gradients, placed like the policy."""
+        frozen = load_model(path, dtype).eval().requires_grad_(False)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return prepare_deepspeed(reference, self.accelerator)  # sharded like the policy under ZeRO-3
-        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+            return prepare_deepspeed(frozen, self.accelerator)  # sharded like the policy under ZeRO-3
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return prepare_fsdp(frozen, self.accelerator)  # sharded too (accelerate would copy it whole)
+        return self.accelerator.prepare_model(frozen, evaluation_mode=True)
 
     def _prepare_teacher(self):
         """The recipe's teacher (warm-started if asked, cached), frozen and placed like the reference."""
         teacher = self.recipe.teacher
         if teacher is None:
             raise ValueError(f"objective {self.objective.name} distills from a teacher: the recipe needs teacher:")
-        with self.accelerator.main_process_first():
+        with self.accelerator.local_main_process_first():
             path = resolve_model_path(teacher.path)
             if teacher.warm_start is not None:
                 path = warm_start(path, self.data.train, teacher.warm_start, self.recipe.trainer.seed,
-                                  log=self.accelerator.is_main_process)
-        return self._prepare_reference(path, teacher.dtype)
+                                  log=self.accelerator.is_local_main_process)
+        return self._prepare_frozen(path, teacher.dtype)
 
     @property
     def _off_policy(self) -> bool:
@@ -133,9 +155,14 @@ class Trainer:
         return self.updates_per_step > 1 and "logp_old" in self.objective.needs
 
     @property
-    def _zero3(self) -> bool:
+    def _sharded(self) -> bool:
+        """Parameters are split over several ranks (ZeRO-3 or FSDP): ``generate`` then gets ``synced_gpus``,
+        so that a rank whose completions end early keeps joining the others' collectives (FSDP gathers
+        parameters in every forward; ZeRO-3 does too where TRL does not gather them for generation)."""
         plugin = self.accelerator.state.deepspeed_plugin
-        return plugin is not None and plugin.zero_stage == 3
+        zero3 = plugin is not None and plugin.zero_stage == 3
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        return (zero3 or fsdp) and self.accelerator.num_processes > 1
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> dict:
@@ -144,8 +171,7 @@ class Trainer:
         try:
             summary = self._train()
             # Ranks leave together: accelerate's end_training (in log.close) tears the process group
-            # down, and a gloo rank torn down while a peer still talks to it aborts the job ("terminate
-            # called without an active exception", seen at the end of ZeRO-3 runs).
+            # down, which must not happen while a peer still talks to it.
             self.accelerator.wait_for_everyone()
             return summary
         finally:
@@ -270,7 +296,7 @@ class Trainer:
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
             batch = self.worker.generate(policy, prompts, columns, self.recipe.rollout.samples_per_prompt,
-                                         synced_gpus=self._zero3 and self.accelerator.num_processes > 1,
+                                         synced_gpus=self._sharded,
                                          with_logp=self._off_policy and self.recipe.rollout.logp_old == "sampler")
         self.model.train()
         return batch
@@ -304,7 +330,7 @@ class Trainer:
                     for k, v in stats.items():
                         outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
-                outputs.setdefault("logp_ref", []).append(self._forward(self.reference, chunk).logp)
+                outputs.setdefault("logp_ref", []).append(self.reference.logp(chunk))
         if self._off_policy:
             batch.logp_old = torch.cat(outputs["logp_old"]) if recompute else rollout.logp
         if with_entropy:
@@ -391,18 +417,27 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation and records
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers."""
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        shard = self.data.eval.select(range(rank, len(self.data.eval), world))
+        """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers.
+
+        Every rank makes the same number of ``generate`` calls, ceil(ceil(N / world) / EVAL_CHUNK): with
+        sharded parameters every decoding step runs collectives (``synced_gpus``, FSDP's all-gathers), so
+        a rank with one call more would wait forever. The shards (rows rank, rank + world, ...) are padded
+        to ceil(N / world) rows with row 0, whose completions are not scored.
+        """
+        rank, world, n = self.accelerator.process_index, self.accelerator.num_processes, len(self.data.eval)
+        own, per_rank = range(rank, n, world), -(-n // world)
+        shard = self.data.eval.select([*own, *[0] * (per_rank - len(own))])
         first, total = torch.zeros(2), torch.zeros(2)  # host sums of the verifiers' Python floats
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
-            for start in range(0, len(shard), 256):
-                rows = shard.select(range(start, min(start + 256, len(shard))))
+            for start in range(0, per_rank, EVAL_CHUNK):
+                rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
                 columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
                 out = self.worker.generate(policy, list(rows["prompt"]), columns, 1, greedy=True,
-                                           synced_gpus=self._zero3 and world > 1)
-                scores = self.scorer(out.prompts, out.completions, out.columns)
+                                           synced_gpus=self._sharded)
+                real = slice(0, max(0, len(own) - start))  # the padding rows come last
+                scores = self.scorer(out.prompts[real], out.completions[real],
+                                     {c: v[real] for c, v in out.columns.items()})
                 head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
                 first += torch.tensor([sum(head), len(head)])
                 valid = [s for s in scores.total if not math.isnan(s)]
@@ -436,7 +471,7 @@ class Trainer:
         return Metrics.combine(gather_object([metrics.state()]))
 
     def _resume(self) -> tuple[int, dict]:
-        path = latest_checkpoint(self.recipe.output_dir) if self.recipe.trainer.resume else None
+        path = agreed_checkpoint(self.accelerator, self.recipe.output_dir) if self.recipe.trainer.resume else None
         if path is None:
             self.log.start_at(0)
             return 0, {}

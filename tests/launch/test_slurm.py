@@ -1,9 +1,12 @@
-"""launch/slurm.sbatch, run with stand-ins for srun, scontrol and accelerate: the overrides reach
-`rlkit train` word for word (spaces included) and the process count is nodes x GPUs per node."""
+"""launch/slurm.sbatch, run with stand-ins for srun, scontrol and rlkit: `rlkit launch`'s own parser reads
+the recipe and the overrides word for word (spaces included), and the process count is nodes x GPUs per
+node."""
 
 import os
 import subprocess
 from pathlib import Path
+
+from rlkit.cli import build_parser
 
 ROOT = Path(__file__).parents[2]
 
@@ -14,7 +17,7 @@ def test_overrides_with_spaces_arrive_whole_and_processes_follow_the_gpus(tmp_pa
     stand_ins = {
         "srun": '#!/bin/bash\nexec "$@"\n',                               # one task, this node
         "scontrol": "#!/bin/bash\necho node-a\necho node-b\n",
-        "accelerate": f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\n',
+        "rlkit": f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\n',
     }
     for name, text in stand_ins.items():
         (bin_dir / name).write_text(text)
@@ -24,8 +27,8 @@ def test_overrides_with_spaces_arrive_whole_and_processes_follow_the_gpus(tmp_pa
     override = "model.warm_start={max_steps: 5, batch_size: 8}"
     subprocess.run(["bash", "launch/slurm.sbatch", "recipes/quickstart.yaml", override, "trainer.seed=3"],
                    cwd=ROOT, env=env, check=True, timeout=30)
-    argv = (tmp_path / "argv").read_text().splitlines()
-    assert argv[argv.index("train") + 1:] == ["recipes/quickstart.yaml", override, "trainer.seed=3"]
-    assert argv[argv.index("--num_processes") + 1] == "8"
-    assert argv[argv.index("--machine_rank") + 1] == "1"
-    assert argv[argv.index("--main_process_ip") + 1] == "node-a"
+    args = build_parser().parse_args((tmp_path / "argv").read_text().splitlines())
+    assert (args.command, args.config) == ("launch", "multinode_zero3")
+    assert args.recipe == "recipes/quickstart.yaml" and args.overrides == [override, "trainer.seed=3"]
+    assert (args.num_processes, args.num_machines, args.machine_rank) == (8, 2, 1)
+    assert args.main_process_ip == "node-a"

@@ -23,12 +23,12 @@ N_PROMPTS, G = 4, 4
 PROMPTS = ["12+34=", "7+5=", "40+2=", "99+99="]
 
 
-def recipe_for(preset: str, output_dir: str):
+def recipe_for(preset: str, output_dir: str, *extra: str):
     overrides = [f"objective={{preset: {preset}}}", "trainer.mini_batches=2",
                  f"trainer.prompts_per_step={N_PROMPTS}", f"rollout.samples_per_prompt={G}",
                  "rollout.max_new_tokens=6", "teacher={path: builtin:tiny-teacher}", "log.trackers=[]",
                  "trainer.resume=false", f"output_dir={output_dir}"]
-    return load_recipe("recipes/quickstart.yaml", overrides + ["model.warm_start=null"])
+    return load_recipe("recipes/quickstart.yaml", overrides + ["model.warm_start=null", *extra])
 
 
 def step_gradient(trainer: Trainer, micro: int) -> torch.Tensor:
@@ -52,7 +52,8 @@ def step_gradient(trainer: Trainer, micro: int) -> torch.Tensor:
     batch.advantages = trainer.objective.advantages(rollout.rewards, batch)
     trainer.model.zero_grad(set_to_none=True)
     trainer.accumulate_gradients(batch, Metrics())
-    return torch.cat([p.grad.flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()])
+    trainable = [p for p in trainer.accelerator.unwrap_model(trainer.model).parameters() if p.requires_grad]
+    return torch.cat([p.grad.flatten() for p in trainable])
 
 
 def main():

@@ -1,0 +1,106 @@
+"""A rank that dies (SIGKILL) or stalls (SIGSTOP) mid-run ends the whole job with a clear error within
+the documented bound, and leaves no process behind (2 CPU processes, gloo, through `rlkit launch ddp`).
+
+- Killed: torchrun's agent sees the worker exit within its monitor interval (0.1 s) and terminates the
+  others (SIGTERM), so the job ends in seconds.
+- Stopped: the stalled rank never exits. The others wait in their next collective until the process
+  group's timeout (trainer.collective_timeout_s; gloo honours it) and exit with an error. The agent then
+  sends SIGTERM to all, which a stopped process only receives when continued, and SIGKILL 30 s later
+  (on this path torch 2.13's agent calls ``_shutdown()`` with its default; TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+  is not read). The bound is the sum of the two.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).parents[2]
+RLKIT = str(Path(sys.executable).parent / "rlkit")
+TIMEOUT_S = 10  # collective timeout: short for the test, well above a tiny step's ~1 s on a loaded machine
+SHUTDOWN_S = 30  # torchrun's grace between SIGTERM and SIGKILL when a worker failed
+SLACK_S = 15  # noticing the failure and tearing processes down on a loaded 2-core machine
+
+
+def start(tmp_path: Path, port: int) -> subprocess.Popen:
+    out = tmp_path / "run"
+    command = [RLKIT, "launch", "ddp", "recipes/quickstart.yaml", "model.warm_start=null", "log.trackers=[]",
+               "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=8",
+               "log.eval_every=0", "log.every=1", "trainer.steps=100000", f"trainer.collective_timeout_s={TIMEOUT_S}",
+               f"output_dir={out}", "--main_process_port", str(port)]
+    env = {**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=(tmp_path / "stdout").open("w"),
+                            stderr=(tmp_path / "stderr").open("w"))
+
+
+def wait_for_training(job: subprocess.Popen, tmp_path: Path) -> None:
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        if metrics.exists() and any("train/lr" in json.loads(line) for line in metrics.read_text().splitlines()):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no training step (exit {job.poll()}): {(tmp_path / 'stderr').read_text()[-3000:]}")
+
+
+def rank(workers: list[psutil.Process], index: int) -> psutil.Process:
+    return next(w for w in workers if w.environ().get("RANK") == str(index))
+
+
+@pytest.fixture
+def start_job(tmp_path):
+    """Starts the job and returns it with its two ranks once it trains; afterwards, whatever happened,
+    no process of it is left (stopped ones are continued, then killed)."""
+    processes = []
+
+    def start_job(port: int) -> tuple[subprocess.Popen, list[psutil.Process]]:
+        job = start(tmp_path, port)
+        processes.append(psutil.Process(job.pid))
+        wait_for_training(job, tmp_path)
+        workers = [p for p in processes[0].children(recursive=True) if "rlkit.cli" in p.cmdline()]
+        processes.extend(workers)
+        assert len(workers) == 2
+        return job, workers
+
+    yield start_job
+    for p in processes:
+        if p.is_running():
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+    psutil.wait_procs(processes, timeout=30)
+
+
+def wait_for_end(job: subprocess.Popen, workers: list[psutil.Process], bound: float) -> float:
+    """Seconds until the job ended (failing), with none of its ranks left."""
+    t0 = time.monotonic()
+    job.wait(timeout=bound + 60)
+    elapsed = time.monotonic() - t0
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"left behind: {alive}"
+    assert job.returncode != 0
+    return elapsed
+
+
+def test_killed_rank_ends_the_job(start_job, tmp_path):
+    job, workers = start_job(port=29664)
+    rank(workers, 1).kill()
+    elapsed = wait_for_end(job, workers, SLACK_S)
+    assert elapsed < SLACK_S, elapsed  # measured: 0.9 s
+    stderr = (tmp_path / "stderr").read_text()
+    assert "rank      : 1" in stderr and "Signal 9 (SIGKILL) received by PID" in stderr
+
+
+def test_stopped_rank_ends_the_job_after_the_collective_timeout(start_job, tmp_path):
+    job, workers = start_job(port=29665)
+    rank(workers, 1).suspend()  # SIGSTOP
+    elapsed = wait_for_end(job, workers, TIMEOUT_S + SHUTDOWN_S + SLACK_S)
+    assert elapsed < TIMEOUT_S + SHUTDOWN_S + SLACK_S, elapsed  # measured: 44.8 s
+    stderr = (tmp_path / "stderr").read_text()
+    assert (f"error: a collective waited longer than trainer.collective_timeout_s={TIMEOUT_S} s: another rank "
+            "died or stalled") in stderr
