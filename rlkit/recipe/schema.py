@@ -134,6 +134,11 @@ class RolloutConfig(Section):
         "error", description="a prompt over max_prompt_tokens: 'error' stops the run at start-up naming the split "
                              "and row (all prompts are checked); 'truncate_left' keeps its last max_prompt_tokens "
                              "tokens")
+    logp_old: Literal["sampler", "recompute"] = Field(
+        "sampler", description="where the old policy's log-probs come from when a rollout batch makes several "
+                               "optimizer steps: 'sampler', the sampled tokens' log-probs at the sampling "
+                               "temperature as generation computed them, before top-p (no extra forward pass); "
+                               "'recompute', a no-grad forward of the policy before the update")
 
 
 class TrainerConfig(Section):

@@ -25,6 +25,8 @@ class RolloutBatch:
     completions: list[str]          # [B] decoded completion, special tokens removed
     columns: dict[str, list]        # dataset columns, one value per row (for verifiers)
     rewards: torch.Tensor | None = None  # [B] total reward, once the verifiers ran (NaN = all abstained)
+    logp: torch.Tensor | None = None     # [B,T] fp32 log-prob of each sampled token under softmax(logits /
+    # temperature) as the sampler computed it, 0 after EOS; None when the worker was not asked for it
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -72,4 +74,5 @@ class RolloutBatch:
             completions=[c for b in batches for c in b.completions],
             columns={k: [v for b in batches for v in b.columns[k]] for k in batches[0].columns},
             rewards=None if batches[0].rewards is None else torch.cat([b.rewards for b in batches]),
+            logp=None if batches[0].logp is None else torch.cat([right(b.logp, 0.0) for b in batches]),
         )

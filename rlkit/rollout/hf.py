@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlkit.data import render_prompt, tokenize_prompts
 from rlkit.rollout.batch import RolloutBatch
@@ -46,20 +46,24 @@ class HFGenerateWorker:
 
     @torch.no_grad()
     def generate(self, model, prompts: list, columns: dict[str, list], samples_per_prompt: int,
-                 greedy: bool = False, synced_gpus: bool = False) -> RolloutBatch:
+                 greedy: bool = False, synced_gpus: bool = False, with_logp: bool = False) -> RolloutBatch:
         """``prompts``: strings or chat messages (tokenized by :func:`rlkit.data.tokenize_prompts`, then cut
-        to their last ``max_prompt_tokens`` tokens); ``columns``: dataset columns aligned with ``prompts``."""
+        to their last ``max_prompt_tokens`` tokens); ``columns``: dataset columns aligned with ``prompts``.
+        ``with_logp``: also return the sampled tokens' log-probs (:class:`SampledTokenLogprobs`)."""
         tok, G = self.tokenizer, samples_per_prompt
         ids = [p[-self.max_prompt_tokens:] for p in tokenize_prompts(prompts, tok)]
         enc = tok.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
         prompt_ids = enc.input_ids.repeat_interleave(G, 0).to(model.device)          # [B,P]
         prompt_mask = enc.attention_mask.repeat_interleave(G, 0).to(model.device)    # [B,P]
         config = self.generation_config(greedy)
+        recorder = SampledTokenLogprobs(self.temperature) if with_logp else None
         with _model_defaults(model, config):
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                 synced_gpus=synced_gpus)
+                                 synced_gpus=synced_gpus, logits_processor=LogitsProcessorList([recorder] if recorder
+                                                                                               else []))
         completion_ids = out[:, prompt_ids.shape[1]:]
         completion_mask, truncated = mask_after_eos(completion_ids, self.eos_token_ids)
+        logp = recorder.result(completion_ids) * completion_mask if recorder else None
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
         return RolloutBatch(
             prompt_ids=prompt_ids,
@@ -71,7 +75,40 @@ class HFGenerateWorker:
             prompts=[text for text in map(lambda p: render_prompt(p, tok), prompts) for _ in range(G)],
             completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
             columns={k: [v for v in vals for _ in range(G)] for k, vals in columns.items()},
+            logp=logp,
         )
+
+
+class SampledTokenLogprobs(LogitsProcessor):
+    """Records log softmax(logits / temperature) at each sampled token, so the trainer needs no forward pass
+    for the old policy's log-probs.
+
+    ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and rlkit's
+    generation config enables no other processor, so the scores seen here are the raw logits: the
+    distribution recorded is the untruncated softmax(logits / temperature), the one the training forward
+    computes. At each step the token just sampled from the previous scores is in ``input_ids``: the
+    previous scores [B,V] are kept one step, and the last token's log-prob is taken in :meth:`result`. A
+    row that finished early gets the pad token's log-prob, which the caller masks.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []
+        self.scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.scores is not None:
+            self.steps.append(self._logp(input_ids[:, -1]))
+        self.scores = scores
+        return scores
+
+    def _logp(self, tokens: torch.Tensor) -> torch.Tensor:
+        scores = self.scores.float() / self.temperature
+        return scores.gather(-1, tokens[:, None]).squeeze(-1) - scores.logsumexp(-1)
+
+    def result(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """[B,T] fp32 log-probs of ``completion_ids`` [B,T], the tokens ``generate`` returned."""
+        return torch.stack([*self.steps, self._logp(completion_ids[:, -1])], dim=1)
 
 
 def mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

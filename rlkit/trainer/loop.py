@@ -150,6 +150,11 @@ class Trainer:
         return self._prepare_frozen(path, teacher.dtype)
 
     @property
+    def _off_policy(self) -> bool:
+        """Several optimizer steps per rollout batch and an objective that uses the old policy's log-probs."""
+        return self.updates_per_step > 1 and "logp_old" in self.objective.needs
+
+    @property
     def _sharded(self) -> bool:
         """Parameters are split over several ranks (ZeRO-3 or FSDP): ``generate`` then gets ``synced_gpus``,
         so that a rank whose completions end early keeps joining the others' collectives (FSDP gathers
@@ -291,7 +296,8 @@ class Trainer:
         self.model.eval()
         with unwrap_model_for_generation(self.model, self.accelerator) as policy:
             batch = self.worker.generate(policy, prompts, columns, self.recipe.rollout.samples_per_prompt,
-                                         synced_gpus=self._sharded)
+                                         synced_gpus=self._sharded,
+                                         with_logp=self._off_policy and self.recipe.rollout.logp_old == "sampler")
         self.model.train()
         return batch
 
@@ -304,7 +310,7 @@ class Trainer:
             prompt_mask=rollout.prompt_mask, completion_ids=rollout.completion_ids,
         )
         needs = self.objective.needs
-        off_policy = self.updates_per_step > 1 and "logp_old" in needs
+        recompute = self._off_policy and rollout.logp is None  # else the sampler's log-probs are logp_old
         with_logits = "logits" in needs
         with_entropy = "entropy" in needs
         outputs: dict[str, list[torch.Tensor]] = {}
@@ -314,7 +320,7 @@ class Trainer:
             if needs & {"logp_teacher", "teacher_logits"}:
                 teacher = self._forward(self.teacher, chunk, with_logits="teacher_logits" in needs)
                 outputs.setdefault("logp_teacher", []).append(teacher.logp)
-            if off_policy or with_entropy or with_logits:
+            if recompute or with_entropy or with_logits:
                 s = self._forward(self.model, chunk, with_entropy=with_entropy, with_logits=with_logits)
                 outputs.setdefault("logp_old", []).append(s.logp)
                 outputs.setdefault("entropy", []).append(s.entropy)
@@ -325,8 +331,8 @@ class Trainer:
                         outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
                 outputs.setdefault("logp_ref", []).append(self.reference.logp(chunk))
-        if off_policy:
-            batch.logp_old = torch.cat(outputs["logp_old"])
+        if self._off_policy:
+            batch.logp_old = torch.cat(outputs["logp_old"]) if recompute else rollout.logp
         if with_entropy:
             batch.entropy = torch.cat(outputs["entropy"])
         if self.reference is not None:

@@ -16,6 +16,7 @@ from tests.trainer.launching import ROOT, launch, max_difference, model_at
 OPD = ["recipes/presets/opd.yaml", "model.warm_start=null", "teacher.warm_start=null", "trainer.steps=2",
        "trainer.save_every=1", "trainer.prompts_per_step=8", "data.eval_size=8", "log.eval_every=0",
        "log.trackers=[]"]
+LR = 2e-3  # recipes/distill.yaml's trainer.lr
 
 
 def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
@@ -68,14 +69,16 @@ def test_teacher_is_partitioned_under_zero3(opd_zero3):
 
 
 def test_distillation_under_zero3_equals_ddp(opd_zero3, cache, tmp_path):
-    """The same two steps under DDP, in one micro-batch: the same weights after each step. The
-    tolerance is test_deepspeed.py's (fp32 sums in another order). The ZeRO-3 run built the cached
+    """The same two steps under DDP, in one micro-batch: the same weights after each step, within lr / 20
+    (test_deepspeed.py's ratio). Micro-batches of 4 and 64 rows are packed differently, so fp32 sums run in
+    another order, and Adam's first step lr * g / (|g| + eps) turns that noise into a small fraction of lr
+    where |g| is near eps; a wrong gradient moves elements by up to 2 x lr. The ZeRO-3 run built the cached
     models and the DDP run found them built, so this also checks that a run from an empty cache
     samples as one from a full cache (an in-process build once reseeded rank 0's global RNG, and
     ~10% of the weights then differed by 2 x lr after one step)."""
     ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path, cache, 29615)
     for step in (1, 2):
-        assert max_difference(model_at(ddp, step), model_at(opd_zero3, step)) < 1e-5
+        assert max_difference(model_at(ddp, step), model_at(opd_zero3, step)) < LR / 20
     assert max_difference(model_at(ddp, 2), model_at(ddp, 1)) > 1e-4  # the second step moved the weights
 
 
