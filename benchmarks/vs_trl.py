@@ -23,8 +23,9 @@ Systems: ``rlkit``; ``trl_fast``, TRL with its fastest CPU settings (fp32, no ac
 process, pinned to one core with one torch thread, ``rounds`` times in turn (so slow drift of the machine
 hits all of them alike). A process runs one warm-up cycle, then ``cycles`` timed ones. Reported per system:
 the median over all timed cycles of the seconds per optimizer step (cycle time / 2), completion tokens per
-second, and the peak resident set (``ru_maxrss``, the largest over rounds). The last line is
-``step_time_ratio=X peak_rss_ratio=Y``, rlkit over ``trl_fast``.
+second, and the peak resident set (``ru_maxrss``, the largest over rounds). For rlkit also its update's FLOPs
+and rate against this core's dense matmul rate (:func:`update_rate`, one more cycle after the timed ones). The
+last line is ``step_time_ratio=X peak_rss_ratio=Y``, rlkit over ``trl_fast``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def prompt_rows(n: int):
     return train.select([int(i) for i in np.random.default_rng([SEED, 0]).permutation(len(train))[:n]])
 
 
-def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[float], list[int]]:
+def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[float], list[int], dict]:
     from rlkit.recipe import load_recipe
     from rlkit.trainer import Trainer
 
@@ -98,7 +99,42 @@ def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[
         metrics, _ = trainer.step(step)
         times.append(time.perf_counter() - t)
         tokens.append(round(metrics["rollout/len_mean"] * spec["prompts"] * G))
-    return times[1:], tokens[1:]
+    return times[1:], tokens[1:], update_rate(trainer, cycles + 2)
+
+
+def update_rate(trainer, step: int) -> dict:
+    """One more cycle, untimed above, whose update (forward and backward of both optimizer steps) runs under
+    torch's FLOP counter (matmuls and attention): its GFLOP and GFLOP/s. The counter's own overhead is in
+    the time, so the rate is a lower bound. Compared with :func:`matmul_rate` at the update's largest shape."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter, update, seconds = FlopCounterMode(display=False), trainer.update, []
+
+    def counted(*args):
+        t = time.perf_counter()
+        with counter:
+            update(*args)
+        seconds.append(time.perf_counter() - t)
+
+    trainer.update = counted
+    trainer.step(step)
+    trainer.update = update
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    gflop = counter.get_total_flops() / 1e9
+    return {"update_gflop": gflop, "update_gflop_per_s": gflop / seconds[0],
+            "matmul_gflop_per_s": matmul_rate(config.hidden_size, config.intermediate_size)}
+
+
+def matmul_rate(hidden: int, intermediate: int, rows: int = 4096, repeats: int = 20) -> float:
+    """This core's dense fp32 matmul rate (GFLOP/s) at the MLP's shape, [rows,hidden] @ [hidden,intermediate]."""
+    import torch
+
+    a, b = torch.randn(rows, hidden), torch.randn(hidden, intermediate)
+    a @ b  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * hidden * intermediate * repeats / (time.perf_counter() - t) / 1e9
 
 
 def run_trl(model: Path, size: str, cycles: int, workdir: Path, fast: bool) -> tuple[list[float], list[int]]:
@@ -146,11 +182,12 @@ def one(system: str, model: Path, size: str, cycles: int, core: int) -> dict:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as workdir:
         if system == "rlkit":
-            times, tokens = run_rlkit(model, size, cycles, Path(workdir))
+            times, tokens, rate = run_rlkit(model, size, cycles, Path(workdir))
         else:
             times, tokens = run_trl(model, size, cycles, Path(workdir), fast=system == "trl_fast")
+            rate = {}
     return {"system": system, "cycle_s": times, "tokens": tokens,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **rate}
 
 
 def main() -> None:
@@ -191,6 +228,13 @@ def main() -> None:
         step_s = statistics.median(cycles) / 2
         summary[system] = (step_s, max(run["peak_rss_mib"] for run in runs))
         print(f"| {system} | {step_s:.3f} | {sum(tokens) / sum(cycles):.0f} | {summary[system][1]:.0f} |")
+    if "rlkit" in results:
+        rates = {k: statistics.median(run[k] for run in results["rlkit"])
+                 for k in ("update_gflop", "update_gflop_per_s", "matmul_gflop_per_s")}
+        print(f"rlkit's update (forward + backward of a rollout batch's 2 optimizer steps): "
+              f"{rates['update_gflop']:.1f} GFLOP at >= {rates['update_gflop_per_s']:.1f} GFLOP/s, "
+              f"{rates['update_gflop_per_s'] / rates['matmul_gflop_per_s']:.0%} of this core's dense fp32 matmul "
+              f"rate at the model's MLP shape ({rates['matmul_gflop_per_s']:.1f} GFLOP/s; medians over rounds)")
     if "rlkit" in summary and "trl_fast" in summary:
         (rl_s, rl_rss), (trl_s, trl_rss) = summary["rlkit"], summary["trl_fast"]
         print(f"step_time_ratio={rl_s / trl_s:.3f} peak_rss_ratio={rl_rss / trl_rss:.3f}")
