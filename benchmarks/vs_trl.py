@@ -80,7 +80,7 @@ def prompt_rows(n: int):
     return train.select([int(i) for i in np.random.default_rng([SEED, 0]).permutation(len(train))[:n]])
 
 
-def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[float], list[int], dict]:
+def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[float], list[int], object]:
     from rlkit.recipe import load_recipe
     from rlkit.trainer import Trainer
 
@@ -99,7 +99,7 @@ def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[
         metrics, _ = trainer.step(step)
         times.append(time.perf_counter() - t)
         tokens.append(round(metrics["rollout/len_mean"] * spec["prompts"] * G))
-    return times[1:], tokens[1:], update_rate(trainer, cycles + 2)
+    return times[1:], tokens[1:], trainer
 
 
 def update_rate(trainer, step: int) -> dict:
@@ -182,12 +182,12 @@ def one(system: str, model: Path, size: str, cycles: int, core: int) -> dict:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as workdir:
         if system == "rlkit":
-            times, tokens, rate = run_rlkit(model, size, cycles, Path(workdir))
+            times, tokens, trainer = run_rlkit(model, size, cycles, Path(workdir))
         else:
-            times, tokens = run_trl(model, size, cycles, Path(workdir), fast=system == "trl_fast")
-            rate = {}
-    return {"system": system, "cycle_s": times, "tokens": tokens,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **rate}
+            times, tokens, trainer = *run_trl(model, size, cycles, Path(workdir), fast=system == "trl_fast"), None
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the FLOP-counted cycle
+        rate = update_rate(trainer, cycles + 2) if trainer else {}
+    return {"system": system, "cycle_s": times, "tokens": tokens, "peak_rss_mib": peak_rss_mib, **rate}
 
 
 def main() -> None:
