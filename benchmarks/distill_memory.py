@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.peak_memory import peak_above_start
 from rlkit.metrics import Metrics
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.trainer.logprobs import completion_scores
@@ -36,12 +36,6 @@ def model(vocab: int, hidden: int, seed: int) -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)
     return LlamaForCausalLM(config)
-
-
-def rss_bytes() -> int:
-    """The current resident set of this process (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def measure(preset: str, vocab: int, rows: int, tokens: int, device: str) -> dict:
@@ -68,23 +62,13 @@ def measure(preset: str, vocab: int, rows: int, tokens: int, device: str) -> dic
     batch.extras = {k: torch.cat([e[k] for e in extras]) for k in extras[0]} if extras and extras[0] else {}
     metrics = Metrics()
     weights = objective.prepare(batch, metrics)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = rss_bytes()
-    positions = objective.active_tokens(batch, weights)
-    s = forward(student, batch, with_logits=True, positions=positions)
-    t = forward(teacher, batch, with_logits=True, positions=positions)
-    loss = objective.loss(s.logp, batch, weights, metrics, logits=s.logits, teacher_logits=t.logits)
-    loss.backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"preset": preset, "kept_token_frac": float(positions.float().mean()), "peak_mib": peak / 2**20,
+    with peak_above_start(device) as peak:
+        positions = objective.active_tokens(batch, weights)
+        s = forward(student, batch, with_logits=True, positions=positions)
+        t = forward(teacher, batch, with_logits=True, positions=positions)
+        loss = objective.loss(s.logp, batch, weights, metrics, logits=s.logits, teacher_logits=t.logits)
+        loss.backward()
+    return {"preset": preset, "kept_token_frac": float(positions.float().mean()), "peak_mib": peak["mib"],
             "loss": float(loss)}
 
 

@@ -24,21 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 
 import torch
 
+from benchmarks.peak_memory import peak_above_start
 from rlkit.trainer.logprobs import chunked_token_scores
 
 TEMPERATURE = 0.7
-
-
-def rss_bytes() -> int:
-    """The current resident set of this process (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def naive_token_scores(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Linear) -> tuple[torch.Tensor, ...]:
@@ -58,25 +52,14 @@ def measure(variant: str, mode: str, vocab: int, hidden_size: int, tokens: int, 
     head.requires_grad_(mode == "all")
     hidden = torch.randn(tokens, hidden_size, device=device, dtype=head.weight.dtype, requires_grad=mode != "nograd")
     ids = torch.randint(vocab, (tokens,), device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = rss_bytes()
-    with torch.set_grad_enabled(mode != "nograd"):
+    with peak_above_start(device) as peak, torch.set_grad_enabled(mode != "nograd"):
         if variant == "naive":
             logp, entropy = naive_token_scores(hidden, ids, head)
         else:
             logp, entropy = chunked_token_scores(hidden, ids, head, TEMPERATURE, with_entropy=True)
         if mode != "nograd":
             (logp.sum() + entropy.sum()).backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"variant": variant, "mode": mode, "peak_mib": peak / 2 ** 20,
+    return {"variant": variant, "mode": mode, "peak_mib": peak["mib"],
             "logp_sum": float(logp.sum()), "entropy_sum": float(entropy.sum())}
 
 
