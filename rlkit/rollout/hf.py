@@ -81,7 +81,8 @@ class HFGenerateWorker:
 
 class SampledTokenLogprobs(LogitsProcessor):
     """Records log softmax(logits / temperature) at each sampled token, so the trainer needs no forward pass
-    for the old policy's log-probs.
+    for the old policy's log-probs. (``generate``'s own ``output_logits`` would keep every step's [B,V]
+    scores until the end; this keeps one step's, and a [B] column per step.)
 
     ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and rlkit's
     generation config enables no other processor, so the scores seen here are the raw logits: the
