@@ -83,13 +83,16 @@ def test_second_run_reuses_the_cached_warm_start(env, run, tmp_path):
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
-    args = ("trainer.steps=8", "trainer.save_every=2", "log.every=1", "log.eval_every=0", "log.trackers=[]")
+    # keep every checkpoint: with pruning, step 2's can vanish (at step 6) between two looks for it
+    args = ("trainer.steps=8", "trainer.save_every=2", "trainer.keep_checkpoints=8", "log.every=1",
+            "log.eval_every=0", "log.trackers=[]")
     first = subprocess.Popen(train_command(tmp_path, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     marker = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.02)  # six more steps take about a second: the kill lands well before the run ends
+    assert first.poll() is None, f"the first run ended (exit {first.returncode}) before it could be killed"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert marker.exists(), "the first run never wrote its step-2 checkpoint"
