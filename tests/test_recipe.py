@@ -100,6 +100,15 @@ def test_overrides_and_base_merge(tmp_path):
     assert recipe.objective == {"kl": {"beta": 0}}  # the preset (grpo by default) is applied when built
 
 
+def test_bare_no_is_mixed_precision_no(tmp_path):
+    """YAML reads `no` as false; accelerate's name for full precision must still work, in files and overrides."""
+    path = write(tmp_path, "output_dir: out\ntrainer: {mixed_precision: no}\n")
+    assert load_recipe(path).trainer.mixed_precision == "no"
+    assert load_recipe(path, ["trainer.mixed_precision=bf16"]).trainer.mixed_precision == "bf16"
+    assert load_recipe(path, ["trainer.mixed_precision=no"]).trainer.mixed_precision == "no"
+    assert "trainer.mixed_precision" in check_fails(path, "trainer.mixed_precision=yes")
+
+
 def test_cli_check_exits_non_zero_with_the_message():
     result = subprocess.run([sys.executable, "-m", "rlkit.cli", "check", "recipes/quickstart.yaml", "trainer.lrr=1"],
                             cwd=ROOT, capture_output=True, text=True)
