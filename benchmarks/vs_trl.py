@@ -1,7 +1,6 @@
 """rlkit against TRL's GRPOTrainer on identical work: ``python -m benchmarks.vs_trl [--size large]``.
 
-Options: ``[--size quickstart|large] [--rounds 3] [--cycles 4] [--systems rlkit,trl_fast,trl_default]
-[--cores 0]``.
+Options: ``[--size quickstart|large] [--rounds 3] [--cycles 4] [--systems rlkit,trl_fast,...] [--core 0]``.
 
 Identical work for every system:
 
@@ -18,14 +17,22 @@ Identical work for every system:
   AdamW at 2e-4, constant, gradient clipping at 1, one forward/backward of the whole optimizer step;
 - reward: rlkit's ``exact_number`` verifier.
 
-Systems: ``rlkit``; ``trl_fast``, TRL with its fastest CPU settings (fp32, no activation checkpointing);
-``trl_default``, TRL with its defaults (bf16 autocast, activation checkpointing). Each system runs in its own
-process, pinned to one core with one torch thread, ``rounds`` times in turn (so slow drift of the machine
-hits all of them alike). A process runs one warm-up cycle, then ``cycles`` timed ones. Reported per system:
-the median over all timed cycles of the seconds per optimizer step (cycle time / 2), completion tokens per
-second, and the peak resident set (``ru_maxrss``, the largest over rounds). For rlkit also its update's FLOPs
-and rate against this core's dense matmul rate (:func:`update_rate`, one more cycle after the timed ones). The
-last line is ``step_time_ratio=X peak_rss_ratio=Y``, rlkit over ``trl_fast``.
+Systems (all by default):
+
+- ``rlkit``, fp32; ``rlkit_bf16``, ``trainer.mixed_precision=bf16`` (autocast, fp32 weights). On a CPU rlkit
+  loads models with eager attention (:func:`rlkit.models.attention_for`);
+- ``trl_fast``, TRL in fp32 without activation checkpointing; ``trl_bf16``, bf16 autocast without it;
+  ``trl_bf16_eager``, the same with the model loaded with eager attention, as rlkit does on a CPU;
+  ``trl_default``, TRL's defaults (bf16 autocast, activation checkpointing). TRL's model otherwise loads
+  with transformers' default attention (SDPA).
+
+Each system runs in its own process, pinned to one core with one torch thread, ``rounds`` times in turn (so
+slow drift of the machine hits all of them alike). A process runs one warm-up cycle, then ``cycles`` timed
+ones. Reported per system: the median over all timed cycles of the seconds per optimizer step (cycle time
+/ 2), completion tokens per second, and the peak resident set (``ru_maxrss``, the largest over rounds). For
+rlkit also its update's FLOPs and rate against this core's dense matmul rate in the update's precision
+(:func:`update_rate`, one more cycle after the timed ones). The last line is ``step_time_ratio=X
+peak_rss_ratio=Y``: rlkit's fastest system over TRL's fastest (by step time), both named on the line before.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -49,6 +57,21 @@ SIZES = {  # prompts per rollout batch, max new tokens, model (None: the quickst
 }
 LR = 2e-4
 SEED = 0
+RLKIT_SYSTEMS = {"rlkit": [], "rlkit_bf16": ["trainer.mixed_precision=bf16"]}  # recipe overrides
+
+
+@dataclass(frozen=True)
+class TRLSettings:
+    config: dict                 # GRPOConfig fields over TRL's defaults
+    attention: str = "sdpa"      # the model's attn_implementation (transformers' default: sdpa)
+
+
+TRL_SYSTEMS = {
+    "trl_fast": TRLSettings({"bf16": False, "gradient_checkpointing": False}),
+    "trl_bf16": TRLSettings({"bf16": True, "gradient_checkpointing": False}),
+    "trl_bf16_eager": TRLSettings({"bf16": True, "gradient_checkpointing": False}, attention="eager"),
+    "trl_default": TRLSettings({}),
+}
 
 
 def start_checkpoint(size: str, workdir: Path) -> Path:
@@ -80,7 +103,8 @@ def prompt_rows(n: int):
     return train.select([int(i) for i in np.random.default_rng([SEED, 0]).permutation(len(train))[:n]])
 
 
-def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[float], list[int], object]:
+def run_rlkit(model: Path, size: str, cycles: int, workdir: Path, overrides: list[str]
+              ) -> tuple[list[float], list[int], object]:
     from rlkit.recipe import load_recipe
     from rlkit.trainer import Trainer
 
@@ -90,7 +114,7 @@ def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[
         "trainer.mini_batches=2", f"trainer.micro_batch_size={spec['prompts'] * G // 2}", f"trainer.lr={LR}",
         f"rollout.max_new_tokens={spec['max_new_tokens']}", "objective={preset: grpo, kl: {beta: 0.0}, "
         "aggregation: {type: token_mean}}", f"trainer.seed={SEED}", "log.trackers=[]",
-        f"trainer.steps={cycles + 1}", f"output_dir={workdir / 'rlkit'}",
+        f"trainer.steps={cycles + 1}", f"output_dir={workdir / 'rlkit'}", *overrides,
     ])
     trainer = Trainer(recipe)
     times, tokens = [], []
@@ -105,7 +129,9 @@ def run_rlkit(model: Path, size: str, cycles: int, workdir: Path) -> tuple[list[
 def update_rate(trainer, step: int) -> dict:
     """One more cycle, untimed above, whose update (forward and backward of both optimizer steps) runs under
     torch's FLOP counter (matmuls and attention): its GFLOP and GFLOP/s. The counter's own overhead is in
-    the time, so the rate is a lower bound. Compared with :func:`matmul_rate` at the update's largest shape."""
+    the time, so the rate is a lower bound. Compared with :func:`matmul_rate` at the update's largest shape,
+    in the update's precision."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter, update, seconds = FlopCounterMode(display=False), trainer.update, []
@@ -121,15 +147,16 @@ def update_rate(trainer, step: int) -> dict:
     trainer.update = update
     config = trainer.accelerator.unwrap_model(trainer.model).config
     gflop = counter.get_total_flops() / 1e9
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16}[trainer.recipe.trainer.mixed_precision]
     return {"update_gflop": gflop, "update_gflop_per_s": gflop / seconds[0],
-            "matmul_gflop_per_s": matmul_rate(config.hidden_size, config.intermediate_size)}
+            "matmul_gflop_per_s": matmul_rate(config.hidden_size, config.intermediate_size, dtype)}
 
 
-def matmul_rate(hidden: int, intermediate: int, rows: int = 4096, repeats: int = 20) -> float:
-    """This core's dense fp32 matmul rate (GFLOP/s) at the MLP's shape, [rows,hidden] @ [hidden,intermediate]."""
+def matmul_rate(hidden: int, intermediate: int, dtype, rows: int = 4096, repeats: int = 20) -> float:
+    """This core's dense matmul rate (GFLOP/s) in ``dtype`` at the MLP's shape, [rows,hidden] @ [hidden,intermediate]."""
     import torch
 
-    a, b = torch.randn(rows, hidden), torch.randn(hidden, intermediate)
+    a, b = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, intermediate, dtype=dtype)
     a @ b  # warm-up
     t = time.perf_counter()
     for _ in range(repeats):
@@ -137,7 +164,8 @@ def matmul_rate(hidden: int, intermediate: int, rows: int = 4096, repeats: int =
     return 2 * rows * hidden * intermediate * repeats / (time.perf_counter() - t) / 1e9
 
 
-def run_trl(model: Path, size: str, cycles: int, workdir: Path, fast: bool) -> tuple[list[float], list[int]]:
+def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSettings
+            ) -> tuple[list[float], list[int]]:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -151,8 +179,7 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, fast: bool) -> t
         per_device_train_batch_size=spec["prompts"] * G // 2, steps_per_generation=2, num_generations=G,
         gradient_accumulation_steps=1, max_completion_length=spec["max_new_tokens"], temperature=1.0,
         top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=LR,
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
-        **({"bf16": False, "gradient_checkpointing": False} if fast else {}),
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, **settings.config,
     )
     ends: list[float] = []
     tokens: list[int] = []
@@ -165,7 +192,8 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, fast: bool) -> t
         tokens.append(sum(len(c) for c in completion_ids))
         return exact_number(prompts, completions, answer)
 
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=reward, args=config,
+    policy = AutoModelForCausalLM.from_pretrained(model, attn_implementation=settings.attention)
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=config,
                           train_dataset=prompt_rows(spec["prompts"] * (cycles + 1)),
                           processing_class=load_tokenizer(model), callbacks=[Clock()])
     start = time.perf_counter()
@@ -181,10 +209,10 @@ def one(system: str, model: Path, size: str, cycles: int, core: int) -> dict:
     os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as workdir:
-        if system == "rlkit":
-            times, tokens, trainer = run_rlkit(model, size, cycles, Path(workdir))
+        if system in RLKIT_SYSTEMS:
+            times, tokens, trainer = run_rlkit(model, size, cycles, Path(workdir), RLKIT_SYSTEMS[system])
         else:
-            times, tokens, trainer = *run_trl(model, size, cycles, Path(workdir), fast=system == "trl_fast"), None
+            times, tokens, trainer = *run_trl(model, size, cycles, Path(workdir), TRL_SYSTEMS[system]), None
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the FLOP-counted cycle
         rate = update_rate(trainer, cycles + 2) if trainer else {}
     return {"system": system, "cycle_s": times, "tokens": tokens, "peak_rss_mib": peak_rss_mib, **rate}
@@ -195,7 +223,7 @@ def main() -> None:
     parser.add_argument("--size", default="quickstart", choices=sorted(SIZES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cycles", type=int, default=4)
-    parser.add_argument("--systems", default="rlkit,trl_fast,trl_default")
+    parser.add_argument("--systems", default=",".join([*RLKIT_SYSTEMS, *TRL_SYSTEMS]))
     parser.add_argument("--core", type=int, default=0, help="the core each system's process is pinned to")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this system in this process
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -228,15 +256,19 @@ def main() -> None:
         step_s = statistics.median(cycles) / 2
         summary[system] = (step_s, max(run["peak_rss_mib"] for run in runs))
         print(f"| {system} | {step_s:.3f} | {sum(tokens) / sum(cycles):.0f} | {summary[system][1]:.0f} |")
-    if "rlkit" in results:
-        rates = {k: statistics.median(run[k] for run in results["rlkit"])
+    for system in results.keys() & RLKIT_SYSTEMS.keys():
+        rates = {k: statistics.median(run[k] for run in results[system])
                  for k in ("update_gflop", "update_gflop_per_s", "matmul_gflop_per_s")}
-        print(f"rlkit's update (forward + backward of a rollout batch's 2 optimizer steps): "
+        print(f"{system}'s update (forward + backward of a rollout batch's 2 optimizer steps): "
               f"{rates['update_gflop']:.1f} GFLOP at >= {rates['update_gflop_per_s']:.1f} GFLOP/s, "
-              f"{rates['update_gflop_per_s'] / rates['matmul_gflop_per_s']:.0%} of this core's dense fp32 matmul "
-              f"rate at the model's MLP shape ({rates['matmul_gflop_per_s']:.1f} GFLOP/s; medians over rounds)")
-    if "rlkit" in summary and "trl_fast" in summary:
-        (rl_s, rl_rss), (trl_s, trl_rss) = summary["rlkit"], summary["trl_fast"]
+              f"{rates['update_gflop_per_s'] / rates['matmul_gflop_per_s']:.0%} of this core's dense matmul "
+              f"rate in its precision at the model's MLP shape ({rates['matmul_gflop_per_s']:.1f} GFLOP/s; "
+              f"medians over rounds)")
+    rlkit = min((s for s in summary if s in RLKIT_SYSTEMS), key=lambda s: summary[s][0], default=None)
+    trl = min((s for s in summary if s in TRL_SYSTEMS), key=lambda s: summary[s][0], default=None)
+    if rlkit and trl:
+        (rl_s, rl_rss), (trl_s, trl_rss) = summary[rlkit], summary[trl]
+        print(f"fastest of each: {rlkit} over {trl}")
         print(f"step_time_ratio={rl_s / trl_s:.3f} peak_rss_ratio={rl_rss / trl_rss:.3f}")
 
 

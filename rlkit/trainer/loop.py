@@ -130,7 +130,7 @@ class Trainer:
 
     def _prepare_frozen(self, path, dtype: str):
         """A model run without gradients, placed like the policy."""
-        frozen = load_model(path, dtype).eval().requires_grad_(False)
+        frozen = load_model(path, dtype, self.accelerator.device).eval().requires_grad_(False)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             return prepare_deepspeed(frozen, self.accelerator)  # sharded like the policy under ZeRO-3
         if self.accelerator.distributed_type == DistributedType.FSDP:
@@ -294,7 +294,7 @@ class Trainer:
     def rollout(self, step: int, round: int = 0) -> RolloutBatch:
         prompts, columns = self.prompts_for(step, round)
         self.model.eval()
-        with unwrap_model_for_generation(self.model, self.accelerator) as policy:
+        with self._generation() as policy:
             batch = self.worker.generate(policy, prompts, columns, self.recipe.rollout.samples_per_prompt,
                                          synced_gpus=self._sharded,
                                          with_logp=self._off_policy and self.recipe.rollout.logp_old == "sampler")
@@ -429,7 +429,7 @@ class Trainer:
         shard = self.data.eval.select([*own, *[0] * (per_rank - len(own))])
         first, total = torch.zeros(2), torch.zeros(2)  # host sums of the verifiers' Python floats
         self.model.eval()
-        with unwrap_model_for_generation(self.model, self.accelerator) as policy:
+        with self._generation() as policy:
             for start in range(0, per_rank, EVAL_CHUNK):
                 rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
                 columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
@@ -491,6 +491,14 @@ class Trainer:
         G = self.recipe.rollout.samples_per_prompt
         size = max(G, self.recipe.trainer.micro_batch_size // G * G)
         return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
+
+    @contextlib.contextmanager
+    def _generation(self):
+        """The policy for ``generate`` (ZeRO-3 shards gathered), under one autocast for the whole call: the
+        per-forward autocast of a mixed-precision model would cast every weight again at every decoding
+        step, since autocast's cache of cast weights lives only as long as its outermost context."""
+        with unwrap_model_for_generation(self.model, self.accelerator) as policy, self.accelerator.autocast():
+            yield policy
 
     def _forward(self, model, batch: StepBatch, **kwargs):
         return completion_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.mask,

@@ -113,7 +113,9 @@ def test_the_saved_adapter_loads_with_peft(run):
     trainer, _, _, out = run
     adapter = out / "checkpoints" / "step-000002" / "model"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_tiny_path()), adapter)
+    base = AutoModelForCausalLM.from_pretrained(builtin_tiny_path(),
+                                                attn_implementation=trainer.model.config._attn_implementation)
+    loaded = PeftModel.from_pretrained(base, adapter)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, trainer.model(IDS).logits)  # the same weights, the same ops
 
