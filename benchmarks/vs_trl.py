@@ -14,8 +14,12 @@ Identical work for every system:
 - sampling at temperature 1, top-p 1, no top-k, at most 5 (quickstart) or 64 (large) new tokens;
 - the loss: group z-score advantages, PPO clip 0.2, token mean over the optimizer step, no KL (TRL's
   defaults ``loss_type="dapo"``, ``beta=0``; rlkit ``grpo`` with ``token_mean`` aggregation, KL off);
-  AdamW at 2e-4, constant, gradient clipping at 1, one forward/backward of the whole optimizer step;
-- reward: rlkit's ``exact_number`` verifier.
+  AdamW at 2e-4 (large: 1e-6), constant, gradient clipping at 1, one forward/backward of the whole optimizer step;
+- reward: rlkit's ``exact_number`` verifier; at the large size plus DAPO's overlong penalty (``overlong``) with
+  L_max = L_cache = 64, i.e. -|y|/64: the untrained model answers nothing right, and groups whose rewards are
+  all equal have zero advantages, whose rows rlkit does not run (less work, but not the comparison this size
+  is for); with the length term nearly every group has signal. The learning rate there is 1e-6, so that the
+  completions keep their length over the timed cycles (at 2e-4 they halve within one).
 
 Systems (all by default):
 
@@ -51,11 +55,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 G = 8
-SIZES = {  # prompts per rollout batch, max new tokens, model (None: the quickstart's warm-started tiny)
-    "quickstart": {"prompts": 32, "max_new_tokens": 5, "model": None},
-    "large": {"prompts": 8, "max_new_tokens": 64, "model": {"hidden": 256, "layers": 10}},
+SIZES = {  # prompts per rollout batch, max new tokens, model (None: the quickstart's warm-started tiny),
+    # DAPO's overlong penalty (max_length, cache_length) added to the reward, or None; learning rate
+    "quickstart": {"prompts": 32, "max_new_tokens": 5, "model": None, "overlong": None, "lr": 2e-4},
+    "large": {"prompts": 8, "max_new_tokens": 64, "model": {"hidden": 256, "layers": 10}, "overlong": (64, 64),
+              "lr": 1e-6},
 }
-LR = 2e-4
 SEED = 0
 RLKIT_SYSTEMS = {"rlkit": [], "rlkit_bf16": ["trainer.mixed_precision=bf16"]}  # recipe overrides
 
@@ -103,6 +108,16 @@ def prompt_rows(n: int):
     return train.select([int(i) for i in np.random.default_rng([SEED, 0]).permutation(len(train))[:n]])
 
 
+def rewards_spec(size: str) -> str:
+    """rlkit's ``rewards`` for ``size`` (YAML flow), the same terms as :func:`run_trl`'s reward function."""
+    spec = "[{verifier: exact_number, weight: 1.0}"
+    if SIZES[size]["overlong"]:
+        max_length, cache_length = SIZES[size]["overlong"]
+        spec += (f", {{verifier: overlong, weight: 1.0, kwargs: {{max_length: {max_length}, "
+                 f"cache_length: {cache_length}}}}}")
+    return spec + "]"
+
+
 def run_rlkit(model: Path, size: str, cycles: int, workdir: Path, overrides: list[str]
               ) -> tuple[list[float], list[int], object]:
     from rlkit.recipe import load_recipe
@@ -111,10 +126,11 @@ def run_rlkit(model: Path, size: str, cycles: int, workdir: Path, overrides: lis
     spec = SIZES[size]
     recipe = load_recipe(ROOT / "recipes/quickstart.yaml", [
         f"model.path={model}", "model.warm_start=null", f"trainer.prompts_per_step={spec['prompts']}",
-        "trainer.mini_batches=2", f"trainer.micro_batch_size={spec['prompts'] * G // 2}", f"trainer.lr={LR}",
+        "trainer.mini_batches=2", f"trainer.micro_batch_size={spec['prompts'] * G // 2}", f"trainer.lr={spec['lr']}",
         f"rollout.max_new_tokens={spec['max_new_tokens']}", "objective={preset: grpo, kl: {beta: 0.0}, "
         "aggregation: {type: token_mean}}", f"trainer.seed={SEED}", "log.trackers=[]",
-        f"trainer.steps={cycles + 1}", f"output_dir={workdir / 'rlkit'}", *overrides,
+        f"trainer.steps={cycles + 1}", f"output_dir={workdir / 'rlkit'}", f"rewards={rewards_spec(size)}",
+        *overrides,
     ])
     trainer = Trainer(recipe)
     times, tokens = [], []
@@ -170,6 +186,7 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSet
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards.exact import exact_number
+    from rewards.shaping import overlong
     from rlkit.models import load_tokenizer
 
     spec = SIZES[size]
@@ -178,7 +195,7 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSet
         logging_steps=10 ** 6, disable_tqdm=True, max_steps=2 * (cycles + 1), shuffle_dataset=False,
         per_device_train_batch_size=spec["prompts"] * G // 2, steps_per_generation=2, num_generations=G,
         gradient_accumulation_steps=1, max_completion_length=spec["max_new_tokens"], temperature=1.0,
-        top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=LR,
+        top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=spec["lr"],
         lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, **settings.config,
     )
     ends: list[float] = []
@@ -190,7 +207,11 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSet
 
     def reward(prompts, completions, completion_ids, answer, **_):
         tokens.append(sum(len(c) for c in completion_ids))
-        return exact_number(prompts, completions, answer)
+        total = exact_number(prompts, completions, answer)
+        if spec["overlong"]:  # TRL's completion_ids end at the EOS, included, as rlkit's completion_tokens
+            total = [r + p for r, p in zip(total, overlong(prompts, completions, *spec["overlong"],
+                                                            completion_tokens=[len(c) for c in completion_ids]))]
+        return total
 
     policy = AutoModelForCausalLM.from_pretrained(model, attn_implementation=settings.attention)
     trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=config,

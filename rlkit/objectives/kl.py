@@ -62,6 +62,11 @@ class Regulariser(Part):
         """Weights [B,T] of the loss term of its own, or None when it shares the objective's weights W."""
         return None
 
+    @property
+    def weighted_with_surrogate(self) -> bool:
+        """Whether :meth:`loss` adds a non-zero term under the objective's weights W."""
+        return False
+
 
 @register_part("kl", "kl")
 class KLPenalty(Regulariser):
@@ -79,6 +84,10 @@ class KLPenalty(Regulariser):
         if not self.beta or self.aggregation == "objective":
             return None
         return mask / all_sum(mask.sum()).clamp(min=1)
+
+    @property
+    def weighted_with_surrogate(self) -> bool:
+        return bool(self.beta) and self.aggregation == "objective"
 
     def loss(self, logp, batch, metrics):
         if not self.beta:  # inactive: the trainer provides no logp_ref (and 0 * KL could be 0 * inf)

@@ -151,8 +151,15 @@ class Objective:
         return total * world_size()
 
     def active_tokens(self, batch: StepBatch, weights: torch.Tensor) -> torch.Tensor:
-        """Tokens [b,T] bool whose loss can be non-zero (weights W from :meth:`prepare`, or a KL of its own)."""
+        """Tokens [b,T] bool whose loss can be non-zero (weights W from :meth:`prepare`, or a KL of its own).
+
+        A row whose advantage is 0 has none when the surrogate vanishes there and nothing else is weighted
+        with W (no KL sharing W, no entropy bonus): the trainer skips its forward and backward, and the
+        gradient is exactly the same (W, computed over the whole step, keeps every normaliser)."""
         active = weights != 0
+        if self.surrogate.vanishes_at_zero_advantage and not self.kl.weighted_with_surrogate \
+                and not self.entropy_bonus:
+            active = active & (batch.advantages != 0)[:, None]
         if KL_WEIGHTS in batch.extras:
             active = active | (batch.extras[KL_WEIGHTS] != 0)
         return active

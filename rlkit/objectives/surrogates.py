@@ -19,7 +19,7 @@ widens with the token position. Log-ratios are computed in fp32; masked position
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -34,6 +34,9 @@ LOG_RHO_MAX = 10.0      # verl/CTPO guard on sequence and cumulative log-ratios 
 
 class Surrogate(Part):
     needs = frozenset({"logp_old"})
+    #: the loss and its gradient are exactly 0 on every token of a row whose advantage is 0 (the clipped
+    #: policy-gradient family: l = max(-A rho, -A clip(rho)) = 0 at A = 0): the trainer may skip such rows
+    vanishes_at_zero_advantage: ClassVar[bool] = False
 
     def loss(self, logp: torch.Tensor, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
         raise NotImplementedError
@@ -82,6 +85,8 @@ def clipped_pg(log_rho: torch.Tensor, adv: torch.Tensor, lo, hi, log_dual, mask:
 
 class ClippedSurrogate(Surrogate):
     """Options shared by the fixed-window surrogates (PPO-clip, GSPO, GSPO-token)."""
+
+    vanishes_at_zero_advantage = True
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -172,6 +177,8 @@ class CTPO(Surrogate):
     Metrics add the clip rate per position bucket [2^k, 2^(k+1)) (the paper's Fig. 1 diagnostic, which
     should be about flat) and the fraction of tokens at the overflow cap.
     """
+
+    vanishes_at_zero_advantage = True
 
     mode: Literal["cumprod", "geomean"] = "cumprod"
     eps_low: float = Field(0.025, ge=0)

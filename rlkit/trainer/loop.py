@@ -363,11 +363,13 @@ class Trainer:
         """The gradient of the objective on ``batch``, accumulated over micro-batches into ``.grad``.
 
         The weights come from ``objective.prepare`` on the whole mini-batch, so the gradient does not
-        depend on ``micro_batch_size``. Rows whose weights are all zero are skipped. Every rank runs
-        the same number of micro-batches (ZeRO-3 gathers parameters collectively in each forward).
+        depend on ``micro_batch_size``. Rows whose loss is exactly zero are not run (zero weights, or a zero
+        advantage where :meth:`Objective.active_tokens` allows it). Every rank runs the same number of
+        micro-batches (ZeRO-3 gathers parameters collectively in each forward).
         """
         weights = self.objective.prepare(batch, metrics)
         active = torch.nonzero(self.objective.active_rows(batch, weights)).flatten()
+        metrics.mean("train/active_row_frac", len(active) / max(1, batch.n_rows))  # the rest are not run
         if len(active) == 0:  # nothing to learn on this rank: a zero-weight row keeps ranks in step
             active = torch.zeros(1, dtype=torch.long, device=weights.device)
         chunks = list(active.split(self.recipe.trainer.micro_batch_size))

@@ -80,11 +80,14 @@ def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows
 
 
 def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty_mask: bool = False,
-                  rows=None, split_seed: int = 0, on_policy: bool = False):
-    """(total loss, d loss / d theta) of one optimizer step split into ``micro_batches`` random row sets."""
+                  rows=None, split_seed: int = 0, on_policy: bool = False, active_only: bool = False):
+    """(total loss, d loss / d theta) of one optimizer step split into ``micro_batches`` random row sets;
+    ``active_only``: of the rows :meth:`Objective.active_rows` keeps only, as the trainer runs them."""
     theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows, on_policy)
     theta = theta.clone().requires_grad_(True)
     order = torch.randperm(batch.n_rows, generator=torch.Generator().manual_seed(split_seed))
+    if active_only:
+        order = order[objective.active_rows(batch, weights)[order]]
     total = 0.0
     for part in order.chunk(micro_batches):
         logits = theta[part]
@@ -96,7 +99,7 @@ def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty
                               teacher_logits=rows.extras["teacher_logits"][active])
         loss.backward()
         total += float(loss.detach())
-    return total, theta.grad, metrics
+    return total, torch.zeros_like(theta) if theta.grad is None else theta.grad, metrics
 
 
 
