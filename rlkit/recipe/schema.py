@@ -149,6 +149,10 @@ class TrainerConfig(Section):
     epochs_per_rollout: int = Field(1, gt=0, description="passes over each rollout batch")
     micro_batch_size: int = Field(16, gt=0, description="completions per forward/backward (memory only: "
                                                          "the update does not depend on it)")
+    micro_batch_tokens: int | None = Field(
+        None, gt=0, description="instead of micro_batch_size in the update: completions per forward/backward "
+                                "by token budget, longest first, as many as fit in this many prompt + "
+                                "completion tokens (one at least), so memory follows the lengths (memory only)")
     reward_workers: int = Field(0, ge=0, description="processes running the verifiers (0 = in the trainer)")
     lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="after warmup")

@@ -372,7 +372,7 @@ class Trainer:
         metrics.mean("train/active_row_frac", len(active) / max(1, batch.n_rows))  # the rest are not run
         if len(active) == 0:  # nothing to learn on this rank: a zero-weight row keeps ranks in step
             active = torch.zeros(1, dtype=torch.long, device=weights.device)
-        chunks = list(active.split(self.recipe.trainer.micro_batch_size))
+        chunks = self._micro_batches(batch, active)
         n_real, n_micro = len(chunks), int(all_max(torch.tensor(len(chunks), device=weights.device)))
         chunks += [active[:1]] * (n_micro - n_real)  # padding micro-batches, given zero weight below
         with_logits = "student_logits" in self.objective.needs
@@ -488,6 +488,14 @@ class Trainer:
                         self.recipe.trainer.keep_checkpoints)
 
     # ---------------------------------------------------------------- small utilities
+    def _micro_batches(self, batch: StepBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """``rows`` [n] in micro-batches of ``micro_batch_size`` rows, or of ``micro_batch_tokens`` tokens
+        (:func:`split_by_tokens`; a row's tokens: its prompt and completion, what the packed forward runs)."""
+        budget = self.recipe.trainer.micro_batch_tokens
+        if budget is None:
+            return list(rows.split(self.recipe.trainer.micro_batch_size))
+        return split_by_tokens(rows, (batch.prompt_mask.sum(-1) + batch.mask.sum(-1))[rows], budget)
+
     def _group_chunks(self, n_rows: int) -> list[slice]:
         """Row slices of whole groups, about ``micro_batch_size`` rows each (scoring pass)."""
         G = self.recipe.rollout.samples_per_prompt
@@ -515,3 +523,16 @@ class Trainer:
         """
         self.accelerator.gradient_state._set_sync_gradients(last)
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+
+
+def split_by_tokens(rows: torch.Tensor, tokens: torch.Tensor, budget: int) -> list[torch.Tensor]:
+    """``rows`` [n] in micro-batches by token budget: longest first (``tokens`` [n], each row's count), each
+    micro-batch as many rows as fit in ``budget`` tokens, a row longer than the budget alone."""
+    order = torch.argsort(tokens, descending=True, stable=True)
+    chunks, start, used = [], 0, 0
+    for i, n in enumerate(tokens[order].tolist()):
+        if used + n > budget and i > start:
+            chunks.append(rows[order[start:i]])
+            start, used = i, 0
+        used += n
+    return chunks + [rows[order[start:]]]

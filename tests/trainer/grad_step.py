@@ -3,7 +3,8 @@
 Run directly (one process) or under ``accelerate launch`` (two gloo processes). Every rank generates
 the same full rollout batch with a fixed seed, keeps its contiguous block of groups, scores it with
 fixed synthetic rewards, perturbs the old log-probs (so ratios differ from 1 and clipping acts) and
-accumulates the gradient of one optimizer step in micro-batches of each size in ``--micro``. Rank 0
+accumulates the gradient of one optimizer step in micro-batches of each size in ``--micro`` (rows, or
+"tN": a budget of N tokens). Rank 0
 saves {(preset, micro): flat gradient} to ``--out``. The distillation presets use the built-in teacher
 without its warm start (a random model, quick to build, and far from the student). Gradients are read
 after DDP's all-reduce, i.e. what the optimizer would use.
@@ -31,8 +32,11 @@ def recipe_for(preset: str, output_dir: str, *extra: str):
     return load_recipe("recipes/quickstart.yaml", overrides + ["model.warm_start=null", *extra])
 
 
-def step_gradient(trainer: Trainer, micro: int) -> torch.Tensor:
-    trainer.recipe.trainer.micro_batch_size = micro
+def step_gradient(trainer: Trainer, micro: str) -> torch.Tensor:
+    """``micro``: rows per micro-batch ("4"), or a token budget ("t10": ``micro_batch_tokens``)."""
+    tokens = micro.startswith("t")
+    trainer.recipe.trainer.micro_batch_tokens = int(micro[1:]) if tokens else None
+    trainer.recipe.trainer.micro_batch_size = 16 if tokens else int(micro)
     world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
     torch.manual_seed(1234)  # the same full batch on every rank
     with torch.no_grad():
@@ -58,7 +62,7 @@ def step_gradient(trainer: Trainer, micro: int) -> torch.Tensor:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--micro", type=lambda s: [int(x) for x in s.split(",")], required=True)
+    parser.add_argument("--micro", type=lambda s: s.split(","), required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     grads = {}

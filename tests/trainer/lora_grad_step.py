@@ -17,7 +17,7 @@ from tests.trainer.grad_step import recipe_for, step_gradient
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--micro", type=lambda s: [int(x) for x in s.split(",")], required=True)
+    parser.add_argument("--micro", type=lambda s: s.split(","), required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

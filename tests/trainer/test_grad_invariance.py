@@ -1,4 +1,5 @@
-"""One optimizer step gives the same gradient with 1 or 4 micro-batches, and with 1 process or 2
+"""One optimizer step gives the same gradient with 1 or 4 micro-batches or micro-batches by token budget, and
+with 1 process or 2
 under ``accelerate launch`` (gloo), for every objective preset, through the real trainer."""
 
 import os
@@ -13,9 +14,10 @@ from rlkit.objectives import PRESETS
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-# 4 prompts x 4 samples = 16 rows: one micro-batch of 16, or four of 4; on two ranks 8 rows each, in
+# 4 prompts x 4 samples = 16 rows: one micro-batch of 16, four of 4, or by a budget of 10 tokens (rows
+# of 5 to 13 tokens: one to two rows each, a row over the budget alone); on two ranks 8 rows each, in
 # micro-batches of 2 (four per rank).
-ONE_PROCESS = ["--micro", "16,4"]
+ONE_PROCESS = ["--micro", "16,4,t10"]
 TWO_PROCESSES = ["--micro", "2"]
 
 
@@ -45,11 +47,12 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_micro_batches_do_not_change_the_gradient(gradients, preset):
     one, _ = gradients
-    assert one[preset, 16].norm() > 0
-    assert relative_error(one[preset, 4], one[preset, 16]) < 1e-5
+    assert one[preset, "16"].norm() > 0
+    assert relative_error(one[preset, "4"], one[preset, "16"]) < 1e-5
+    assert relative_error(one[preset, "t10"], one[preset, "16"]) < 1e-5
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_two_processes_give_the_gradient_of_one(gradients, preset):
     one, two = gradients
-    assert relative_error(two[preset, 2], one[preset, 16]) < 1e-5
+    assert relative_error(two[preset, "2"], one[preset, "16"]) < 1e-5

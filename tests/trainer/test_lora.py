@@ -194,8 +194,8 @@ def gradients(tmp_path_factory):
 def test_two_processes_give_the_adapter_gradient_of_one(gradients):
     one, two = gradients
     # r = 4 on 4 layers: A [r,in] and B [out,r] for q, k, v, o (128 -> 128) and gate, up, down (128 <-> 512)
-    assert one[16].numel() == 4 * 4 * (4 * (128 + 128) + 3 * (128 + 512)) and one[16].norm() > 0
+    assert one["16"].numel() == 4 * 4 * (4 * (128 + 128) + 3 * (128 + 512)) and one["16"].norm() > 0
     # fp32 sums of the same terms in another order (per rank, then DDP's all-reduce): rounding ~1e-7
     # relative; a lost world-size factor or a missing rank's rows would be off by ~0.5 or more
-    for micro, grad in ((4, one[4]), (2, two[2])):
-        assert float((grad - one[16]).norm() / one[16].norm()) < 1e-5, micro
+    for micro, grad in (("4", one["4"]), ("2", two["2"])):
+        assert float((grad - one["16"]).norm() / one["16"].norm()) < 1e-5, micro
