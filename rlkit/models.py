@@ -192,8 +192,9 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 
 def attention_for(device: torch.device | None) -> str | None:
     """The attention implementation to load a model with on ``device``: ``"eager"`` on a CPU, where torch's
-    SDPA kernels are the slower ones (decoding 64 rows of the large ``benchmarks/vs_trl.py`` model under bf16
-    autocast: 1.36 s with SDPA, 0.96 s eager; the same in fp32); elsewhere (None) transformers' default."""
+    SDPA kernels are the slower ones (64 rows x 64 new tokens of the large ``benchmarks/vs_trl.py`` model,
+    one core: 1.36 s with SDPA and 0.96 s eager under bf16 autocast, 1.63 s and 1.58 s in fp32; its bf16
+    update, 0.54 and 0.41 s per optimizer step); elsewhere (None) transformers' default."""
     return "eager" if device is not None and device.type == "cpu" else None
 
 
