@@ -277,7 +277,7 @@ def main() -> None:
         step_s = statistics.median(cycles) / 2
         summary[system] = (step_s, max(run["peak_rss_mib"] for run in runs))
         print(f"| {system} | {step_s:.3f} | {sum(tokens) / sum(cycles):.0f} | {summary[system][1]:.0f} |")
-    for system in results.keys() & RLKIT_SYSTEMS.keys():
+    for system in [s for s in results if s in RLKIT_SYSTEMS]:
         rates = {k: statistics.median(run[k] for run in results[system])
                  for k in ("update_gflop", "update_gflop_per_s", "matmul_gflop_per_s")}
         print(f"{system}'s update (forward + backward of a rollout batch's 2 optimizer steps): "

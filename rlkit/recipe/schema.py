@@ -163,9 +163,10 @@ class TrainerConfig(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="autocast precision of forward and backward, fp32 master weights (accelerate's "
                           "mixed_precision; DeepSpeed's bf16/fp16); `rlkit launch` passes it, and a launch "
-                          "asking for another is refused at start-up. 'bf16' on recent GPUs and on CPUs with "
-                          "AVX512-BF16 or AMX (1.6-2.4x faster per step in benchmarks/vs_trl.py on such a CPU; without them, torch "
-                          "emulates bf16 and it can be slower)")
+                          "asking for another is refused at start-up. 'bf16' on recent GPUs; on CPUs with "
+                          "AVX512-BF16 or AMX 1.4-2.4x faster per step (benchmarks/vs_trl.py), at a higher "
+                          "peak memory (oneDNN keeps a kernel per matmul shape); without them torch emulates "
+                          "bf16, which can be slower")
     collective_timeout_s: float = Field(
         600.0, gt=0, description="longest wait of one rank for the others in a collective, and so for "
                                  "the main process building a cache (warm start); a rank that died or stalled "
