@@ -13,10 +13,10 @@ from tests.trainer.launching import ROOT, launch, max_difference, model_at
 
 # on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
 # and the teacher's distributions differ, so the reverse KL has a gradient); 2 steps, a checkpoint after each
+LR = 2e-3  # the tolerances below are fractions of it
 OPD = ["recipes/presets/opd.yaml", "model.warm_start=null", "teacher.warm_start=null", "trainer.steps=2",
        "trainer.save_every=1", "trainer.prompts_per_step=8", "data.eval_size=8", "log.eval_every=0",
-       "log.trackers=[]"]
-LR = 2e-3  # recipes/distill.yaml's trainer.lr
+       "log.trackers=[]", f"trainer.lr={LR}"]
 
 
 def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
