@@ -10,9 +10,11 @@ the documented bound, and leaves no process behind (2 CPU processes, gloo, throu
   is not read). The bound is the sum of the two.
 """
 
+import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rlkit.distributed import collective_timed_out
 
 ROOT = Path(__file__).parents[2]
 RLKIT = str(Path(sys.executable).parent / "rlkit")
@@ -103,4 +110,44 @@ def test_stopped_rank_ends_the_job_after_the_collective_timeout(start_job, tmp_p
     assert elapsed < TIMEOUT_S + SHUTDOWN_S + SLACK_S, elapsed  # measured: 44.8 s
     stderr = (tmp_path / "stderr").read_text()
     assert (f"error: a collective waited longer than trainer.collective_timeout_s={TIMEOUT_S} s: another rank "
-            "died or stalled") in stderr
+            "died or stalled") in stderr, [line for line in stderr.splitlines() if "rror" in line]
+
+
+def stalled_collectives(rank: int, port: int, out: str) -> None:
+    """Rank 0 runs collectives that rank 1 never joins: four at once (as DDP's gradient buckets are), then
+    one more, and records each error's text; rank 1 stays silent until rank 0 is done. Both leave with
+    ``os._exit``, as rlkit's ranks do: destroying a group whose pairs gloo closed can abort."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=2))
+    if rank == 1:
+        while not Path(out).exists():
+            time.sleep(0.1)
+        os._exit(0)
+    errors = []
+    for work in [dist.all_reduce(torch.ones(4), async_op=True) for _ in range(4)]:
+        try:
+            work.wait()
+        except RuntimeError as e:
+            errors.append(str(e))
+    try:
+        dist.all_reduce(torch.ones(4))
+    except RuntimeError as e:
+        errors.append(str(e))
+    Path(out).write_text(json.dumps(errors))
+    os._exit(0)
+
+
+def test_every_error_of_a_gloo_timeout_is_recognised(tmp_path):
+    """The collective that times out and those beside or after it fail with different words; whichever
+    reaches the trainer first, the run ends with the timeout's message (a DDP backward can surface the
+    second kind)."""
+    out = tmp_path / "errors.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(stalled_collectives, args=(port, str(out)), nprocs=2, join=True)
+    errors = json.loads(out.read_text())
+    assert len(errors) == 5
+    assert any("Timed out waiting 2000ms" in e for e in errors)
+    assert any(e == "Application timeout caused pair closure" for e in errors)
+    assert all(collective_timed_out(RuntimeError(e)) for e in errors), errors
