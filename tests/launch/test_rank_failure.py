@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -137,15 +136,12 @@ def stalled_collectives(rank: int, port: int, out: str) -> None:
     os._exit(0)
 
 
-def test_every_error_of_a_gloo_timeout_is_recognised(tmp_path):
+def test_every_error_of_a_gloo_timeout_is_recognised(tmp_path, free_port):
     """The collective that times out and those beside or after it fail with different words; whichever
     reaches the trainer first, the run ends with the timeout's message (a DDP backward can surface the
     second kind)."""
     out = tmp_path / "errors.json"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(stalled_collectives, args=(port, str(out)), nprocs=2, join=True)
+    mp.spawn(stalled_collectives, args=(free_port, str(out)), nprocs=2, join=True)
     errors = json.loads(out.read_text())
     assert len(errors) == 5
     assert any("Timed out waiting 2000ms" in e for e in errors)

@@ -1,8 +1,6 @@
 """Every preset gives the same gradient on one process and on two gloo processes (DDP averaging),
 with the step's groups split between the ranks in contiguous blocks."""
 
-import socket
-
 import torch
 import torch.multiprocessing as mp
 from objectives_toy import step_gradient, two_rank_worker
@@ -10,15 +8,9 @@ from objectives_toy import step_gradient, two_rank_worker
 from rlkit.objectives import PRESETS, build_objective
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_every_preset_has_the_same_gradient_on_one_and_two_processes(tmp_path):
+def test_every_preset_has_the_same_gradient_on_one_and_two_processes(tmp_path, free_port):
     out = tmp_path / "grads.pt"
-    mp.spawn(two_rank_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(two_rank_worker, args=(2, free_port, str(out)), nprocs=2, join=True)
     two = torch.load(out)
     assert set(two) == set(PRESETS)
     for name in PRESETS:
