@@ -62,15 +62,14 @@ def all_gather_rows(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
     return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(t.device), slice(start, start + t.shape[0])
 
 
-# gloo's words when a collective outlives the process group's timeout. The operation that timed out raises
-# the first; gloo then closes every pair of the context, so the operations in flight beside it (DDP's
-# other gradient buckets) and every later one raise the second, and either can reach Python first.
 _GLOO_TIMEOUTS = ("Timed out waiting", "Application timeout caused pair closure")
 
 
 def collective_timed_out(error: RuntimeError) -> bool:
     """Whether ``error`` is gloo's report of a collective that outlived the process group's timeout (a
-    plain RuntimeError: "Timed out waiting Nms for recv operation to complete", or "Application timeout
-    caused pair closure" from an operation beside it). NCCL's watchdog aborts the process itself, with its
+    plain RuntimeError). The operation that timed out raises "Timed out waiting Nms for recv operation to
+    complete"; gloo then closes every pair of the context, so an operation in flight beside it (DDP runs
+    its gradient buckets' all-reduces concurrently) and every later one raise "Application timeout caused
+    pair closure", and either can reach Python first. NCCL's watchdog aborts the process itself, with its
     own message."""
     return any(words in str(error) for words in _GLOO_TIMEOUTS)
