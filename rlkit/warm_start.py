@@ -36,6 +36,7 @@ from trl import SFTConfig, SFTTrainer
 
 from rlkit.cache import cache_dir, cached_folder, is_complete, run_alone
 from rlkit.models import eos_token_ids, load_model, load_tokenizer
+from rlkit.rollout import HFEngine, Sampling, sample
 
 CACHE_VERSION = 2  # bump when this stage's recipe changes
 REPORT = "warm_start.json"  # steps run and validation accuracy, saved beside the weights
@@ -79,13 +80,16 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
 def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
     """TRL's SFTConfig with every field that changes the trained model set explicitly (not inherited
     from the installed TRL/transformers defaults, which moved between releases)."""
+    # transformers renamed gradient_checkpointing in 5.20; vLLM's virtualenv pins an earlier release
+    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+                     else "gradient_checkpointing")
     return SFTConfig(
         output_dir=str(output_dir), max_steps=cfg["max_steps"], per_device_train_batch_size=cfg["batch_size"],
         gradient_accumulation_steps=1, learning_rate=cfg["lr"], lr_scheduler_type=cfg["lr_schedule"],
         warmup_steps=0, weight_decay=0.0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_grad_norm=1.0, seed=seed, data_seed=seed,
         # precision and memory: plain fp32 training, no recomputation (TRL 1.16 defaults: bf16, checkpointing)
-        bf16=False, fp16=False, activation_checkpointing=False, activation_offloading=False,
+        bf16=False, fp16=False, **{checkpointing: False}, activation_offloading=False,
         torch_compile=False, use_liger_kernel=False,
         # what the loss sees: prompt-completion pairs, loss on the completion (the answer + EOS) only
         packing=False, padding_free=False, completion_only_loss=True, assistant_only_loss=False, loss_type="nll",
@@ -99,15 +103,14 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
 class AccuracyTarget(TrainerCallback):
     """Every ``every`` steps: greedy exact-match accuracy on the validation rows; stop at ``target``.
 
-    Completions come from the rollout worker's own greedy path (same prompt tokens, same EOS ids), so RL
+    Completions come from the ``hf`` engine's greedy path (same prompt tokens, same EOS ids), so RL
     starts where this measured."""
 
     def __init__(self, tokenizer, model, validation: Dataset, every: int, target: float, log: bool):
-        from rlkit.rollout import HFGenerateWorker
-
         self.answers = [str(a).strip() for a in validation["answer"]]
         longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in self.answers)
-        self.worker = HFGenerateWorker(tokenizer, eos_token_ids(tokenizer, model), max_new_tokens=longest + 2)
+        self.tokenizer, self.eos_token_ids = tokenizer, eos_token_ids(tokenizer, model)
+        self.sampling = Sampling(n=1, max_new_tokens=longest + 2, greedy=True)
         self.prompts = list(validation["prompt"])
         self.every, self.target, self.log = every, target, log
         self.history: list[tuple[int, float]] = []
@@ -115,7 +118,7 @@ class AccuracyTarget(TrainerCallback):
     def accuracy(self, model) -> float:
         was_training = model.training
         model.eval()
-        out = self.worker.generate(model, self.prompts, {}, 1, greedy=True)
+        out = sample(HFEngine.on(model, self.tokenizer, self.eos_token_ids), self.prompts, {}, self.sampling)
         model.train(was_training)
         return sum(c.strip() == a for c, a in zip(out.completions, self.answers)) / len(self.answers)
 

@@ -1,6 +1,8 @@
 """Tests marked ``gpu`` need CUDA devices (``@pytest.mark.gpu(n)``: at least n, default 1); they are
-skipped where there are fewer, such as this project's CPU machines and CI."""
+skipped where there are fewer, such as this project's CPU machines and CI. Tests marked ``vllm`` need vLLM,
+which lives in its own virtualenv (README, "Engines"); they are skipped where it is not installed."""
 
+import importlib.util
 import socket
 
 import pytest
@@ -9,11 +11,14 @@ import torch
 
 def pytest_collection_modifyitems(config, items):
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    has_vllm = importlib.util.find_spec("vllm") is not None
     for item in items:
         marker = item.get_closest_marker("gpu")
         needed = (marker.args[0] if marker.args else 1) if marker else 0
         if needed > available:
             item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA device(s), {available} available"))
+        if item.get_closest_marker("vllm") and not has_vllm:
+            item.add_marker(pytest.mark.skip(reason="needs vLLM (its own virtualenv: README, 'Engines')"))
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
-"""The embedded tiny model and tokenizer, the built-in task, and the HF rollout worker."""
+"""The embedded tiny model and tokenizer, the built-in task, and the hf rollout engine."""
 
 import torch
 
 from rlkit.data import addition_task, load_task, render_prompt
 from rlkit.models import build_char_tokenizer, build_tiny_model
-from rlkit.rollout import HFGenerateWorker
+from rlkit.rollout import HFEngine, Sampling, sample
 
 
 def test_char_tokenizer_round_trips_text_with_spaces_and_newlines():
@@ -39,12 +39,12 @@ def test_local_jsonl_with_held_out_slice(tmp_path):
     assert len(data.train) == 16 and len(data.eval) == 4
 
 
-def test_hf_worker_groups_masks_and_truncation():
+def test_hf_engine_groups_masks_and_truncation():
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0).eval()
     torch.manual_seed(0)
-    worker = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=6)
-    batch = worker.generate(model, ["12+34=", "7+5="], {"answer": ["46", "12"]}, 3)
+    engine = HFEngine.on(model, tok, [tok.eos_token_id])
+    batch = sample(engine, ["12+34=", "7+5="], {"answer": ["46", "12"]}, Sampling(n=3, max_new_tokens=6))
     assert len(batch) == 6 and batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
     assert batch.columns == {"answer": ["46"] * 3 + ["12"] * 3}
     assert batch.prompt_mask[3:].sum(-1).tolist() == [4, 4, 4]  # "7+5=" left-padded to 6 tokens
@@ -63,7 +63,9 @@ def test_hf_worker_groups_masks_and_truncation():
 def test_greedy_generation_is_deterministic():
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=1).eval()
-    worker = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=4)
-    a = worker.generate(model, ["1+1="], {}, 1, greedy=True).completions
-    b = worker.generate(model, ["1+1="], {}, 1, greedy=True).completions
-    assert a == b
+    engine, greedy = HFEngine.on(model, tok, [tok.eos_token_id]), Sampling(n=1, max_new_tokens=4, greedy=True)
+    torch.manual_seed(0)
+    a = sample(engine, ["1+1="], {}, greedy)
+    torch.manual_seed(1)
+    b = sample(engine, ["1+1="], {}, greedy)
+    assert a.completions == b.completions and a.logp is None  # no behaviour log-probs for the argmax

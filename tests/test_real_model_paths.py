@@ -18,7 +18,7 @@ from rlkit.data import PromptTooLong, TaskData, check_prompt_lengths, load_task,
 from rlkit.models import (build_char_tokenizer, build_tiny_model, builtin_tiny_bpe_path, eos_token_ids, load_model,
                           load_tokenizer)
 from rlkit.recipe import load_recipe
-from rlkit.rollout import HFGenerateWorker
+from rlkit.rollout import HFEngine, Sampling, sample
 from rlkit.rollout.hf import mask_after_eos
 from rlkit.trainer import Trainer
 from rlkit.trainer.logprobs import completion_scores
@@ -101,10 +101,10 @@ def test_tiny_char_tokenizer_still_adds_no_bos():
     assert char.convert_ids_to_tokens(ids) == ["1", "+", "1", "="]
 
 
-def test_worker_feeds_the_tokenized_prompts_left_padded_and_shows_the_rendered_text(tok, model):
+def test_engine_gets_the_tokenized_prompts_left_padded_and_shows_the_rendered_text(tok, model):
     prompts = [[{"role": "user", "content": "7+5="}], [{"role": "user", "content": "37+45=, and more words"}]]
-    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=3)
-    batch = worker.generate(model, prompts, {"answer": ["12", "82"]}, 2)
+    engine = HFEngine.on(model, tok, eos_token_ids(tok, model))
+    batch = sample(engine, prompts, {"answer": ["12", "82"]}, Sampling(n=2, max_new_tokens=3))
     expected = tokenize_prompts(prompts, tok)
     n_pad = len(expected[1]) - len(expected[0])
     assert n_pad > 0 and batch.prompt_mask.sum(-1).tolist() == [len(expected[0])] * 2 + [len(expected[1])] * 2
@@ -160,21 +160,21 @@ def scripted(model, first: int, then: int):
 def test_generation_stops_and_masks_at_the_second_eos_id(tok, model, greedy):
     first, end_of_text = ids_of(tok, "82", "<|end_of_text|>")
     model = scripted(model, first, then=end_of_text)
-    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=6)
-    batch = worker.generate(model, ["37+45=", "7+5="], {}, 2, greedy=greedy)
+    engine = HFEngine.on(model, tok, eos_token_ids(tok, model))
+    batch = sample(engine, ["37+45=", "7+5="], {}, Sampling(n=2, max_new_tokens=6, greedy=greedy))
     assert batch.completion_ids.tolist() == [[first, end_of_text]] * 4  # every row stopped after 2 tokens
     assert batch.completion_mask.tolist() == [[1, 1]] * 4 and not batch.truncated.any()
     assert batch.completions == ["82"] * 4
-    only_eot = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=6).generate(model, ["7+5="], {}, 1)
+    only_eot = sample(HFEngine.on(model, tok, [tok.eos_token_id]), ["7+5="], {}, Sampling(n=1, max_new_tokens=6))
     assert only_eot.completion_ids.shape[1] == 6 and only_eot.truncated.all()  # what a missed EOS id does
 
 
 # ---------------------------------------------------------------- generation settings
 
 
-def test_generation_config_holds_rlkits_settings_only(tok):
+def test_generation_config_holds_rlkits_settings_only(tok, model):
     eos = ids_of(tok, "<|eot_id|>", "<|end_of_text|>")
-    worker = HFGenerateWorker(tok, eos, max_new_tokens=7, temperature=0.7, top_p=0.95)
+    engine = HFEngine.on(model, tok, eos)
     common = dict(max_new_tokens=7, min_new_tokens=0, typical_p=1.0, repetition_penalty=1.0,
                   no_repeat_ngram_size=0, num_beams=1, eos_token_id=eos, pad_token_id=eos[0])
     unset = ("min_p", "top_h", "epsilon_cutoff", "eta_cutoff", "suppress_tokens", "begin_suppress_tokens",
@@ -182,7 +182,7 @@ def test_generation_config_holds_rlkits_settings_only(tok):
              "exponential_decay_length_penalty", "guidance_scale", "watermarking_config", "stop_strings")
     for greedy, expected in ((False, dict(do_sample=True, temperature=0.7, top_p=0.95, top_k=0)),
                              (True, dict(do_sample=False, temperature=None, top_p=None, top_k=None))):
-        config = worker.generation_config(greedy)
+        config = engine.generation_config(Sampling(n=1, max_new_tokens=7, temperature=0.7, top_p=0.95, greedy=greedy))
         assert {k: getattr(config, k) for k in {**common, **expected}} == {**common, **expected}
         assert all(getattr(config, k) in (None, 0.0) for k in unset), {k: getattr(config, k) for k in unset}
 
@@ -207,14 +207,15 @@ def peaked(model):
 def test_checkpoint_generation_config_does_not_reach_sampling(bpe_path, tok, leak, greedy):
     plain, polluted = peaked(load_model(bpe_path, "bfloat16")), peaked(load_model(bpe_path, "bfloat16"))
     plain.generation_config = GenerationConfig()
-    worker = HFGenerateWorker(tok, eos_token_ids(tok, plain), max_new_tokens=8)
+    eos = eos_token_ids(tok, plain)
+    sampling = Sampling(n=4, max_new_tokens=8, greedy=greedy)
 
     def rollout(model):
         torch.manual_seed(0)
-        return worker.generate(model, ["37+45=", "the quick brown fox"], {}, 4, greedy=greedy)
+        return sample(HFEngine.on(model, tok, eos), ["37+45=", "the quick brown fox"], {}, sampling)
 
     clean = rollout(plain)
-    leak_settings = LEAKS[leak] or {"eos_token_id": [*worker.eos_token_ids, int(clean.completion_ids[0, 0])]}
+    leak_settings = LEAKS[leak] or {"eos_token_id": [*eos, int(clean.completion_ids[0, 0])]}
     polluted.generation_config = GenerationConfig(**leak_settings)
     assert torch.equal(rollout(polluted).completion_ids, clean.completion_ids)
 
@@ -222,7 +223,7 @@ def test_checkpoint_generation_config_does_not_reach_sampling(bpe_path, tok, lea
         torch.manual_seed(0)
         return plain.generate(input_ids=clean.prompt_ids, attention_mask=clean.prompt_mask, generation_config=config)
 
-    config = worker.generation_config(greedy)
+    config = HFEngine.on(plain, tok, eos).generation_config(sampling)
     leaked = GenerationConfig(**{**config.to_diff_dict(), **leak_settings})
     assert not torch.equal(generate(config), generate(leaked))  # the test can fail: the setting shows
 
@@ -250,12 +251,12 @@ def test_chat_prompt_length_counts_bos_and_template(tok):
 
 def test_truncate_left_keeps_the_last_tokens(tok, model):
     char = build_char_tokenizer()
-    worker = HFGenerateWorker(char, [char.eos_token_id], max_new_tokens=2, max_prompt_tokens=4)
-    batch = worker.generate(build_tiny_model(char), ["123+456=", "1+1="], {}, 1)
+    two = Sampling(n=1, max_new_tokens=2)
+    batch = sample(HFEngine.on(build_tiny_model(char), char, [char.eos_token_id]), ["123+456=", "1+1="], {}, two,
+                   max_prompt_tokens=4)
     assert [char.decode(r[m.bool()]) for r, m in zip(batch.prompt_ids, batch.prompt_mask)] == ["456=", "1+1="]
     assert batch.prompts == ["123+456=", "1+1="]  # verifiers see the whole prompt
-    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=2, max_prompt_tokens=5)
-    batch = worker.generate(model, [CHAT], {}, 1)
+    batch = sample(HFEngine.on(model, tok, eos_token_ids(tok, model)), [CHAT], {}, two, max_prompt_tokens=5)
     assert batch.prompt_ids[0].tolist() == tokenize_prompts([CHAT], tok)[0][-5:]
 
 
@@ -281,9 +282,9 @@ def test_trainer_stops_on_a_long_prompt_before_any_training(tmp_path, monkeypatc
 
 
 def test_bf16_model_gives_fp32_logprobs_of_its_bf16_logits(tok, model):
-    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=6)
+    engine = HFEngine.on(model, tok, eos_token_ids(tok, model))
     torch.manual_seed(0)
-    b = worker.generate(model, ["37+45=", "the quick brown fox"], {}, 2)
+    b = sample(engine, ["37+45=", "the quick brown fox"], {}, Sampling(n=2, max_new_tokens=6))
     s = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 1.0,
                           with_logits=True)
     assert s.logits.dtype == torch.bfloat16 and s.logp.dtype == torch.float32 and torch.isfinite(s.logp).all()
@@ -295,9 +296,9 @@ def test_bf16_model_gives_fp32_logprobs_of_its_bf16_logits(tok, model):
 def test_packed_positions_give_the_logits_and_logprobs_of_those_positions(tok, model):
     """positions: only the chosen tokens are projected to the vocabulary ([n,V]); the values are those of
     the full forward at the same positions, and the gradient reaches the model through them."""
-    worker = HFGenerateWorker(tok, eos_token_ids(tok, model), max_new_tokens=6)
+    engine = HFEngine.on(model, tok, eos_token_ids(tok, model))
     torch.manual_seed(0)
-    b = worker.generate(model, ["37+45=", "the quick brown fox"], {}, 2)
+    b = sample(engine, ["37+45=", "the quick brown fox"], {}, Sampling(n=2, max_new_tokens=6))
     positions = (b.completion_mask > 0) & (torch.rand(b.completion_mask.shape) < 0.5)
     positions[0, 0] = True
     full = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7,

@@ -16,7 +16,9 @@ class StepBatch:
     mask: torch.Tensor                      # [B,T] float, 1 on completion tokens that may count in the loss
     advantages: torch.Tensor                # [B] one advantage per completion (outcome rewards)
     group_ids: torch.Tensor                 # [B] long, 0..n_groups-1 on this rank
-    logp_old: torch.Tensor | None = None    # [B,T] policy log-probs at rollout time; None = on-policy
+    logp_old: torch.Tensor | None = None    # [B,T] proximal log-probs log pi_old: the policy at the start of
+    # the step, when several optimizer steps share a rollout batch; None = on-policy (pi_old = sg(pi_theta))
+    logp_behaviour: torch.Tensor | None = None  # [B,T] log mu: the sampler's log-probs of the sampled tokens
     logp_ref: torch.Tensor | None = None    # [B,T] frozen reference model log-probs
     logp_teacher: torch.Tensor | None = None  # [B,T] frozen teacher log-probs of the sampled tokens
     entropy: torch.Tensor | None = None     # [B,T] policy entropy at rollout time (nats)

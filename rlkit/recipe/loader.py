@@ -20,6 +20,7 @@ from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
 from rlkit.recipe.model_check import check_model_folder, same_tokenizer
 from rlkit.recipe.schema import Recipe
+from rlkit.rollout.engine import engine_class
 
 
 class RecipeError(ValueError):
@@ -204,6 +205,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     check_objective(recipe, where)
     check_teacher(recipe, where)
     check_rewards(recipe, where)
+    check_engine(recipe, where)
     return recipe
 
 
@@ -260,6 +262,20 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
                 raise RecipeError(describe_errors(e, where, loc, part_class(kind, entry["type"]))) from None
             except (KeyError, ValueError, TypeError, ImportError) as e:
                 raise RecipeError(f"{where(loc)}: {'.'.join(map(str, loc))}: {e.args[0] if e.args else e}") from None
+
+
+def check_engine(recipe: Recipe, where: Locator) -> None:
+    """Validate ``rollout.engine`` against its engine's options (importing a user's engine, as training
+    will), so a misspelt option or a missing vLLM fails here."""
+    loc = ("rollout", "engine")
+    spec = recipe.rollout.engine
+    try:
+        cls = engine_class(spec.get("type", "hf"))
+        cls.Options(**spec)
+    except ValidationError as e:
+        raise RecipeError(describe_errors(e, where, loc, cls.Options)) from None
+    except (KeyError, TypeError, ImportError, AttributeError) as e:
+        raise RecipeError(f"{where(loc + ('type',))}: rollout.engine.type: {e.args[0] if e.args else e}") from None
 
 
 def check_rewards(recipe: Recipe, where: Locator) -> None:

@@ -123,7 +123,10 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    worker: Literal["hf"] = Field("hf", description="generation engine: 'hf' (transformers generate)")
+    engine: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "hf"},
+        description="the rollout engine: {type: hf | vllm | vllm_server | module:Class, ...its options} "
+                    "(docs/engines.md); 'hf' generates with the trainer's own model")
     samples_per_prompt: int = Field(8, ge=1, description="G: completions sampled per prompt (one group)")
     max_new_tokens: int = Field(16, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
@@ -135,10 +138,10 @@ class RolloutConfig(Section):
                              "and row (all prompts are checked); 'truncate_left' keeps its last max_prompt_tokens "
                              "tokens")
     logp_old: Literal["sampler", "recompute"] = Field(
-        "sampler", description="where the old policy's log-probs come from when a rollout batch makes several "
-                               "optimizer steps: 'sampler', the sampled tokens' log-probs at the sampling "
-                               "temperature as generation computed them, before top-p (no extra forward pass); "
-                               "'recompute', a no-grad forward of the policy before the update")
+        "sampler", description="where the proximal (old) policy's log-probs come from when a rollout batch makes "
+                               "several optimizer steps: 'sampler', the engine's behaviour log-probs at the "
+                               "sampling temperature, before top-p (no extra forward pass; exact with the hf "
+                               "engine); 'recompute', a no-grad forward of the policy before the update")
 
 
 class TrainerConfig(Section):

@@ -1,4 +1,4 @@
-"""RolloutBatch: what a rollout worker returns (the contract between generation and training)."""
+"""RolloutBatch: a step's rollouts with their provenance (the contract between sampling and training)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
+
+from rlkit.data import render_prompt, tokenize_prompts
+from rlkit.rollout.engine import Completions, Engine, Sampling
 
 
 @dataclass
@@ -19,17 +22,43 @@ class RolloutBatch:
     prompt_mask: torch.Tensor       # [B,P] long, 1 on real prompt tokens
     completion_ids: torch.Tensor    # [B,T] long, right-padded after EOS
     completion_mask: torch.Tensor   # [B,T] float, 1 on generated tokens up to and including EOS
+    loss_mask: torch.Tensor         # [B,T] float, 1 on the tokens the loss may train (the model's own;
+    # equal to completion_mask for single-turn rollouts, 0 on tool output in multi-turn episodes)
     group_ids: torch.Tensor         # [B] long, 0..n_prompts-1
     truncated: torch.Tensor         # [B] bool, stopped by max_new_tokens before EOS
     prompts: list[str]              # [B] prompt text (chat messages rendered by the template)
     completions: list[str]          # [B] decoded completion, special tokens removed
     columns: dict[str, list]        # dataset columns, one value per row (for verifiers)
+    policy_version: torch.Tensor    # [B] long, the policy version of the weights that sampled each row
+    logp: torch.Tensor | None = None     # [B,T] fp32 behaviour log-probs log mu(y_t): each sampled token's
+    # log-prob under softmax(logits / temperature) as the engine computed it, 0 after EOS; None if greedy
     rewards: torch.Tensor | None = None  # [B] total reward, once the verifiers ran (NaN = all abstained)
-    logp: torch.Tensor | None = None     # [B,T] fp32 log-prob of each sampled token under softmax(logits /
-    # temperature) as the sampler computed it, 0 after EOS; None when the worker was not asked for it
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
+
+    @staticmethod
+    def from_completions(prompts: list, columns: dict[str, list], prompt_ids: list[list[int]],
+                         out: Completions, tokenizer) -> "RolloutBatch":
+        """The batch of ``out``, the engine's completions of ``prompts`` (with their token ids and dataset
+        ``columns``, one entry per prompt), ``n = len(out) / len(prompts)`` rows per prompt."""
+        n = len(out.ids) // max(1, len(prompts))
+        device = out.ids.device
+        enc = tokenizer.pad({"input_ids": prompt_ids}, padding=True, padding_side="left", return_tensors="pt")
+        return RolloutBatch(
+            prompt_ids=enc.input_ids.repeat_interleave(n, 0).to(device),
+            prompt_mask=enc.attention_mask.repeat_interleave(n, 0).to(device),
+            completion_ids=out.ids,
+            completion_mask=out.mask,
+            loss_mask=out.mask.clone(),
+            group_ids=torch.arange(len(prompts), device=device).repeat_interleave(n),
+            truncated=out.truncated,
+            prompts=[text for text in (render_prompt(p, tokenizer) for p in prompts) for _ in range(n)],
+            completions=tokenizer.batch_decode(out.ids, skip_special_tokens=True),
+            columns={k: [v for v in vals for _ in range(n)] for k, vals in columns.items()},
+            policy_version=torch.full((len(out.ids),), out.version, dtype=torch.long, device=device),
+            logp=out.logp,
+        )
 
     @property
     def n_groups(self) -> int:
@@ -68,11 +97,23 @@ class RolloutBatch:
             prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
             completion_ids=torch.cat([right(b.completion_ids, pad_token_id) for b in batches]),
             completion_mask=torch.cat([right(b.completion_mask, 0) for b in batches]),
+            loss_mask=torch.cat([right(b.loss_mask, 0) for b in batches]),
             group_ids=torch.cat([b.group_ids + o for b, o in zip(batches, offsets)]),
             truncated=torch.cat([b.truncated for b in batches]),
             prompts=[p for b in batches for p in b.prompts],
             completions=[c for b in batches for c in b.completions],
             columns={k: [v for b in batches for v in b.columns[k]] for k in batches[0].columns},
+            policy_version=torch.cat([b.policy_version for b in batches]),
             rewards=None if batches[0].rewards is None else torch.cat([b.rewards for b in batches]),
             logp=None if batches[0].logp is None else torch.cat([right(b.logp, 0.0) for b in batches]),
         )
+
+
+def sample(engine: Engine, prompts: list, columns: dict[str, list], sampling: Sampling,
+           max_prompt_tokens: int = 512) -> RolloutBatch:
+    """Rollouts of dataset ``prompts`` (strings or chat messages, tokenized by
+    :func:`rlkit.data.tokenize_prompts`, then cut to their last ``max_prompt_tokens`` tokens) from ``engine``;
+    ``columns``: the dataset columns aligned with ``prompts``."""
+    tok = engine.setup.tokenizer
+    ids = [p[-max_prompt_tokens:] for p in tokenize_prompts(prompts, tok)]
+    return RolloutBatch.from_completions(prompts, columns, ids, engine.generate(ids, sampling), tok)

@@ -1,86 +1,91 @@
-"""Rollouts with transformers' ``generate``, in the training process (KV-cached, batched)."""
+"""The ``hf`` engine: transformers' ``generate`` in the training process (KV-cached, batched).
+
+transformers is imported where it is used: ``rlkit check`` imports this module for the engine's options and
+must stay light.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rlkit.data import render_prompt, tokenize_prompts
-from rlkit.rollout.batch import RolloutBatch
+from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
 
 
-class HFGenerateWorker:
-    """Samples G completions per prompt with ``model.generate`` (left-padded batch, KV cache).
+class HFEngine(Engine):
+    """``model.generate`` on the trainer's own policy, in the training process (left-padded batch, KV cache).
+
+    It holds no weights of its own: it generates with the trainer's module (``EngineSetup.live_policy``,
+    which gathers ZeRO-3 shards), so :meth:`sync_weights` only records the version, and the probe check
+    after it confirms that nothing else sampled (the check costs one forward of a few tokens).
 
     Every generation setting is rlkit's (:meth:`generation_config`): the loss assumes completions are drawn
     from softmax(logits / temperature), top-p filtered, so nothing may come from the checkpoint's
     ``generation_config.json`` (a repetition penalty or a top-k there would sample another distribution).
-    ``eos_token_ids``: every id that ends a completion (:func:`rlkit.models.eos_token_ids`).
-
-    The model given to :meth:`generate` must be a plain (unwrapped) ``PreTrainedModel``; under
-    DeepSpeed ZeRO-3 the trainer passes it inside TRL's ``unwrap_model_for_generation``, which gathers
-    the sharded weights first.
     """
 
-    def __init__(self, tokenizer, eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, max_prompt_tokens: int = 512):
-        self.tokenizer = tokenizer
-        self.eos_token_ids = eos_token_ids
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_prompt_tokens = max_prompt_tokens
+    shares_trainer_weights = True
 
-    def generation_config(self, greedy: bool) -> GenerationConfig:
+    @classmethod
+    def on(cls, model, tokenizer, eos_token_ids: list[int], synced_gpus: bool = False) -> "HFEngine":
+        """An engine that generates with ``model`` as it is, outside a trainer (the warm start's checks,
+        tests, scripts); ``synced_gpus`` when its parameters are sharded over ranks."""
+        setup = EngineSetup(model_path="", tokenizer=tokenizer, eos_token_ids=eos_token_ids,
+                            dtype=str(model.dtype).removeprefix("torch."), device=model.device, seed=0,
+                            max_model_len=0, live_policy=lambda: contextlib.nullcontext(model),
+                            synced_gpus=synced_gpus)
+        return cls(EngineOptions(type="hf"), setup)
+
+    def generation_config(self, sampling: Sampling) -> GenerationConfig:
         """Sampling at ``temperature`` with ``top_p`` (or greedy), nothing else: no top-k, no penalties,
-        no minimum length; stops at any of ``eos_token_ids`` or after ``max_new_tokens``."""
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        no minimum length; stops at any of the EOS ids or after ``max_new_tokens``."""
+        from transformers import GenerationConfig
+
+        options = {} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                                              "top_k": 0}
+        tok = self.setup.tokenizer
         return GenerationConfig(
-            max_new_tokens=self.max_new_tokens, min_new_tokens=0, do_sample=not greedy, **sampling,
+            max_new_tokens=sampling.max_new_tokens, min_new_tokens=0, do_sample=not sampling.greedy, **options,
             typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
-            eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=self.setup.eos_token_ids, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         )
 
     @torch.no_grad()
-    def generate(self, model, prompts: list, columns: dict[str, list], samples_per_prompt: int,
-                 greedy: bool = False, synced_gpus: bool = False, with_logp: bool = False) -> RolloutBatch:
-        """``prompts``: strings or chat messages (tokenized by :func:`rlkit.data.tokenize_prompts`, then cut
-        to their last ``max_prompt_tokens`` tokens); ``columns``: dataset columns aligned with ``prompts``.
-        ``with_logp``: also return the sampled tokens' log-probs (:class:`SampledTokenLogprobs`)."""
-        tok, G = self.tokenizer, samples_per_prompt
-        ids = [p[-self.max_prompt_tokens:] for p in tokenize_prompts(prompts, tok)]
-        enc = tok.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
-        prompt_ids = enc.input_ids.repeat_interleave(G, 0).to(model.device)          # [B,P]
-        prompt_mask = enc.attention_mask.repeat_interleave(G, 0).to(model.device)    # [B,P]
-        config = self.generation_config(greedy)
-        recorder = SampledTokenLogprobs(self.temperature) if with_logp else None
-        with _model_defaults(model, config):
-            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                 synced_gpus=synced_gpus, logits_processor=LogitsProcessorList([recorder] if recorder
-                                                                                               else []))
-        completion_ids = out[:, prompt_ids.shape[1]:]
-        completion_mask, truncated = mask_after_eos(completion_ids, self.eos_token_ids)
-        logp = recorder.result(completion_ids) * completion_mask if recorder else None
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
-        return RolloutBatch(
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            completion_ids=completion_ids,
-            completion_mask=completion_mask,
-            group_ids=torch.arange(len(prompts), device=out.device).repeat_interleave(G),
-            truncated=truncated,
-            prompts=[text for text in map(lambda p: render_prompt(p, tok), prompts) for _ in range(G)],
-            completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
-            columns={k: [v for v in vals for _ in range(G)] for k, vals in columns.items()},
-            logp=logp,
-        )
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Completions:
+        """The sampled tokens and, unless greedy, their log-probs (:class:`SampledTokenLogprobs`)."""
+        from transformers import LogitsProcessorList
+
+        tok, n = self.setup.tokenizer, sampling.n
+        enc = tok.pad({"input_ids": prompt_ids}, padding=True, padding_side="left", return_tensors="pt")
+        config = self.generation_config(sampling)
+        recorder = None if sampling.greedy else SampledTokenLogprobs(sampling.temperature)
+        with self.setup.live_policy() as model, _model_defaults(model, config):
+            ids = enc.input_ids.repeat_interleave(n, 0).to(model.device)          # [B,P]
+            attention = enc.attention_mask.repeat_interleave(n, 0).to(model.device)
+            out = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
+                                 synced_gpus=self.setup.synced_gpus,
+                                 logits_processor=LogitsProcessorList([recorder] if recorder else []))
+        completion_ids = out[:, ids.shape[1]:]
+        mask, truncated = mask_after_eos(completion_ids, self.setup.eos_token_ids)
+        logp = recorder.result(completion_ids) * mask if recorder else None
+        return Completions(ids=completion_ids.masked_fill(mask == 0, tok.pad_token_id), mask=mask,
+                           truncated=truncated, logp=logp, version=self.version or 0)
+
+    def sync_weights(self, model: torch.nn.Module, version: int) -> None:
+        self.version = version  # generation reads the trainer's module itself
+
+    @torch.no_grad()
+    def probe_logp(self, ids: list[int]) -> torch.Tensor:
+        with self.setup.live_policy() as model:
+            logits = model(torch.tensor([ids], device=model.device)).logits[0, :-1].float()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None]).squeeze(-1)
 
 
-class SampledTokenLogprobs(LogitsProcessor):
-    """Records log softmax(logits / temperature) at each sampled token, so the trainer needs no forward pass
+class SampledTokenLogprobs:
+    """A logits processor (``generate`` calls it with the step's scores) that records log softmax(logits /
+    temperature) at each sampled token, so the trainer needs no forward pass
     for the old policy's log-probs. (``generate``'s own ``output_logits`` would keep every step's [B,V]
     scores until the end; this keeps one step's, and a [B] column per step.)
 

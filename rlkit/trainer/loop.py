@@ -2,7 +2,7 @@
 
 One step, as in docs/architecture.md::
 
-    prompts -> rollout worker -> RolloutBatch -> verifiers -> rewards
+    sync weights to the engine (checked on a probe) -> prompts -> engine -> RolloutBatch -> verifiers -> rewards
             -> scoring pass (old / reference log-probs, entropy) -> advantages
             -> for each epoch, mini-batch: objective.prepare (global weights), then per micro-batch
                forward -> token log-probs -> objective.loss -> backward; optimizer step
@@ -28,7 +28,7 @@ from transformers import get_scheduler
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from rewards.scoring import RewardScorer
-from rlkit.data import check_prompt_lengths, load_task
+from rlkit.data import check_prompt_lengths, load_task, tokenize_prompts
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
 from rlkit.models import (check_quantization_support, eos_token_ids, load_model, load_policy, load_tokenizer,
@@ -36,7 +36,8 @@ from rlkit.models import (check_quantization_support, eos_token_ids, load_model,
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
-from rlkit.rollout import WORKERS, RolloutBatch
+from rlkit.rollout import (EngineSetup, RolloutBatch, Sampling, build_engine, check_sync, default_tolerance,
+                           engine_options, sample)
 from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
 from rlkit.trainer.logprobs import completion_scores
 from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
@@ -114,9 +115,8 @@ class Trainer:
         self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
         self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
 
-        r = recipe.rollout
-        self.worker = WORKERS[r.worker](self.tokenizer, eos_token_ids(self.tokenizer, model), r.max_new_tokens,
-                                        r.temperature, r.top_p, r.max_prompt_tokens)
+        self.version = 0  # the policy version: optimizer updates applied so far (resumed from checkpoints)
+        self.engine = self._build_engine(start_path, eos_token_ids(self.tokenizer, model))
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
         self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
                           recipe.model_dump())
@@ -149,9 +149,27 @@ class Trainer:
                                   log=self.accelerator.is_local_main_process)
         return self._prepare_frozen(path, teacher.dtype)
 
+    def _build_engine(self, start_path, eos_ids: list[int]):
+        """The recipe's rollout engine, its sync tolerance, and the probe its syncs are checked on: the
+        first training prompt's tokens (at most 32)."""
+        r, cfg = self.recipe.rollout, self.recipe.trainer
+        options = engine_options(r.engine)
+        self.sync_tol = options.sync_tol or default_tolerance(self.recipe.model.dtype, cfg.mixed_precision)
+        self.probe = tokenize_prompts([self.data.train[0]["prompt"]], self.tokenizer)[0][-32:]
+        dtype = {"no": self.recipe.model.dtype, "bf16": "bfloat16", "fp16": "float16"}[cfg.mixed_precision]
+        setup = EngineSetup(model_path=str(start_path), tokenizer=self.tokenizer, eos_token_ids=eos_ids, dtype=dtype,
+                            device=self.accelerator.device, seed=cfg.seed + self.accelerator.process_index,
+                            max_model_len=r.max_prompt_tokens + r.max_new_tokens, live_policy=self._generation,
+                            synced_gpus=self._sharded)
+        self.sampling = Sampling(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                                 top_p=r.top_p)
+        return build_engine(r.engine, setup)
+
     @property
-    def _off_policy(self) -> bool:
-        """Several optimizer steps per rollout batch and an objective that uses the old policy's log-probs."""
+    def _needs_proximal(self) -> bool:
+        """The objective compares the policy with the one at the start of the step (``logp_old``) and the
+        policy changes within the step (several optimizer steps per rollout batch). With one optimizer
+        step the proximal policy is the current one, sg(pi_theta): ratio 1, nothing to compute."""
         return self.updates_per_step > 1 and "logp_old" in self.objective.needs
 
     @property
@@ -177,6 +195,7 @@ class Trainer:
         finally:
             self.log.close()
             self.scorer.close()
+            self.engine.close()
 
     def _train(self) -> dict:
         cfg, log_cfg = self.recipe.trainer, self.recipe.log
@@ -216,7 +235,7 @@ class Trainer:
         t = time.time()
         rollout = self.collect(step, metrics)
         metrics.mean("time/rollout_s", time.time() - t)
-        batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps)
+        batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps, metrics=metrics)
         batch.advantages = self.objective.advantages(rollout.rewards, batch, metrics)
         t = time.time()
         if self.accelerator.device.type == "cuda":
@@ -293,24 +312,49 @@ class Trainer:
     @torch.no_grad()
     def rollout(self, step: int, round: int = 0) -> RolloutBatch:
         prompts, columns = self.prompts_for(step, round)
-        self.model.eval()
-        with self._generation() as policy:
-            batch = self.worker.generate(policy, prompts, columns, self.recipe.rollout.samples_per_prompt,
-                                         synced_gpus=self._sharded,
-                                         with_logp=self._off_policy and self.recipe.rollout.logp_old == "sampler")
-        self.model.train()
-        return batch
+        return self._sample(prompts, columns, self.sampling)
 
     @torch.no_grad()
-    def score(self, rollout: RolloutBatch, progress: float) -> StepBatch:
-        """The no-grad pass before the update: what ``objective.needs`` asks for, plus parts' hooks."""
+    def _sample(self, prompts: list, columns: dict[str, list], sampling: Sampling) -> RolloutBatch:
+        """Completions of ``prompts`` from the engine, synced to the current policy first; the engine
+        sleeps again afterwards (where it can), so the update has its memory."""
+        self.sync_engine()
+        batch = sample(self.engine, prompts, columns, sampling, self.recipe.rollout.max_prompt_tokens)
+        self.engine.sleep()
+        return batch
+
+    def sync_engine(self) -> None:
+        """Push the policy's weights to the engine if they changed since its last sync (or it never had any),
+        then check them: the engine's log-probs on the probe must equal the trainer's within ``sync_tol``,
+        or the run stops with :class:`rlkit.rollout.EngineOutOfSync`. Every rank syncs its own engine."""
+        if self.engine.version == self.version:
+            return
+        self.engine.wake_up()
+        if self.engine.shares_trainer_weights:
+            self.engine.sync_weights(self.model, self.version)
+        else:
+            with self._generation() as policy:  # ZeRO-3 shards gathered: every parameter whole
+                self.engine.sync_weights(policy, self.version)
+        ids = torch.tensor([self.probe], device=self.accelerator.device)
+        ones = torch.ones_like(ids)
+        self.model.eval()
+        trainer = completion_scores(self.model, ids[:, :1], ones[:, :1], ids[:, 1:], ones[:, 1:].float(), 1.0)
+        self.model.train()
+        engine = self.engine.probe_logp(self.probe).to(trainer.logp.device)
+        diff = all_max((engine - trainer.logp[0]).abs().max().nan_to_num(torch.inf))
+        self.sync_probe_diff = check_sync(diff, self.sync_tol, self.engine.options.type, self.version)
+
+    @torch.no_grad()
+    def score(self, rollout: RolloutBatch, progress: float, metrics: Metrics) -> StepBatch:
+        """The no-grad pass before the update: what ``objective.needs`` asks for, plus parts' hooks, and the
+        check of the behaviour log-probs against the trainer's (:meth:`_behaviour_metrics`)."""
         batch = StepBatch(
-            mask=rollout.completion_mask, advantages=torch.zeros_like(rollout.rewards), group_ids=rollout.group_ids,
+            mask=rollout.loss_mask, advantages=torch.zeros_like(rollout.rewards), group_ids=rollout.group_ids,
             truncated=rollout.truncated, progress=progress, prompt_ids=rollout.prompt_ids,
-            prompt_mask=rollout.prompt_mask, completion_ids=rollout.completion_ids,
+            prompt_mask=rollout.prompt_mask, completion_ids=rollout.completion_ids, logp_behaviour=rollout.logp,
         )
         needs = self.objective.needs
-        recompute = self._off_policy and rollout.logp is None  # else the sampler's log-probs are logp_old
+        recompute = self._needs_proximal and self.recipe.rollout.logp_old == "recompute"
         with_logits = "logits" in needs
         with_entropy = "entropy" in needs
         outputs: dict[str, list[torch.Tensor]] = {}
@@ -331,8 +375,10 @@ class Trainer:
                         outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
                 outputs.setdefault("logp_ref", []).append(self.reference.logp(chunk))
-        if self._off_policy:
-            batch.logp_old = torch.cat(outputs["logp_old"]) if recompute else rollout.logp
+        trainer_logp = torch.cat(outputs["logp_old"]) if "logp_old" in outputs else None
+        self._behaviour_metrics(rollout, batch, trainer_logp, metrics)
+        if self._needs_proximal:
+            batch.logp_old = trainer_logp if recompute else rollout.logp
         if with_entropy:
             batch.entropy = torch.cat(outputs["entropy"])
         if self.reference is not None:
@@ -341,6 +387,22 @@ class Trainer:
             batch.logp_teacher = torch.cat(outputs["logp_teacher"])
         batch.extras = {k[len("extras."):]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
         return batch
+
+    def _behaviour_metrics(self, rollout: RolloutBatch, batch: StepBatch, trainer_logp: torch.Tensor | None,
+                           metrics: Metrics) -> None:
+        """``rollout/logp_diff_mean|max``: |log mu - log pi| over the sampled tokens, mu the engine's
+        behaviour log-probs and pi the trainer's for the same tokens and weights, from the scoring pass
+        when it ran, else from a forward of this rank's first group (every rank runs one, so collectives
+        stay in step); ``rollout/policy_version_lag``: policy versions between sampling and training."""
+        rows = slice(None) if trainer_logp is not None else slice(0, self.recipe.rollout.samples_per_prompt)
+        if trainer_logp is None:
+            trainer_logp = self._forward(self.model, batch.rows(rows)).logp
+        mask = rollout.completion_mask[rows]
+        diff = (rollout.logp[rows] - trainer_logp).abs() * mask
+        metrics.mean("rollout/logp_diff_mean", diff, mask)
+        metrics.max("rollout/logp_diff_max", diff.max())
+        metrics.mean("rollout/policy_version_lag", (self.version - rollout.policy_version).float())
+        metrics.mean("rollout/sync_probe_diff", self.sync_probe_diff)
 
     def update(self, batch: StepBatch, step: int, metrics: Metrics) -> None:
         """``epochs_per_rollout`` x ``mini_batches`` optimizer steps on one rollout batch; each epoch
@@ -411,6 +473,7 @@ class Trainer:
                 self.optimizer.step()
         if applied:
             self.scheduler.step()
+            self.version += 1
         self.optimizer.zero_grad(set_to_none=True)
         metrics.mean("train/grad_norm", grad_norm)
         metrics.mean("train/skipped_updates", 0.0 if applied else 1.0)
@@ -430,21 +493,18 @@ class Trainer:
         own, per_rank = range(rank, n, world), -(-n // world)
         shard = self.data.eval.select([*own, *[0] * (per_rank - len(own))])
         first, total = torch.zeros(2), torch.zeros(2)  # host sums of the verifiers' Python floats
-        self.model.eval()
-        with self._generation() as policy:
-            for start in range(0, per_rank, EVAL_CHUNK):
-                rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
-                columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
-                out = self.worker.generate(policy, list(rows["prompt"]), columns, 1, greedy=True,
-                                           synced_gpus=self._sharded)
-                real = slice(0, max(0, len(own) - start))  # the padding rows come last
-                scores = self.scorer(out.prompts[real], out.completions[real],
-                                     {c: v[real] for c, v in out.columns.items()})
-                head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
-                first += torch.tensor([sum(head), len(head)])
-                valid = [s for s in scores.total if not math.isnan(s)]
-                total += torch.tensor([sum(valid), len(valid)])
-        self.model.train()
+        greedy = Sampling(n=1, max_new_tokens=self.recipe.rollout.max_new_tokens, greedy=True)
+        for start in range(0, per_rank, EVAL_CHUNK):
+            rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
+            columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
+            out = self._sample(list(rows["prompt"]), columns, greedy)
+            real = slice(0, max(0, len(own) - start))  # the padding rows come last
+            scores = self.scorer(out.prompts[real], out.completions[real],
+                                 {c: v[real] for c, v in out.columns.items()})
+            head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
+            first += torch.tensor([sum(head), len(head)])
+            valid = [s for s in scores.total if not math.isnan(s)]
+            total += torch.tensor([sum(valid), len(valid)])
         first, total = all_sum(first), all_sum(total)
         return EvalResult(accuracy=float(first[0] / first[1].clamp(min=1)),
                           reward=float(total[0] / total[1].clamp(min=1)))
@@ -478,12 +538,14 @@ class Trainer:
             self.log.start_at(0)
             return 0, {}
         state = load_checkpoint(self.accelerator, path)
+        self.version = state["policy_version"]
         self.log.start_at(state["step"])
         self.log.write(f"resumed from {path} (step {state['step']})")
         return state["step"], state
 
     def _save(self, step: int, t0: float, eval_start: dict) -> None:
-        state = {"step": step, "elapsed": time.time() - t0, "eval_start": eval_start}
+        state = {"step": step, "elapsed": time.time() - t0, "eval_start": eval_start,
+                 "policy_version": self.version}
         save_checkpoint(self.accelerator, self.model, self.tokenizer, self.recipe.output_dir, step, state,
                         self.recipe.trainer.keep_checkpoints)
 
@@ -504,11 +566,16 @@ class Trainer:
 
     @contextlib.contextmanager
     def _generation(self):
-        """The policy for ``generate`` (ZeRO-3 shards gathered), under one autocast for the whole call: the
-        per-forward autocast of a mixed-precision model would cast every weight again at every decoding
-        step, since autocast's cache of cast weights lives only as long as its outermost context."""
-        with unwrap_model_for_generation(self.model, self.accelerator) as policy, self.accelerator.autocast():
-            yield policy
+        """The policy for generation or a weight sync, in eval mode (ZeRO-3 shards gathered), under one
+        autocast for the whole call: the per-forward autocast of a mixed-precision model would cast every
+        weight again at every decoding step, since autocast's cache of cast weights lives only as long as
+        its outermost context."""
+        self.model.eval()
+        try:
+            with unwrap_model_for_generation(self.model, self.accelerator) as policy, self.accelerator.autocast():
+                yield policy
+        finally:
+            self.model.train()
 
     def _forward(self, model, batch: StepBatch, **kwargs):
         return completion_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.mask,

@@ -35,7 +35,7 @@ def test_every_tensor_of_a_step_is_on_the_gpu(preset, tmp_path):
     assert device.type == "cuda"
     metrics = Metrics()
     rollout = trainer.collect(1, metrics)
-    batch = trainer.score(rollout, progress=0.5)
+    batch = trainer.score(rollout, progress=0.5, metrics=Metrics())
     batch.advantages = trainer.objective.advantages(rollout.rewards, batch, metrics)
     for name, t in {**tensors_of(rollout), **tensors_of(batch)}.items():
         assert t.device.type == "cuda", f"{name} is on {t.device}"

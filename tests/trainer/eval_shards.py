@@ -26,14 +26,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(load_recipe("recipes/quickstart.yaml", [*OVERRIDES, f"output_dir={tmp}"]))
         calls = 0
-        generate = trainer.worker.generate
+        generate = trainer.engine.generate
 
         def counted(*a, **kw):
             nonlocal calls
             calls += 1
             return generate(*a, **kw)
 
-        trainer.worker.generate = counted
+        trainer.engine.generate = counted
         result = trainer.evaluate()
         calls = gather_object([calls])
         if trainer.accelerator.is_main_process:

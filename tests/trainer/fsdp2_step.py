@@ -19,8 +19,9 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from rlkit.metrics import Metrics
+from rlkit.rollout import HFEngine, sample
 from rlkit.trainer import Trainer
-from tests.trainer.grad_step import G, N_PROMPTS, PROMPTS, recipe_for
+from tests.trainer.grad_step import N_PROMPTS, PROMPTS, recipe_for
 
 
 def shard(model):
@@ -46,12 +47,12 @@ def main():
             model = trainer.model = shard(model)
         torch.manual_seed(1234)  # the same full batch on every rank
         with torch.no_grad():
-            full_batch = trainer.worker.generate(model, PROMPTS, {"answer": ["0"] * N_PROMPTS}, G,
-                                                 synced_gpus=world > 1)
+            engine = HFEngine.on(model, trainer.tokenizer, trainer.engine.setup.eos_token_ids, synced_gpus=world > 1)
+            full_batch = sample(engine, PROMPTS, {"answer": ["0"] * N_PROMPTS}, trainer.sampling)
         full_batch.rewards = (torch.rand(len(full_batch), generator=torch.Generator().manual_seed(7)) < 0.4).float()
         keep = torch.arange(N_PROMPTS) // (N_PROMPTS // world) == rank
         rollout = full_batch.select_groups(keep)
-        batch = trainer.score(rollout, progress=0.5)
+        batch = trainer.score(rollout, progress=0.5, metrics=Metrics())
         batch.advantages = trainer.objective.advantages(rollout.rewards, batch)
         trainer.accumulate_gradients(batch, Metrics())
         grad = torch.cat([full(p.grad).flatten() for p in model.parameters()])

@@ -18,6 +18,7 @@ import torch
 from rlkit.metrics import Metrics
 from rlkit.objectives import PRESETS
 from rlkit.recipe import load_recipe
+from rlkit.rollout import HFEngine, sample
 from rlkit.trainer import Trainer
 
 N_PROMPTS, G = 4, 4
@@ -40,8 +41,9 @@ def step_gradient(trainer: Trainer, micro: str) -> torch.Tensor:
     world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
     torch.manual_seed(1234)  # the same full batch on every rank
     with torch.no_grad():
-        full = trainer.worker.generate(trainer.accelerator.unwrap_model(trainer.model), PROMPTS,
-                                       {"answer": ["0"] * N_PROMPTS}, G)
+        engine = HFEngine.on(trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer,
+                             trainer.engine.setup.eos_token_ids)
+        full = sample(engine, PROMPTS, {"answer": ["0"] * N_PROMPTS}, trainer.sampling)
     g = torch.Generator().manual_seed(7)
     full.rewards = (torch.rand(len(full), generator=g) < 0.4).float()
     full.rewards[:G] = 1.0  # one group with all-equal rewards (no signal)
@@ -50,7 +52,7 @@ def step_gradient(trainer: Trainer, micro: str) -> torch.Tensor:
     keep = torch.zeros(N_PROMPTS, dtype=torch.bool)
     keep[rank * per_rank:(rank + 1) * per_rank] = True
     rollout = full.select_groups(keep)
-    batch = trainer.score(rollout, progress=0.5)
+    batch = trainer.score(rollout, progress=0.5, metrics=Metrics())
     if batch.logp_old is not None:  # the distillation presets are on-policy: no old log-probs
         batch.logp_old = batch.logp_old + noise[keep[full.group_ids]]
     batch.advantages = trainer.objective.advantages(rollout.rewards, batch)

@@ -182,13 +182,13 @@ def test_packed_forward_and_sampler_logprobs_on_cuda_match_the_padded_forward():
     """On the GPU (SDPA's CUDA kernels, the packing's index tensors on the device): the packed log-probs
     and the sampler's equal the plain padded forward's."""
     from rlkit.models import build_char_tokenizer, build_tiny_model
-    from rlkit.rollout import HFGenerateWorker
+    from rlkit.rollout import HFEngine, Sampling, sample
 
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0).cuda().eval()
     torch.manual_seed(0)
-    b = HFGenerateWorker(tok, [tok.eos_token_id], max_new_tokens=8, temperature=0.7).generate(
-        model, ["12+34=", "7+5=", "99+99="], {}, 4, with_logp=True)
+    b = sample(HFEngine.on(model, tok, [tok.eos_token_id]), ["12+34=", "7+5=", "99+99="], {},
+               Sampling(n=4, max_new_tokens=8, temperature=0.7))
     args = (b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7)
     packed = completion_scores(model, *args)
     with torch.no_grad():

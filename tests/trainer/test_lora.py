@@ -94,7 +94,7 @@ def completion_logp(model, prompt: torch.Tensor, completion: torch.Tensor) -> to
 def test_the_kl_reference_is_the_base_model(run):
     trainer, *_ = run
     rollout = trainer.collect(3, Metrics())
-    batch = trainer.score(rollout, progress=0.5)
+    batch = trainer.score(rollout, progress=0.5, metrics=Metrics())
     base = AutoModelForCausalLM.from_pretrained(builtin_tiny_path())
     policy_gap = 0.0
     for row in range(batch.n_rows):

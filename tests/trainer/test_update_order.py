@@ -18,7 +18,7 @@ def mini_batches(trainer, step):
     seen = []
     trainer.optimizer_step = lambda batch, metrics: seen.append(batch.group_ids.tolist())
     rollout = trainer.collect(step, Metrics())
-    batch = trainer.score(rollout, progress=0.0)
+    batch = trainer.score(rollout, progress=0.0, metrics=Metrics())
     trainer.update(batch, step, Metrics())
     return seen
 
