@@ -108,7 +108,11 @@ class VLLMEngine(Engine):
             self.asleep = False
 
     def close(self) -> None:
-        # only the reference: vLLM's teardown would destroy the process group the trainer still uses
+        """Destroy vLLM's own process groups now, while the trainer's still exists: vLLM's exit handler
+        would otherwise destroy them after the trainer's, and fail. The trainer's group is left alone."""
+        from vllm.distributed.parallel_state import destroy_model_parallel
+
+        destroy_model_parallel()
         self.llm = None
 
 

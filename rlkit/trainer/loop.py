@@ -116,7 +116,8 @@ class Trainer:
         self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
 
         self.version = 0  # the policy version: optimizer updates applied so far (resumed from checkpoints)
-        self.engine = self._build_engine(start_path, eos_token_ids(self.tokenizer, model))
+        self.engine = self._build_engine(start_path, eos_token_ids(self.tokenizer, model),
+                                         getattr(model.config, "max_position_embeddings", None))
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
         self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
                           recipe.model_dump())
@@ -149,9 +150,10 @@ class Trainer:
                                   log=self.accelerator.is_local_main_process)
         return self._prepare_frozen(path, teacher.dtype)
 
-    def _build_engine(self, start_path, eos_ids: list[int]):
+    def _build_engine(self, start_path, eos_ids: list[int], positions: int | None):
         """The recipe's rollout engine, its sync tolerance, and the probe its syncs are checked on: the
-        first training prompt's tokens (at most 32)."""
+        first training prompt's tokens (at most 32). The engine holds prompt + completion tokens, at most
+        the model's ``positions``."""
         r, cfg = self.recipe.rollout, self.recipe.trainer
         options = engine_options(r.engine)
         self.sync_tol = options.sync_tol or default_tolerance(self.recipe.model.dtype, cfg.mixed_precision)
@@ -159,7 +161,8 @@ class Trainer:
         dtype = {"no": self.recipe.model.dtype, "bf16": "bfloat16", "fp16": "float16"}[cfg.mixed_precision]
         setup = EngineSetup(model_path=str(start_path), tokenizer=self.tokenizer, eos_token_ids=eos_ids, dtype=dtype,
                             device=self.accelerator.device, seed=cfg.seed + self.accelerator.process_index,
-                            max_model_len=r.max_prompt_tokens + r.max_new_tokens, live_policy=self._generation,
+                            max_model_len=min(r.max_prompt_tokens + r.max_new_tokens, positions or 1 << 30),
+                            live_policy=self._generation,
                             synced_gpus=self._sharded)
         self.sampling = Sampling(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                  top_p=r.top_p)
@@ -193,9 +196,9 @@ class Trainer:
             self.accelerator.wait_for_everyone()
             return summary
         finally:
+            self.engine.close()  # first: an engine may hold process groups that log.close() would outlive
             self.log.close()
             self.scorer.close()
-            self.engine.close()
 
     def _train(self) -> dict:
         cfg, log_cfg = self.recipe.trainer, self.recipe.log

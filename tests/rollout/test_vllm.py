@@ -1,0 +1,159 @@
+"""The vLLM engines against the trainer's own forward (fp32, tiny models): sampled log-probs, every sync
+checked on the probe (a skipped sync and a stale tied output layer are caught), the server path, and two
+ranks with one colocated engine each. Run in the vLLM virtualenv (README, "Engines"): ``pytest -m vllm``."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlkit.models import build_char_tokenizer, build_tiny_model
+from rlkit.recipe import load_recipe
+from rlkit.rollout import EngineOutOfSync, EngineSetup, Sampling, build_engine
+from rlkit.trainer import Trainer
+from rlkit.trainer.logprobs import completion_scores
+
+pytestmark = pytest.mark.vllm
+PROMPTS = ["12+34=", "7+5=", "99+99="]
+SMALL = ["model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=8", "rollout.samples_per_prompt=4",
+         "trainer.save_every=0", "log.eval_every=0", "log.every=1", "data.eval_size=8", "trainer.lr=1e-2",
+         "rewards=[{verifier: regex_format, kwargs: {pattern: '[0-9].*'}}]"]  # varies on an untrained model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tied-embedding Llama of hidden 256 (vLLM's CPU kernels pack weights of this size) and its folder."""
+    tok, folder = build_char_tokenizer(), tmp_path_factory.mktemp("tiny")
+    model = build_tiny_model(tok, seed=0, hidden=256, layers=2)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok, model.eval(), folder
+
+
+def setup_for(tok, folder) -> EngineSetup:
+    return EngineSetup(model_path=str(folder), tokenizer=tok, eos_token_ids=[tok.eos_token_id], dtype="float32",
+                       device=torch.device("cpu"), seed=0, max_model_len=128)
+
+
+def trainer_logp(model, tok, prompts, out, n, temperature):
+    enc = tok.pad({"input_ids": [tok(p, add_special_tokens=False).input_ids for p in prompts]},
+                  padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        return completion_scores(model, enc.input_ids.repeat_interleave(n, 0),
+                                 enc.attention_mask.repeat_interleave(n, 0), out.ids, out.mask, temperature).logp
+
+
+def probe_logp(model, ids):
+    t = torch.tensor([ids])
+    with torch.no_grad():
+        return completion_scores(model, t[:, :1], torch.ones_like(t[:, :1]), t[:, 1:],
+                                 torch.ones_like(t[:, 1:]).float(), 1.0).logp[0]
+
+
+@pytest.mark.parametrize("kind", ["vllm", "vllm_server"])
+def test_engine_samples_with_the_trainers_logprobs_and_syncs_exactly(tiny, kind):
+    tok, model, folder = tiny
+    engine = build_engine({"type": kind}, setup_for(tok, folder))
+    try:
+        ids = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS]
+        out = engine.generate(ids, Sampling(n=4, max_new_tokens=8, temperature=0.7))
+        assert out.ids.shape[0] == 12 and out.logp.dtype == torch.float32 and (out.logp[out.mask == 0] == 0).all()
+        # processed_logprobs: log softmax(logits / T) of the sampled token, as the trainer's forward (fp32)
+        diff = ((out.logp - trainer_logp(model, tok, PROMPTS, out, 4, 0.7)).abs() * out.mask).max()
+        assert diff <= 1e-5
+        probe = ids[0] + out.ids[0, :4].tolist()
+        assert (engine.probe_logp(probe) - probe_logp(model, probe)).abs().max() <= 1e-5
+        changed = build_tiny_model(tok, seed=1, hidden=256, layers=2).eval()  # other weights altogether
+        assert (engine.probe_logp(probe) - probe_logp(changed, probe)).abs().max() > 0.1  # the probe can fail
+        engine.sync_weights(changed, 7)
+        assert engine.version == 7
+        assert (engine.probe_logp(probe) - probe_logp(changed, probe)).abs().max() <= 1e-4
+        greedy = engine.generate(ids, Sampling(n=1, max_new_tokens=6, greedy=True))
+        expected = changed.generate(torch.tensor([ids[1]]), max_new_tokens=6, do_sample=False, top_k=None,
+                                    top_p=None, temperature=None, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)[0, len(ids[1]):]
+        assert greedy.logp is None and greedy.ids[1, :len(expected)].tolist() == expected.tolist()[:greedy.ids.shape[1]]
+    finally:
+        engine.close()
+    if kind == "vllm_server":
+        assert engine.server.poll() is not None  # stopped with the engine
+
+
+def trainer_on(tmp_path, *extra):
+    recipe = load_recipe("recipes/quickstart.yaml", [*SMALL, f"output_dir={tmp_path}", *extra])
+    return Trainer(recipe)
+
+
+def test_a_skipped_sync_is_caught_by_the_probe(tmp_path):
+    trainer = trainer_on(tmp_path, "trainer.steps=2", "rollout.engine={type: vllm}")
+    try:
+        trainer.sync_engine()
+        assert trainer.sync_probe_diff <= 1e-4
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        trainer.version += 1
+        trainer.engine.sync_weights = lambda model, version: setattr(trainer.engine, "version", version)
+        with pytest.raises(EngineOutOfSync, match="after syncing policy version 1 into the vllm engine"):
+            trainer.sync_engine()
+    finally:
+        trainer.engine.close()
+
+
+@pytest.mark.parametrize("repack", [True, False])
+def test_a_stale_tied_output_layer_is_caught(tmp_path, repack):
+    """What vLLM's CPU kernels do to a tied head: the output layer computes with a packed copy of the
+    embedding that ``reload_weights`` does not refresh. The copy is made stale here on purpose (the head
+    computes with the old weight); rlkit's repack after each sync refreshes it, and without the repack the
+    probe check stops the run."""
+    trainer = trainer_on(tmp_path, "trainer.steps=2", "rollout.engine={type: vllm}")
+    engine = trainer.engine
+    try:
+        trainer.sync_engine()
+
+        def stale_head(worker):
+            head = worker.model_runner.get_model().lm_head
+            old = head.weight.detach().clone()
+            head.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, old, bias)
+
+        engine.llm.collective_rpc(stale_head)
+        engine.tied_head = repack
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        trainer.version += 1
+        if repack:
+            trainer.sync_engine()
+            assert trainer.sync_probe_diff <= 1e-4
+        else:
+            with pytest.raises(EngineOutOfSync, match="after syncing policy version 1 into the vllm engine"):
+                trainer.sync_engine()
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["vllm", "vllm_server"])
+def test_training_on_a_vllm_engine_checks_every_step(tmp_path, kind):
+    trainer = trainer_on(tmp_path, "trainer.steps=3", f"rollout.engine={{type: {kind}}}")
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "rollout/logp_diff_max" in r]
+    assert len(steps) == 3 and trainer.engine.version == trainer.version == 6
+    assert all(r["rollout/sync_probe_diff"] <= 1e-4 and r["rollout/logp_diff_max"] <= 1e-4 for r in steps)
+    assert all(r["rollout/policy_version_lag"] == 0 for r in steps)
+
+
+def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port),
+               "-m", "rlkit.cli", "train", "recipes/quickstart.yaml", *SMALL, "trainer.steps=2",
+               "rollout.engine={type: vllm}", f"output_dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "rollout/logp_diff_max" in r]
+    assert len(steps) == 2 and all(r["rollout/sync_probe_diff"] <= 1e-4 for r in steps)
