@@ -138,9 +138,12 @@ class VLLMServerEngine(Engine):
 
         folder = Path(self.options.sync_dir or self.scratch) / f"rlkit-weights-v{version}"
         folder.mkdir(parents=True, exist_ok=True)
-        dtype = getattr(torch, self.setup.dtype)
-        save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()},
-                  str(folder / "model.safetensors"))
+        dtype, seen, tensors = getattr(torch, self.setup.dtype), set(), {}
+        for name, t in state.items():  # a tied tensor once, under its first name (as save_pretrained does)
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                tensors[name] = t.detach().to("cpu", dtype).contiguous()
+        save_file(tensors, str(folder / "model.safetensors"))
         try:
             self._call("POST", "/collective_rpc", {"method": "rlkit_reload_weights", "args": [str(folder)]})
         finally:

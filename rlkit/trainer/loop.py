@@ -259,6 +259,7 @@ class Trainer:
         rank holds its quota of informative groups or ``max_rounds`` rounds ran; a shortfall is filled
         with uninformative groups, which the objective then masks, so batch shapes never change."""
         rollout = self.rewards_for(self.rollout(step), metrics)
+        metrics.mean("rollout/sync_probe_diff", self.sync_probe_diff)  # of the sync before this step's rollout
         refill = self.objective.rollout_filter
         if refill is None:
             return rollout
@@ -396,7 +397,8 @@ class Trainer:
         """``rollout/logp_diff_mean|max``: |log mu - log pi| over the sampled tokens, mu the engine's
         behaviour log-probs and pi the trainer's for the same tokens and weights, from the scoring pass
         when it ran, else from a forward of this rank's first group (every rank runs one, so collectives
-        stay in step); ``rollout/policy_version_lag``: policy versions between sampling and training."""
+        stay in step); ``rollout/policy_version_lag``: policy versions between sampling and training.
+        (``rollout/sync_probe_diff`` is logged by :meth:`collect`.)"""
         rows = slice(None) if trainer_logp is not None else slice(0, self.recipe.rollout.samples_per_prompt)
         if trainer_logp is None:
             trainer_logp = self._forward(self.model, batch.rows(rows)).logp
@@ -405,7 +407,6 @@ class Trainer:
         metrics.mean("rollout/logp_diff_mean", diff, mask)
         metrics.max("rollout/logp_diff_max", diff.max())
         metrics.mean("rollout/policy_version_lag", (self.version - rollout.policy_version).float())
-        metrics.mean("rollout/sync_probe_diff", self.sync_probe_diff)
 
     def update(self, batch: StepBatch, step: int, metrics: Metrics) -> None:
         """``epochs_per_rollout`` x ``mini_batches`` optimizer steps on one rollout batch; each epoch

