@@ -327,6 +327,7 @@ class Trainer:
         self.engine.sleep()
         return batch
 
+    @torch.no_grad()
     def sync_engine(self) -> None:
         """Push the policy's weights to the engine if they changed since its last sync (or it never had any),
         then check them: the engine's log-probs on the probe must equal the trainer's within ``sync_tol``,

@@ -40,14 +40,14 @@ def setup_for(tok, folder) -> EngineSetup:
 
 def trainer_logp(model, tok, prompts, out, n, temperature):
     enc = tok.pad({"input_ids": [tok(p, add_special_tokens=False).input_ids for p in prompts]},
-                  padding_side="left", return_tensors="pt")
+                  padding_side="left", return_tensors="pt").to(model.device)
     with torch.no_grad():
         return completion_scores(model, enc.input_ids.repeat_interleave(n, 0),
                                  enc.attention_mask.repeat_interleave(n, 0), out.ids, out.mask, temperature).logp
 
 
 def probe_logp(model, ids):
-    t = torch.tensor([ids])
+    t = torch.tensor([ids], device=model.device)
     with torch.no_grad():
         return completion_scores(model, t[:, :1], torch.ones_like(t[:, :1]), t[:, 1:],
                                  torch.ones_like(t[:, 1:]).float(), 1.0).logp[0]
@@ -168,3 +168,49 @@ def test_the_quickstart_learns_on_vllm(tmp_path):
         "rollout.engine={type: vllm}", f"output_dir={tmp_path}"])
     summary = Trainer(recipe).train()
     assert summary["eval_end"]["accuracy"] - summary["eval_start"]["accuracy"] >= 0.15, summary
+
+
+def test_lora_pushes_merged_weights(tmp_path):
+    """With LoRA the engine serves the merged model: after updates of the adapters, the probe matches."""
+    trainer = trainer_on(tmp_path, "trainer.steps=2", "model.lora={r: 8, lora_alpha: 16, target_modules: all-linear}",
+                         "rollout.engine={type: vllm}")
+    trainer.train()
+    assert trainer.version == trainer.engine.version == 4 and trainer.sync_probe_diff <= 1e-4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["rollout/logp_diff_max"] <= 1e-4 for r in rows if "rollout/logp_diff_max" in r)
+
+
+def test_sleep_mode_is_refused_on_a_cpu(tiny):
+    tok, _, folder = tiny
+    with pytest.raises(ValueError, match="rollout.engine.sleep: vLLM's sleep mode needs a CUDA GPU"):
+        build_engine({"type": "vllm", "sleep": True}, setup_for(tok, folder))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,options", [("vllm", {}), ("vllm", {"sleep": True}), ("vllm_server", {})])
+def test_on_a_gpu_the_engine_matches_the_trainer_through_sleep_and_sync(tiny, kind, options):
+    """GPU variant: sampled log-probs and the probe against the trainer's forward on CUDA, through a
+    sleep/wake-up cycle (sleep mode keeps the weights: no sync needed after waking)."""
+    tok, model, folder = tiny
+    model = model.cuda()
+    setup = EngineSetup(model_path=str(folder), tokenizer=tok, eos_token_ids=[tok.eos_token_id], dtype="float32",
+                        device=torch.device("cuda"), seed=0, max_model_len=128)
+    engine = build_engine({"type": kind, **options}, setup)
+    try:
+        ids = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS]
+        out = engine.generate(ids, Sampling(n=4, max_new_tokens=8, temperature=0.7))
+        assert out.ids.is_cuda
+        diff = ((out.logp - trainer_logp(model, tok, PROMPTS, out, 4, 0.7)).abs() * out.mask).max()
+        assert diff <= 1e-3  # fp32 on CUDA: TF32 and kernel choice differ between vLLM and transformers
+        engine.sleep()
+        engine.wake_up()
+        changed = build_tiny_model(tok, seed=1, hidden=256, layers=2).cuda().eval()
+        engine.sync_weights(changed, 1)
+        probe = ids[0] + out.ids[0, :4].tolist()
+        assert (engine.probe_logp(probe).cuda() - probe_logp(changed, probe)).abs().max() <= 1e-3
+        if options.get("sleep"):  # weights survive a sleep: still the synced ones after another cycle
+            engine.sleep()
+            engine.wake_up()
+            assert (engine.probe_logp(probe).cuda() - probe_logp(changed, probe)).abs().max() <= 1e-3
+    finally:
+        engine.close()
