@@ -126,6 +126,16 @@ CASES = {
                                 "override 'trainer.steps=[3'", "the value is not valid YAML: "),
     "override below a value": ({"r.yaml": OK}, ["output_dir.x=1"],
                                "override output_dir.x", "'output_dir' is not a section"),
+    "override of the preset": ({"r.yaml": OK}, ["objective.preset=grpoo"],
+                               "override 'objective.preset=grpoo'", "objective: unknown objective preset 'grpoo'"),
+    "override breaking a rule of its section": ({"r.yaml": OK + "trainer: {prompts_per_step: 8}\n"},
+                                                ["trainer.mini_batches=3"], "override 'trainer.mini_batches=3'",
+                                                "trainer: Value error, prompts_per_step (8) must be divisible by "
+                                                "mini_batches (3)"),
+    "override of a key that starts like the bad one": ({"r.yaml": OK + "trainer:\n  lr_schedule: cosin\n"},
+                                                       ["trainer.lr=0.1"], "r.yaml:3",
+                                                       "trainer.lr_schedule: Input should be 'constant', 'linear' "
+                                                       "or 'cosine'"),
 }
 
 

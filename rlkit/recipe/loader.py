@@ -90,13 +90,23 @@ class Locator:
     def __init__(self, source: str, locations: dict[tuple, str], overrides: list[str]):
         self.source, self.locations, self.overrides = source, locations, overrides
 
-    def __call__(self, loc: tuple) -> str:
-        path = ".".join(map(str, loc))
-        given = [o for o in self.overrides if path.startswith(o.split("=", 1)[0])]
-        if given:
-            return f"override {given[0]!r}"
+    def __call__(self, loc: tuple, *related: tuple) -> str:
+        """Where ``loc`` is set: the last override that set it, else the nearest key in the recipe files. A
+        problem of several keys (``related``: the others) names an override that set any of them: the
+        override is what changed the recipe of the files."""
+        given = next((o for path in (loc, *related) for o in reversed(self.overrides) if _overlaps(o, path)), None)
+        if given is not None:
+            return f"override {given!r}"
         return next((self.locations[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.locations),
                     self.source)
+
+
+def _overlaps(override: str, loc: tuple) -> bool:
+    """Whether ``override`` set ``loc``, a section holding it, or a key inside it (a problem found with a
+    whole section, such as two of its keys that disagree)."""
+    key, path = override.split("=", 1)[0].strip().split("."), [str(k) for k in loc]
+    n = min(len(key), len(path))
+    return key[:n] == path[:n]
 
 
 def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, str]]:
