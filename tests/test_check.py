@@ -34,6 +34,8 @@ def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.
 
     return write
 
+TEACHER = OK + "teacher: {path: builtin:tiny-teacher}\n"
+
 # id: (files written in the working directory, overrides of r.yaml, where, message fragment)
 CASES = {
     "unknown top-level key": ({"r.yaml": OK + "trainr: {steps: 3}\n"}, [],
@@ -136,6 +138,34 @@ CASES = {
                                                        ["trainer.lr=0.1"], "r.yaml:3",
                                                        "trainer.lr_schedule: Input should be 'constant', 'linear' "
                                                        "or 'cosine'"),
+    # ---- settings that train wrongly
+    "negative max_grad_norm": ({"r.yaml": OK + "trainer:\n  max_grad_norm: -1\n"}, [], "r.yaml:3",
+                               "trainer.max_grad_norm: Input should be greater than or equal to 0"),
+    "negative KL beta": ({"r.yaml": OK + "objective:\n  kl: {beta: -1}\n"}, [], "r.yaml:3",
+                         "objective.kl.beta: Input should be greater than or equal to 0"),
+    "negative KL beta, from an override": ({"r.yaml": OK + "objective: {preset: dapo}\n"}, ["objective.kl.beta=-1"],
+                                           "override 'objective.kl.beta=-1'",
+                                           "objective.kl.beta: Input should be greater than or equal to 0"),
+    "negative KL-in-reward beta": ({"r.yaml": OK + "objective:\n  kl: {type: kl_in_reward, beta: -0.1}\n"}, [],
+                                   "r.yaml:3", "objective.kl.beta: Input should be greater than or equal to 0"),
+    "negative entropy bonus": ({"r.yaml": OK + "objective:\n  entropy_bonus: -0.01\n"}, [], "r.yaml:3",
+                               "objective.entropy_bonus: should be a number >= 0, got -0.01: the loss subtracts it "
+                               "times the policy's entropy, so a negative one would drive the entropy down"),
+    "entropy bonus not a number": ({"r.yaml": OK + "objective:\n  entropy_bonus: lots\n"}, [], "r.yaml:3",
+                                   "objective.entropy_bonus: should be a number >= 0, got 'lots'"),
+    "negative distillation coefficient": ({"r.yaml": TEACHER + "objective:\n  surrogate: {type: opd_sampled, "
+                                           "coef: -1}\n"}, [], "r.yaml:4",
+                                          "objective.surrogate.coef: Input should be greater than or equal to 0"),
+    "negative reward coefficient": ({"r.yaml": TEACHER + "objective:\n  surrogate: {type: opd_sampled, "
+                                     "reward_coef: -0.5}\n"}, [], "r.yaml:4",
+                                    "objective.surrogate.reward_coef: Input should be greater than or equal to 0"),
+    "negative token weight": ({"r.yaml": OK + "objective:\n  preset: tw_grpo\n  weighting: [{type: tw_grpo, "
+                               "alpha: -1}]\n"}, [], "r.yaml:4",
+                              "objective.weighting.0.alpha: Input should be greater than or equal to 0"),
+    "negative Dr. GRPO constant": ({"r.yaml": OK + "objective:\n  preset: dr_grpo\n  aggregation: {norm: -16}\n"},
+                                   [], "r.yaml:4", "objective.aggregation.norm: Input should be greater than 0"),
+    "negative std epsilon": ({"r.yaml": OK + "objective:\n  advantage: {eps: -1}\n"}, [], "r.yaml:3",
+                             "objective.advantage.eps: Input should be greater than or equal to 0"),
 }
 
 
@@ -152,6 +182,16 @@ def test_malformed_recipe_fails_in_one_line(files, overrides, where, fragment, t
     assert out == ""
     assert err.startswith(f"error: {where}") and fragment in err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("files, overrides", [
+    pytest.param({"r.yaml": OK + "trainer: {max_grad_norm: 0}\n"}, [], id="clipping off, as null"),
+])
+def test_recipe_that_can_train_passes(files, overrides, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, content in files.items():
+        content(tmp_path / name) if callable(content) else (tmp_path / name).write_text(content)
+    assert main(["check", "r.yaml", *overrides]) == 0, capsys.readouterr().err
 
 
 def test_model_folder_that_fits_passes(tmp_path):

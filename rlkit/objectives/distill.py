@@ -108,8 +108,8 @@ class OPDSampled(Surrogate):
     """
 
     needs = frozenset({"logp_old", "logp_teacher"})
-    coef: float = 1.0
-    reward_coef: float = 0.0
+    coef: float = Field(1.0, ge=0)  # negative: away from the teacher
+    reward_coef: float = Field(0.0, ge=0)  # negative: against the task reward
     eps_low: float | None = None
     eps_high: float | None = None
 

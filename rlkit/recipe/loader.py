@@ -217,6 +217,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return recipe
 
 
+def _error(where: Locator, loc: tuple, message: str, *related: tuple) -> RecipeError:
+    """``file:line: key.path: message``, or ``override '...': ...`` where an override set ``loc`` or a
+    ``related`` key (the others the problem is about)."""
+    return RecipeError(f"{where(loc, *related)}: {'.'.join(map(str, loc))}: {message}")
+
+
 def check_model(recipe: Recipe, where: Locator) -> None:
     """Read a local model folder's config and tokenizer files (not its weights), so a folder that cannot
     work fails here. The built-in models are consistent by construction."""
@@ -258,6 +264,10 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
         spec = resolve_spec(recipe.objective)
     except (KeyError, ValueError) as e:
         raise RecipeError(f"{where(('objective',))}: objective: {e.args[0]}") from None
+    bonus = spec["entropy_bonus"]
+    if isinstance(bonus, bool) or not isinstance(bonus, (int, float)) or bonus < 0:
+        raise _error(where, ("objective", "entropy_bonus"), f"should be a number >= 0, got {bonus!r}: the loss "
+                     "subtracts it times the policy's entropy, so a negative one would drive the entropy down")
     for kind in KINDS:
         entries = spec[kind] if isinstance(spec.get(kind), list) else [spec.get(kind)]
         for i, entry in enumerate(entries):
