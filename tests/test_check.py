@@ -17,14 +17,19 @@ from rlkit.recipe.model_check import check_model_folder, same_tokenizer
 OK = "output_dir: out\n"
 
 
-def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.json"), **tokenizer_config):
-    """A writer of a model folder without weights: config.json with ``vocab_size``, a word-level
-    tokenizer.json with ids 0..tokens-1 and, given keys, a tokenizer_config.json."""
+def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.json"), positions: int | None = None,
+                 **tokenizer_config):
+    """A writer of a model folder without weights: config.json with ``vocab_size`` (and
+    max_position_embeddings ``positions``), a word-level tokenizer.json with ids 0..tokens-1 and, given
+    keys, a tokenizer_config.json."""
 
     def write(path: Path) -> Path:
         path.mkdir()
         if "config.json" in files:
-            (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": vocab_size}))
+            config = {"model_type": "llama", "vocab_size": vocab_size}
+            if positions is not None:
+                config["max_position_embeddings"] = positions
+            (path / "config.json").write_text(json.dumps(config))
         if "tokenizer.json" in files:
             vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, tokens)}}
             Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(path / "tokenizer.json"))
@@ -166,6 +171,36 @@ CASES = {
                                    [], "r.yaml:4", "objective.aggregation.norm: Input should be greater than 0"),
     "negative std epsilon": ({"r.yaml": OK + "objective:\n  advantage: {eps: -1}\n"}, [], "r.yaml:3",
                              "objective.advantage.eps: Input should be greater than or equal to 0"),
+    "one sample per prompt": ({"r.yaml": OK + "rollout:\n  samples_per_prompt: 1\n"}, [], "r.yaml:3",
+                              "rollout.samples_per_prompt: 1 sample per prompt makes every advantage 0 (the "
+                              "group_zscore advantage compares each completion with the others of its prompt), so "
+                              "the policy gets no gradient at any step; sample at least 2"),
+    "one sample per prompt, RLOO": ({"r.yaml": OK + "rollout: {samples_per_prompt: 1}\n"},
+                                    ["objective.advantage.type=rloo"], "override 'objective.advantage.type=rloo'",
+                                    "rollout.samples_per_prompt: 1 sample per prompt makes every advantage 0 (the "
+                                    "rloo advantage"),
+    "one sample per prompt, from an override of the preset": ({"r.yaml": TEACHER + "rollout: {samples_per_prompt: "
+                                                               "1}\nobjective: {preset: opd}\n"},
+                                                              ["objective.preset=dapo"],
+                                                              "override 'objective.preset=dapo'",
+                                                              "rollout.samples_per_prompt: 1 sample per prompt"),
+    "one sample per prompt, task reward mixed into distillation": (
+        {"r.yaml": TEACHER + "rollout: {samples_per_prompt: 1}\nobjective:\n  surrogate: {type: opd_sampled, "
+                             "reward_coef: 0.5}\n"}, [], "r.yaml:3", "rollout.samples_per_prompt: 1 sample per prompt"),
+    "no room for a prompt": ({"r.yaml": OK + "rollout:\n  max_new_tokens: 256\n"}, [], "r.yaml:3",
+                             "rollout.max_new_tokens: 256 new tokens leave no room for a prompt in the 256 positions "
+                             "of model.path=builtin:tiny (max_position_embeddings in its config.json)"),
+    "no room for a prompt, local model": ({"r.yaml": OK + "model: {path: m}\nrollout: {max_new_tokens: 64}\n",
+                                           "m": model_folder(10, 10, positions=64)}, [], "r.yaml:3",
+                                          "rollout.max_new_tokens: 64 new tokens leave no room for a prompt in the 64 "
+                                          "positions of model.path=m"),
+    "no room for a prompt in the teacher": ({"r.yaml": OK + "model: {path: a}\nteacher: {path: b}\n"
+                                                            "objective: {preset: opd}\n",
+                                             "a": model_folder(10, 10, positions=1024),
+                                             "b": model_folder(10, 10, positions=64)}, ["rollout.max_new_tokens=100"],
+                                            "override 'rollout.max_new_tokens=100'",
+                                            "rollout.max_new_tokens: 100 new tokens leave no room for a prompt in the "
+                                            "64 positions of teacher.path=b"),
 }
 
 
@@ -186,6 +221,9 @@ def test_malformed_recipe_fails_in_one_line(files, overrides, where, fragment, t
 
 @pytest.mark.parametrize("files, overrides", [
     pytest.param({"r.yaml": OK + "trainer: {max_grad_norm: 0}\n"}, [], id="clipping off, as null"),
+    pytest.param({"r.yaml": OK + "rollout: {max_new_tokens: 255}\n"}, [], id="room for a prompt of one token"),
+    pytest.param({"r.yaml": TEACHER + "rollout: {samples_per_prompt: 1}\nobjective: {preset: opd}\n"}, [],
+                 id="distillation from one sample per prompt: no advantage"),
 ])
 def test_recipe_that_can_train_passes(files, overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

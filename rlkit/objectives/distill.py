@@ -122,6 +122,9 @@ class OPDSampled(Surrogate):
         hi = math.inf if self.eps_high is None else math.log1p(self.eps_high)
         return clipped_pg(token_log_ratio(logp, batch), adv, lo, hi, None, batch.mask, metrics)[0]
 
+    def reads_advantages(self) -> bool:
+        return self.reward_coef != 0
+
 
 @register_part("surrogate", "distill")
 class Distill(Surrogate):
@@ -142,6 +145,9 @@ class Distill(Surrogate):
     beta: float = Field(1.0, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
     chunk: int = Field(512, ge=1)
+
+    def reads_advantages(self) -> bool:
+        return False
 
     def loss(self, logp, batch, metrics):
         raise ValueError("the distill surrogate needs logits: call Objective.loss with logits and teacher_logits")

@@ -18,7 +18,7 @@ from rewards.registry import get_verifier
 from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TOKENIZERS
 from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
-from rlkit.recipe.model_check import check_model_folder, same_tokenizer
+from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
 from rlkit.recipe.schema import Recipe
 
 
@@ -214,6 +214,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     check_objective(recipe, where)
     check_teacher(recipe, where)
     check_rewards(recipe, where)
+    check_training(recipe, where)
     return recipe
 
 
@@ -294,3 +295,38 @@ def check_rewards(recipe: Recipe, where: Locator) -> None:
         if spec.label in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
             raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {spec.label!r} as rewards."
                               f"{labels.index(spec.label)}; set 'name' to tell them apart")
+
+
+def check_training(recipe: Recipe, where: Locator) -> None:
+    """Settings each valid alone that together train wrongly, or cannot run."""
+    objective = build_objective(recipe.objective)
+    if recipe.rollout.samples_per_prompt == 1 and objective.surrogate.reads_advantages():
+        # a group of one has no signal: Objective.advantages gives it exactly 0, whatever the estimator
+        raise _error(where, ("rollout", "samples_per_prompt"), f"1 sample per prompt makes every advantage 0 (the "
+                     f"{objective.advantage.name} advantage compares each completion with the others of its "
+                     f"prompt), so the policy gets no gradient at any step; sample at least 2",
+                     ("objective",))
+    positions, model_key = position_limit(recipe)
+    new = recipe.rollout.max_new_tokens
+    if positions is not None and new >= positions:
+        raise _error(where, ("rollout", "max_new_tokens"), f"{new} new tokens leave no room for a prompt in the "
+                     f"{positions} positions of {model_key}={_value(recipe, model_key)} (max_position_embeddings "
+                     f"in its config.json)", tuple(model_key.split(".")))
+
+
+def position_limit(recipe: Recipe) -> tuple[int | None, str]:
+    """The fewest positions (prompt plus completion) of the models that read the sampled sequences: the
+    policy (and its reference: the same model) and a teacher; with the key that names that model."""
+    keys = ["model.path"] + (["teacher.path"] if _teacher_runs(recipe) else [])
+    known = [(positions_of(_value(recipe, key)), key) for key in keys]
+    known = [(n, key) for n, key in known if n is not None]
+    return min(known) if known else (None, "model.path")
+
+
+def _value(recipe: Recipe, key: str) -> str:
+    section, field = key.split(".")
+    return getattr(getattr(recipe, section), field)
+
+
+def _teacher_runs(recipe: Recipe) -> bool:
+    return recipe.teacher is not None and bool(build_objective(recipe.objective).needs & TEACHER_NEEDS)
