@@ -12,6 +12,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from rlkit.cli import main
+from rlkit.recipe.data_check import READERS
 from rlkit.recipe.model_check import check_model_folder, same_tokenizer
 
 OK = "output_dir: out\n"
@@ -39,6 +40,37 @@ def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.
 
     return write
 
+def jsonl(n: int, **changes) -> str:
+    """``n`` addition rows as JSON lines; ``changes`` maps a line number (``line3``) to the text of that line."""
+    lines = [json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) for i in range(n)]
+    for key, text in changes.items():
+        lines[int(key[4:]) - 1] = text
+    return "".join(line + "\n" for line in lines)
+
+
+def csv_rows(n: int, header: str = "prompt,answer", **changes) -> str:
+    """A header and ``n`` addition rows as CSV; ``changes`` as in :func:`jsonl` (line 1 is the header)."""
+    lines = [header] + [f"{i}+1=,{i + 1}" for i in range(n)]
+    for key, text in changes.items():
+        lines[int(key[4:]) - 1] = text
+    return "".join(line + "\n" for line in lines)
+
+
+def parquet(columns: dict):
+    """A writer of a Parquet file with these columns."""
+
+    def write(path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns), path)
+
+    return write
+
+
+DATA = OK + "data: {task: null, train: t.jsonl, eval_size: 2}\n"  # data.train on line 2
+CSV = OK + "data: {task: null, train: t.csv, eval_size: 2}\n"
+PARQUET = OK + "data: {task: null, train: t.parquet, eval_size: 2}\n"
 TEACHER = OK + "teacher: {path: builtin:tiny-teacher}\n"
 
 # id: (files written in the working directory, overrides of r.yaml, where, message fragment)
@@ -143,6 +175,107 @@ CASES = {
                                                        ["trainer.lr=0.1"], "r.yaml:3",
                                                        "trainer.lr_schedule: Input should be 'constant', 'linear' "
                                                        "or 'cosine'"),
+    # ---- data files: the file and its line or row are named after the recipe key that names the file
+    "no prompt key": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line1='{"question": "1+1=", "answer": "2"}')}, [],
+                      "r.yaml:2", "data.train: t.jsonl line 1: no 'prompt' key (keys: ['answer', 'question'])"),
+    "no prompt column": ({"r.yaml": CSV, "t.csv": csv_rows(10, header="question,answer")}, [],
+                         "r.yaml:2", "data.train: t.csv: no 'prompt' column (columns: ['question', 'answer'])"),
+    "no prompt column, Parquet": ({"r.yaml": PARQUET, "t.parquet": parquet({"question": ["1+1="], "answer": ["2"]})},
+                                  [], "r.yaml:2", "data.train: t.parquet: no 'prompt' column"),
+    "no column the verifier reads": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line3='{"prompt": "2+1="}')}, [],
+                                     "r.yaml:2", "data.train: t.jsonl line 3: no 'answer' key, which the verifier "
+                                                 "of rewards.0 (exact_number) reads"),
+    "no column the verifier reads, CSV": ({"r.yaml": CSV + "rewards: [{verifier: code}]\n", "t.csv": csv_rows(10)},
+                                          [], "r.yaml:2", "data.train: t.csv: no 'tests' column, which the verifier "
+                                                          "of rewards.0 (code) reads (columns: ['prompt', 'answer'])"),
+    "no column the verifier reads, built-in task": ({"r.yaml": OK}, ["rewards=[{verifier: code}]"],
+                                                    "override 'rewards=[{verifier: code}]'",
+                                                    "data.task: builtin:addition: no 'tests' column, which the "
+                                                    "verifier of rewards.0 (code) reads"),
+    "no column the routing reads": ({"r.yaml": DATA + "rewards: [{verifier: math, when: {task: math}}]\n",
+                                     "t.jsonl": jsonl(10)}, [], "r.yaml:2",
+                                    "data.train: t.jsonl line 1: no 'task' key, which rewards.0.when routes on"),
+    "unsupported file type": ({"r.yaml": OK + "data: {task: null, train: t.txt}\n", "t.txt": "1+1=\n"}, [],
+                              "r.yaml:2", "data.train: t.txt: unsupported data file type '.txt'; use one of "
+                                          "['.csv', '.json', '.jsonl', '.parquet']"),
+    "empty file": ({"r.yaml": DATA, "t.jsonl": ""}, [], "r.yaml:2", "data.train: t.jsonl is empty: no rows"),
+    "blank lines only": ({"r.yaml": DATA, "t.jsonl": "\n\n"}, [], "r.yaml:2", "t.jsonl is empty: no rows"),
+    "CSV header only": ({"r.yaml": CSV, "t.csv": csv_rows(0)}, [], "r.yaml:2", "data.train: t.csv is empty: no rows"),
+    "empty Parquet": ({"r.yaml": PARQUET, "t.parquet": parquet({"prompt": [], "answer": []})}, [],
+                      "r.yaml:2", "data.train: t.parquet is empty: no rows"),
+    "not Parquet": ({"r.yaml": PARQUET, "t.parquet": "prompt,answer\n"}, [], "r.yaml:2",
+                    "data.train: t.parquet: not a Parquet file: "),
+    "broken JSON line": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line2='{"prompt": "b", "answer": 2')}, [], "r.yaml:2",
+                         "data.train: t.jsonl line 2: not valid JSON: Expecting ',' delimiter (column 28)"),
+    "JSON line with more after it": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line4='{"prompt": "b", "answer": "2"} x')},
+                                     [], "r.yaml:2", "t.jsonl line 4: not valid JSON: Extra data (column 32)"),
+    "JSON line not an object": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line5='"1+1="')}, [], "r.yaml:2",
+                                "t.jsonl line 5: a row is a JSON object with a 'prompt' key, got str \"1+1=\""),
+    "key twice": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line2='{"prompt": "a", "prompt": "b", "answer": "1"}')}, [],
+                  "r.yaml:2", "t.jsonl line 2: key 'prompt' given twice in one object"),
+    # the second '"answer"' begins at column 17 of line 2, where a ',' should be
+    "broken JSON array": ({"r.yaml": OK + "data: {task: null, train: t.json, eval_size: 2}\n",
+                           "t.json": '[{"prompt": "a", "answer": "1"},\n {"prompt": "b" "answer": "2"}]\n'}, [],
+                          "r.yaml:2", "data.train: t.json line 2: not valid JSON: Expecting ',' delimiter (column 17)"),
+    "JSON array row without a prompt": ({"r.yaml": OK + "data: {task: null, train: t.json, eval_size: 2}\n",
+                                         "t.json": json.dumps([{"prompt": "a", "answer": "1"}, {"answer": "2"}])},
+                                        [], "r.yaml:2", "t.json row 1: no 'prompt' key (keys: ['answer'])"),
+    "CSV row with a field too many": ({"r.yaml": CSV, "t.csv": csv_rows(10, line3="1+1=,2,3")}, [], "r.yaml:2",
+                                      "data.train: t.csv line 3: 3 fields, the header has 2"),
+    "CSV row with a field too few": ({"r.yaml": CSV, "t.csv": csv_rows(10, line4="1+1=")}, [], "r.yaml:2",
+                                     "data.train: t.csv line 4: 1 field, the header has 2"),
+    "CSV quote never closed": ({"r.yaml": CSV, "t.csv": csv_rows(3, line2='"1+1=,2')}, [], "r.yaml:2",
+                               "t.csv line 2: 1 field, the header has 2 (a quoted field runs from there to line 4)"),
+    # line 1 is 31 bytes and a newline, and the 0xff comes after 12 bytes of line 2: offset 32 + 12
+    "not UTF-8": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line1='{"prompt": "ok", "answer": "1"}').encode()
+                   .replace(b'{"prompt": "1+1="', b'{"prompt": "\xff+1=', 1)}, [], "r.yaml:2",
+                  "data.train: t.jsonl line 2: not UTF-8 text: byte 0xff at byte offset 44"),
+    # "prompt,answer\n" is 14 bytes, "0+1=,1\n" 7: the 0xe9 of line 3 is at 14 + 7 + 1
+    "not UTF-8, CSV": ({"r.yaml": CSV, "t.csv": csv_rows(10).encode().replace(b"1+1=", b"1\xe9+1=", 1)}, [],
+                       "r.yaml:2", "data.train: t.csv line 3: not UTF-8 text: byte 0xe9 at byte offset 22"),
+    "prompt null": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line6='{"prompt": null, "answer": "1"}')}, [], "r.yaml:2",
+                    "t.jsonl line 6: the prompt should be a string or a list of chat messages ({role, content} "
+                    "each), got null"),
+    "prompt a number": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line6='{"prompt": 5, "answer": "1"}')}, [], "r.yaml:2",
+                        "t.jsonl line 6: the prompt should be a string or a list of chat messages ({role, content} "
+                        "each), got int 5"),
+    "prompt empty, CSV": ({"r.yaml": CSV, "t.csv": csv_rows(10, line5=",4")}, [], "r.yaml:2",
+                          "t.csv line 5: the prompt should be a string or a list of chat messages ({role, content} "
+                          "each), got null"),
+    "prompt empty": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line2='{"prompt": "", "answer": "1"}')}, [], "r.yaml:2",
+                     "t.jsonl line 2: the prompt is empty"),
+    "prompts of two kinds": ({"r.yaml": DATA, "t.jsonl": jsonl(
+        10, line3='{"prompt": [{"role": "user", "content": "1+1="}], "answer": "2"}')}, [], "r.yaml:2",
+        "t.jsonl line 3: the prompt is chat messages, but line 1's is a string: the prompts of a file are all "
+        "strings or all chat messages"),
+    "broken eval file": ({"r.yaml": OK + "data:\n  task: null\n  train: t.jsonl\n  eval: e.jsonl\n",
+                          "t.jsonl": jsonl(10), "e.jsonl": "{\n"}, [], "r.yaml:5",
+                         "data.eval: e.jsonl line 1: not valid JSON: "),
+    # ---- splits: the held-out slice of a train file is min(eval_size, rows // 5) rows (rlkit.data.load_task)
+    "fewer rows than eval_size": ({"r.yaml": OK + "data: {task: null, train: t.jsonl}\n", "t.jsonl": jsonl(10)}, [],
+                                  "r.yaml:2", "data.train: t.jsonl has 10 rows, fewer than the data.eval_size=200 "
+                                              "held out for evaluation; lower data.eval_size or give a data.eval file"),
+    "fewer rows than eval_size, from an override": ({"r.yaml": DATA, "t.jsonl": jsonl(10)}, ["data.eval_size=11"],
+                                                    "override 'data.eval_size=11'",
+                                                    "data.train: t.jsonl has 10 rows, fewer than the "
+                                                    "data.eval_size=11 held out"),
+    "too few rows to hold a fifth out": ({"r.yaml": DATA, "t.jsonl": jsonl(4)}, [], "r.yaml:2",
+                                         "data.train: t.jsonl has 4 rows: the slice held out for evaluation, a fifth "
+                                         "of them, would be empty; give at least 5 rows or a data.eval file"),
+    "every built-in problem held out": ({"r.yaml": OK + "data: {eval_size: 10000}\n"}, [], "r.yaml:2",
+                                        "data.eval_size: 10000 held-out problems leave none of the 10000 of "
+                                        "builtin:addition to train on"),
+    # 50 rows, 10 held out (50 // 5 = 10 = eval_size): 40 to train on
+    "warm start validating on every training row": ({"r.yaml": OK + "data: {task: null, train: t.jsonl, eval_size: "
+                                                     "10}\nmodel:\n  warm_start: {val_size: 40}\n",
+                                                     "t.jsonl": jsonl(50)}, [], "r.yaml:4",
+                                                    "model.warm_start.val_size: 40 validation rows leave none of the "
+                                                    "40 training rows for the warm start to train on"),
+    "teacher warm start validating on every training row": ({"r.yaml": TEACHER + "objective: {preset: opd}\n"},
+                                                            ["teacher.warm_start.val_size=9800"],
+                                                            "override 'teacher.warm_start.val_size=9800'",
+                                                            "teacher.warm_start.val_size: 9800 validation rows leave "
+                                                            "none of the 9800 training rows"),
     # ---- settings that train wrongly
     "negative max_grad_norm": ({"r.yaml": OK + "trainer:\n  max_grad_norm: -1\n"}, [], "r.yaml:3",
                                "trainer.max_grad_norm: Input should be greater than or equal to 0"),
@@ -224,12 +357,47 @@ def test_malformed_recipe_fails_in_one_line(files, overrides, where, fragment, t
     pytest.param({"r.yaml": OK + "rollout: {max_new_tokens: 255}\n"}, [], id="room for a prompt of one token"),
     pytest.param({"r.yaml": TEACHER + "rollout: {samples_per_prompt: 1}\nobjective: {preset: opd}\n"}, [],
                  id="distillation from one sample per prompt: no advantage"),
+    pytest.param({"r.yaml": DATA, "t.jsonl": jsonl(10, line5="")}, [], id="blank JSON line, skipped as datasets does"),
+    pytest.param({"r.yaml": CSV, "t.csv": csv_rows(10, line5="")}, [], id="blank CSV line"),
+    pytest.param({"r.yaml": CSV, "t.csv": "\ufeff" + csv_rows(10)}, [], id="CSV with a byte-order mark"),
+    pytest.param({"r.yaml": OK + "data: {task: null, train: t.json, eval_size: 2}\n",
+                  "t.json": json.dumps([{"prompt": [{"role": "user", "content": f"{i}+1="}], "answer": str(i + 1)}
+                                        for i in range(10)])}, [], id="JSON array of chats"),
+    pytest.param({"r.yaml": PARQUET, "t.parquet": parquet({"prompt": [f"{i}+1=" for i in range(10)],
+                                                          "answer": ["1"] * 10})}, [], id="Parquet"),
+    pytest.param({"r.yaml": DATA, "t.jsonl": jsonl(5)}, ["data.eval_size=1"], id="five rows, one held out"),
+    pytest.param({"r.yaml": DATA, "t.jsonl": jsonl(2), "e.jsonl": jsonl(1)}, ["data.eval=e.jsonl"],
+                 id="eval file: nothing held out of the train file"),
+    pytest.param({"r.yaml": DATA + "rewards:\n  - {verifier: exact_number, when: {task: sum}}\n"
+                                   "  - {verifier: regex_format, when: {task: format}}\n",
+                  "t.jsonl": "".join(json.dumps(row) + "\n" for row in
+                                     [{"prompt": "x", "task": "format", "pattern": "."}] +
+                                     [{"prompt": f"{i}+1=", "answer": str(i + 1), "task": "sum"} for i in range(9)])},
+                 [], id="routed rows lack the columns only the other verifier reads"),
+    pytest.param({"r.yaml": OK + "rewards:\n  - {verifier: overlong, kwargs: {max_length: 5, cache_length: 2}}\n"},
+                 [], id="verifier arguments in kwargs"),
 ])
 def test_recipe_that_can_train_passes(files, overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for name, content in files.items():
         content(tmp_path / name) if callable(content) else (tmp_path / name).write_text(content)
     assert main(["check", "r.yaml", *overrides]) == 0, capsys.readouterr().err
+
+
+def test_check_reads_the_file_types_training_loads():
+    from rlkit.data import LOCAL_FORMATS
+
+    assert set(READERS) == set(LOCAL_FORMATS)
+
+
+def test_check_of_a_bad_data_file_exits_2_without_a_traceback(tmp_path):
+    (tmp_path / "r.yaml").write_text(DATA)
+    (tmp_path / "t.jsonl").write_text(jsonl(10, line2='{"prompt": "b", "answer": 2'))
+    result = subprocess.run([sys.executable, "-m", "rlkit.cli", "check", "r.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("error: r.yaml:2: data.train: t.jsonl line 2: not valid JSON: Expecting ',' delimiter "
+                             "(column 28)\n")
 
 
 def test_model_folder_that_fits_passes(tmp_path):

@@ -271,7 +271,8 @@ def test_trainer_stops_on_a_long_prompt_before_any_training(tmp_path, monkeypatc
     monkeypatch.setattr("rlkit.trainer.loop.warm_start", no_training)
     recipe = load_recipe(ROOT / "recipes/quickstart.yaml",
                          [f"output_dir={tmp_path / 'run'}", "data.task=null", f"data.train={train}",
-                          f"data.eval={train}", "rollout.max_prompt_tokens=15", "log.trackers=[]"])
+                          f"data.eval={train}", "rollout.max_prompt_tokens=15", "model.warm_start.val_size=5",
+                          "log.trackers=[]"])
     with pytest.raises(PromptTooLong, match=r"^train data, row 7: the prompt is 16 tokens, over "
                                             r"rollout.max_prompt_tokens=15 \(1 of 10"):
         Trainer(recipe)

@@ -15,9 +15,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewards.registry import get_verifier
-from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TOKENIZERS
+from rewards.scoring import RewardSpec
+from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASK_COLUMNS, BUILTIN_TASK_ROWS, BUILTIN_TOKENIZERS
 from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
+from rlkit.recipe.data_check import (DataFileError, Reader, check_columns, check_data_file, plural,
+                                     verifier_columns)
 from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
 from rlkit.recipe.schema import Recipe
 
@@ -215,6 +218,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     check_teacher(recipe, where)
     check_rewards(recipe, where)
     check_training(recipe, where)
+    check_data(recipe, where)
     return recipe
 
 
@@ -330,3 +334,57 @@ def _value(recipe: Recipe, key: str) -> str:
 
 def _teacher_runs(recipe: Recipe) -> bool:
     return recipe.teacher is not None and bool(build_objective(recipe.objective).needs & TEACHER_NEEDS)
+
+
+def check_data(recipe: Recipe, where: Locator) -> None:
+    """Read the data files (the built-in tasks' columns are known), so that a file training would stop on,
+    or silently train wrongly from, fails here; then the splits must have the rows they need."""
+    readers = [_reader(i, spec) for i, spec in enumerate(recipe.rewards)]
+    data = recipe.data
+    if data.task is not None:
+        _read(where, ("data", "task"), lambda: check_columns(data.task, list(BUILTIN_TASK_COLUMNS), readers))
+        rows = BUILTIN_TASK_ROWS
+    else:
+        rows = _read(where, ("data", "train"), lambda: check_data_file(data.train, readers))
+        if data.eval is not None:
+            _read(where, ("data", "eval"), lambda: check_data_file(data.eval, readers))
+    check_splits(recipe, where, rows)
+
+
+def _reader(index: int, spec: RewardSpec) -> Reader:
+    columns = verifier_columns(get_verifier(spec.verifier), spec.kwargs)
+    return Reader(index, spec.label, tuple(spec.when), columns, spec.applies)
+
+
+def _read(where: Locator, key: tuple, check):
+    try:
+        return check()
+    except DataFileError as e:
+        raise _error(where, key, str(e), *([("rewards", e.reward)] if e.reward is not None else [])) from None
+
+
+def check_splits(recipe: Recipe, where: Locator, rows: int) -> None:
+    """The held-out split, made as rlkit.data.load_task makes it from ``rows`` (of the built-in task or the
+    train file), has rows and leaves some to train on, more than the warm starts validate on."""
+    data = recipe.data
+    if data.task is not None:  # the first eval_size problems; an eval file is not read
+        held_out = data.eval_size
+        if held_out >= rows:
+            raise _error(where, ("data", "eval_size"), f"{held_out} held-out problems leave none of the {rows} of "
+                         f"{data.task} to train on", ("data", "task"))
+    elif data.eval is not None:  # the eval file is the held-out set
+        held_out = 0
+    else:  # a slice of the train file, at most a fifth of it
+        if rows < data.eval_size:
+            raise _error(where, ("data", "train"), f"{data.train} has {plural(rows, 'row')}, fewer than the "
+                         f"data.eval_size={data.eval_size} held out for evaluation; lower data.eval_size or give a "
+                         "data.eval file", ("data", "eval_size"))
+        held_out = min(data.eval_size, rows // 5)
+        if held_out == 0:
+            raise _error(where, ("data", "train"), f"{data.train} has {plural(rows, 'row')}: the slice held out "
+                         "for evaluation, a fifth of them, would be empty; give at least 5 rows or a data.eval file")
+    for key, warm in (("model", recipe.model.warm_start),
+                      ("teacher", recipe.teacher.warm_start if _teacher_runs(recipe) else None)):
+        if warm is not None and warm.val_size >= rows - held_out:
+            raise _error(where, (key, "warm_start", "val_size"), f"{warm.val_size} validation rows leave none of "
+                         f"the {rows - held_out} training rows for the warm start to train on", ("data",))

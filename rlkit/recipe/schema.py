@@ -101,7 +101,9 @@ class DataConfig(Section):
                                                               "null to use train/eval files")
     train: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv with a 'prompt' column")
     eval: str | None = Field(None, description="held-out file (default: a slice of train)")
-    eval_size: int = Field(200, gt=0, description="held-out prompts used for evaluation")
+    eval_size: int = Field(200, gt=0, description="held-out prompts used for evaluation: the first of the "
+                                                  "built-in task's; without an eval file, a slice of the train file "
+                                                  "of at most a fifth of it (it must have eval_size rows)")
 
     @field_validator("task")
     @classmethod
