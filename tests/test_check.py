@@ -334,6 +334,12 @@ CASES = {
                                             "override 'rollout.max_new_tokens=100'",
                                             "rollout.max_new_tokens: 100 new tokens leave no room for a prompt in the "
                                             "64 positions of teacher.path=b"),
+    # ---- output_dir: created and written to, then removed again
+    "output_dir in /proc": ({"r.yaml": "output_dir: /proc/rlkit-check\n"}, [], "r.yaml:1",
+                            "output_dir: cannot create the folder /proc/rlkit-check: No such file or directory"),
+    "output_dir is a file": ({"r.yaml": "output_dir: r.yaml\n"}, [], "r.yaml:1", "output_dir: r.yaml is a file"),
+    "output_dir under a file": ({"r.yaml": OK}, ["output_dir=r.yaml/run"], "override 'output_dir=r.yaml/run'",
+                                "output_dir: r.yaml is a file, not a folder"),
 }
 
 
@@ -388,6 +394,38 @@ def test_check_reads_the_file_types_training_loads():
     from rlkit.data import LOCAL_FORMATS
 
     assert set(READERS) == set(LOCAL_FORMATS)
+
+
+def test_check_leaves_no_output_dir_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(OK)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert main(["check", "r.yaml", "output_dir=new/runs/a"]) == 0
+    assert main(["check", "r.yaml", "output_dir=kept/runs/a"]) == 0
+    too_long = "x" * 300  # over any file system's name limit: made 'new', then failed
+    assert main(["check", "r.yaml", f"output_dir=new/{too_long}"]) == 2
+    assert "output_dir: cannot create the folder new/" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kept", "kept/notes.txt",
+                                                                                        "r.yaml"]
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no sysfs")
+def test_output_dir_that_cannot_be_written_in(tmp_path, monkeypatch, capsys):
+    """sysfs refuses new files to every user, root included."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("output_dir: /sys/kernel\n")
+    assert main(["check", "r.yaml"]) == 2
+    assert capsys.readouterr().err == "error: r.yaml:1: output_dir: cannot write in the folder /sys/kernel: " \
+                                      "Permission denied\n"
+
+
+def test_train_keeps_the_output_dir_it_makes(tmp_path):
+    from rlkit.recipe import load_recipe
+
+    (tmp_path / "r.yaml").write_text(f"output_dir: {tmp_path / 'runs' / 'a'}\n")
+    load_recipe(tmp_path / "r.yaml", make_output_dir=True)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["a"] and not list((tmp_path / "runs" / "a").iterdir())
 
 
 def test_check_of_a_bad_data_file_exits_2_without_a_traceback(tmp_path):

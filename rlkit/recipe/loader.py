@@ -8,6 +8,8 @@ files are read, user verifier modules imported), so ``rlkit check`` is fast.
 from __future__ import annotations
 
 import difflib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +204,10 @@ def describe_errors(error: ValidationError, where: Locator, prefix: tuple = (),
     return "\n".join(out)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] = (), make_output_dir: bool = False) -> Recipe:
     """Read (with its ``base:`` chain), override and validate a recipe; raise :class:`RecipeError`
-    naming every problem with its file and line (or override)."""
+    naming every problem with its file and line (or override). ``make_output_dir``: create output_dir (a
+    run writes there next); else only make sure it could be, leaving nothing behind."""
     data, locations = read_yaml(Path(path))
     for item in overrides:
         apply_override(data, *parse_override(item))
@@ -219,6 +222,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     check_rewards(recipe, where)
     check_training(recipe, where)
     check_data(recipe, where)
+    check_output_dir(recipe, where, make_output_dir)
     return recipe
 
 
@@ -388,3 +392,24 @@ def check_splits(recipe: Recipe, where: Locator, rows: int) -> None:
         if warm is not None and warm.val_size >= rows - held_out:
             raise _error(where, (key, "warm_start", "val_size"), f"{warm.val_size} validation rows leave none of "
                          f"the {rows - held_out} training rows for the warm start to train on", ("data",))
+
+
+def check_output_dir(recipe: Recipe, where: Locator, keep: bool) -> None:
+    """output_dir is a folder this process can create and write in. With ``keep`` the folders made stay (a
+    run writes there next); without, they are removed again, so that checking leaves nothing behind."""
+    folder, made = Path(recipe.output_dir), []
+    try:
+        for path in reversed((folder, *folder.parents)):  # outermost first; os.path's tests raise no OSError
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise _error(where, ("output_dir",), f"{path} is a file, not a folder")
+            if not os.path.isdir(path):
+                path.mkdir()  # a read-only or special file system, a name too long: OSError
+                made.append(path)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        made_it = os.path.isdir(folder)
+        problem = f"cannot write in the folder {folder}" if made_it else f"cannot create the folder {e.filename}"
+        raise _error(where, ("output_dir",), f"{problem}: {e.strerror}") from None
+    finally:
+        for path in [] if keep else reversed(made):
+            path.rmdir()
