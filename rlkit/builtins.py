@@ -6,4 +6,8 @@ BUILTIN_TINY_TEACHER = "builtin:tiny-teacher"  # a larger model with builtin:tin
 BUILTIN_MODELS = (BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER)
 # built-in models that share a tokenizer (a student and its teacher must)
 BUILTIN_TOKENIZERS = {BUILTIN_TINY: "char", BUILTIN_TINY_TEACHER: "char", BUILTIN_TINY_BPE: "bpe"}
+# max_position_embeddings of each built-in model's config, known here so that `rlkit check` needs no built model
+BUILTIN_POSITIONS = {BUILTIN_TINY: 256, BUILTIN_TINY_TEACHER: 256, BUILTIN_TINY_BPE: 1024}
 BUILTIN_TASKS = ("builtin:addition", "builtin:addition_chat")  # synthetic verifiable tasks (rlkit.data)
+BUILTIN_TASK_ROWS = 10_000  # problems of each built-in task (a, b in [0, 99])
+BUILTIN_TASK_COLUMNS = ("prompt", "answer")

@@ -10,7 +10,7 @@ from rlkit.recipe import RecipeError, load_recipe
 
 
 def cmd_train(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, make_output_dir=True)
     from rlkit.data import PromptTooLong
     from rlkit.distributed import collective_timed_out
     from rlkit.trainer import CheckpointNotShared, Trainer, TrainingDiverged  # heavy: once the recipe is valid

@@ -78,18 +78,43 @@ def tokenize_prompts(prompts: list, tokenizer) -> list[list[int]]:
 
 
 class PromptTooLong(ValueError):
-    """A prompt is over ``rollout.max_prompt_tokens`` with ``rollout.prompt_overflow: error``."""
+    """A prompt is over ``rollout.max_prompt_tokens`` with ``rollout.prompt_overflow: error``, or the prompt and
+    ``rollout.max_new_tokens`` are more positions than the model has."""
 
 
-def check_prompt_lengths(data: TaskData, tokenizer, limit: int, batch_size: int = 1024) -> None:
+def prompt_lengths(data: TaskData, tokenizer, batch_size: int = 1024) -> dict[str, list[int]]:
+    """Tokens of every prompt of each split, ``{"train": [...], "eval": [...]}``, counted as
+    :func:`tokenize_prompts` makes them."""
+    return {split: [len(ids) for start in range(0, len(dataset), batch_size)
+                    for ids in tokenize_prompts(dataset[start:start + batch_size]["prompt"], tokenizer)]
+            for split, dataset in (("train", data.train), ("eval", data.eval))}
+
+
+def check_prompt_lengths(lengths: dict[str, list[int]], limit: int) -> None:
     """Raise :class:`PromptTooLong` naming the first row of either split whose prompt is over ``limit``
-    tokens (counted as :func:`tokenize_prompts` makes them)."""
-    for split, dataset in (("train", data.train), ("eval", data.eval)):
-        lengths = [len(ids) for start in range(0, len(dataset), batch_size)
-                   for ids in tokenize_prompts(dataset[start:start + batch_size]["prompt"], tokenizer)]
-        over = [i for i, n in enumerate(lengths) if n > limit]
+    tokens (``lengths``: :func:`prompt_lengths`)."""
+    for split, counts in lengths.items():
+        over = [i for i, n in enumerate(counts) if n > limit]
         if over:
             raise PromptTooLong(
-                f"{split} data, row {over[0]}: the prompt is {lengths[over[0]]} tokens, over "
-                f"rollout.max_prompt_tokens={limit} ({len(over)} of {len(lengths)} {split} prompts are over); "
+                f"{split} data, row {over[0]}: the prompt is {counts[over[0]]} tokens, over "
+                f"rollout.max_prompt_tokens={limit} ({len(over)} of {len(counts)} {split} prompts are over); "
                 f"raise the limit, shorten the prompts, or set rollout.prompt_overflow: truncate_left")
+
+
+def check_room(lengths: dict[str, list[int]], max_prompt_tokens: int, max_new_tokens: int, positions: int | None,
+               model: str) -> None:
+    """Raise :class:`PromptTooLong` naming the first row whose prompt (cut to ``max_prompt_tokens``, as the
+    rollout worker cuts it) and ``max_new_tokens`` do not fit in the ``positions`` of ``model`` (a recipe
+    key): past them a model with learned positions fails and one with rotary positions extrapolates."""
+    if positions is None:
+        return
+    for split, counts in lengths.items():
+        over = [i for i, n in enumerate(counts) if min(n, max_prompt_tokens) + max_new_tokens > positions]
+        if over:
+            n = min(counts[over[0]], max_prompt_tokens)
+            raise PromptTooLong(
+                f"{split} data, row {over[0]}: the prompt's {n} tokens and rollout.max_new_tokens={max_new_tokens} "
+                f"are {n + max_new_tokens} positions, over the {positions} of {model} (max_position_embeddings; "
+                f"{len(over)} of {len(counts)} {split} prompts are over); lower rollout.max_new_tokens or "
+                f"rollout.max_prompt_tokens")

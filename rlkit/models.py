@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfi
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 from transformers.utils import is_bitsandbytes_available
 
-from rlkit.builtins import BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER
+from rlkit.builtins import BUILTIN_POSITIONS, BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER
 from rlkit.cache import cache_dir, cached_folder, run_alone
 from rlkit.recipe.schema import LoraSettings, ModelConfig
 
@@ -62,9 +62,10 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden: int = 128,
                      layers: int = 4) -> LlamaForCausalLM:
+    positions = BUILTIN_POSITIONS[BUILTIN_TINY]  # builtin:tiny-teacher's too
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -111,7 +112,8 @@ def build_tiny_bpe_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> L
     eos = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TEXT, END_OF_TURN)]
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=BUILTIN_POSITIONS[BUILTIN_TINY_BPE],
+        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
     )
     torch.manual_seed(seed)

@@ -12,19 +12,25 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from rlkit.cli import main
+from rlkit.recipe.data_check import READERS
 from rlkit.recipe.model_check import check_model_folder, same_tokenizer
 
 OK = "output_dir: out\n"
 
 
-def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.json"), **tokenizer_config):
-    """A writer of a model folder without weights: config.json with ``vocab_size``, a word-level
-    tokenizer.json with ids 0..tokens-1 and, given keys, a tokenizer_config.json."""
+def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.json"), positions: int | None = None,
+                 **tokenizer_config):
+    """A writer of a model folder without weights: config.json with ``vocab_size`` (and
+    max_position_embeddings ``positions``), a word-level tokenizer.json with ids 0..tokens-1 and, given
+    keys, a tokenizer_config.json."""
 
     def write(path: Path) -> Path:
         path.mkdir()
         if "config.json" in files:
-            (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": vocab_size}))
+            config = {"model_type": "llama", "vocab_size": vocab_size}
+            if positions is not None:
+                config["max_position_embeddings"] = positions
+            (path / "config.json").write_text(json.dumps(config))
         if "tokenizer.json" in files:
             vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, tokens)}}
             Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(path / "tokenizer.json"))
@@ -33,6 +39,39 @@ def model_folder(vocab_size: int, tokens: int, files=("config.json", "tokenizer.
         return path
 
     return write
+
+def jsonl(n: int, **changes) -> str:
+    """``n`` addition rows as JSON lines; ``changes`` maps a line number (``line3``) to the text of that line."""
+    lines = [json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) for i in range(n)]
+    for key, text in changes.items():
+        lines[int(key[4:]) - 1] = text
+    return "".join(line + "\n" for line in lines)
+
+
+def csv_rows(n: int, header: str = "prompt,answer", **changes) -> str:
+    """A header and ``n`` addition rows as CSV; ``changes`` as in :func:`jsonl` (line 1 is the header)."""
+    lines = [header] + [f"{i}+1=,{i + 1}" for i in range(n)]
+    for key, text in changes.items():
+        lines[int(key[4:]) - 1] = text
+    return "".join(line + "\n" for line in lines)
+
+
+def parquet(columns: dict):
+    """A writer of a Parquet file with these columns."""
+
+    def write(path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns), path)
+
+    return write
+
+
+DATA = OK + "data: {task: null, train: t.jsonl, eval_size: 2}\n"  # data.train on line 2
+CSV = OK + "data: {task: null, train: t.csv, eval_size: 2}\n"
+PARQUET = OK + "data: {task: null, train: t.parquet, eval_size: 2}\n"
+TEACHER = OK + "teacher: {path: builtin:tiny-teacher}\n"
 
 # id: (files written in the working directory, overrides of r.yaml, where, message fragment)
 CASES = {
@@ -126,6 +165,181 @@ CASES = {
                                 "override 'trainer.steps=[3'", "the value is not valid YAML: "),
     "override below a value": ({"r.yaml": OK}, ["output_dir.x=1"],
                                "override output_dir.x", "'output_dir' is not a section"),
+    "override of the preset": ({"r.yaml": OK}, ["objective.preset=grpoo"],
+                               "override 'objective.preset=grpoo'", "objective: unknown objective preset 'grpoo'"),
+    "override breaking a rule of its section": ({"r.yaml": OK + "trainer: {prompts_per_step: 8}\n"},
+                                                ["trainer.mini_batches=3"], "override 'trainer.mini_batches=3'",
+                                                "trainer: Value error, prompts_per_step (8) must be divisible by "
+                                                "mini_batches (3)"),
+    "override of a key that starts like the bad one": ({"r.yaml": OK + "trainer:\n  lr_schedule: cosin\n"},
+                                                       ["trainer.lr=0.1"], "r.yaml:3",
+                                                       "trainer.lr_schedule: Input should be 'constant', 'linear' "
+                                                       "or 'cosine'"),
+    # ---- data files: the file and its line or row are named after the recipe key that names the file
+    "no prompt key": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line1='{"question": "1+1=", "answer": "2"}')}, [],
+                      "r.yaml:2", "data.train: t.jsonl line 1: no 'prompt' key (keys: ['answer', 'question'])"),
+    "no prompt column": ({"r.yaml": CSV, "t.csv": csv_rows(10, header="question,answer")}, [],
+                         "r.yaml:2", "data.train: t.csv: no 'prompt' column (columns: ['question', 'answer'])"),
+    "no prompt column, Parquet": ({"r.yaml": PARQUET, "t.parquet": parquet({"question": ["1+1="], "answer": ["2"]})},
+                                  [], "r.yaml:2", "data.train: t.parquet: no 'prompt' column"),
+    "no column the verifier reads": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line3='{"prompt": "2+1="}')}, [],
+                                     "r.yaml:2", "data.train: t.jsonl line 3: no 'answer' key, which the verifier "
+                                                 "of rewards.0 (exact_number) reads"),
+    "no column the verifier reads, CSV": ({"r.yaml": CSV + "rewards: [{verifier: code}]\n", "t.csv": csv_rows(10)},
+                                          [], "r.yaml:2", "data.train: t.csv: no 'tests' column, which the verifier "
+                                                          "of rewards.0 (code) reads (columns: ['prompt', 'answer'])"),
+    "no column the verifier reads, built-in task": ({"r.yaml": OK}, ["rewards=[{verifier: code}]"],
+                                                    "override 'rewards=[{verifier: code}]'",
+                                                    "data.task: builtin:addition: no 'tests' column, which the "
+                                                    "verifier of rewards.0 (code) reads"),
+    "no column the routing reads": ({"r.yaml": DATA + "rewards: [{verifier: math, when: {task: math}}]\n",
+                                     "t.jsonl": jsonl(10)}, [], "r.yaml:2",
+                                    "data.train: t.jsonl line 1: no 'task' key, which rewards.0.when routes on"),
+    "unsupported file type": ({"r.yaml": OK + "data: {task: null, train: t.txt}\n", "t.txt": "1+1=\n"}, [],
+                              "r.yaml:2", "data.train: t.txt: unsupported data file type '.txt'; use one of "
+                                          "['.csv', '.json', '.jsonl', '.parquet']"),
+    "empty file": ({"r.yaml": DATA, "t.jsonl": ""}, [], "r.yaml:2", "data.train: t.jsonl is empty: no rows"),
+    "blank lines only": ({"r.yaml": DATA, "t.jsonl": "\n\n"}, [], "r.yaml:2", "t.jsonl is empty: no rows"),
+    "CSV header only": ({"r.yaml": CSV, "t.csv": csv_rows(0)}, [], "r.yaml:2", "data.train: t.csv is empty: no rows"),
+    "empty Parquet": ({"r.yaml": PARQUET, "t.parquet": parquet({"prompt": [], "answer": []})}, [],
+                      "r.yaml:2", "data.train: t.parquet is empty: no rows"),
+    "not Parquet": ({"r.yaml": PARQUET, "t.parquet": "prompt,answer\n"}, [], "r.yaml:2",
+                    "data.train: t.parquet: not a Parquet file: "),
+    "broken JSON line": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line2='{"prompt": "b", "answer": 2')}, [], "r.yaml:2",
+                         "data.train: t.jsonl line 2: not valid JSON: Expecting ',' delimiter (column 28)"),
+    "JSON line with more after it": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line4='{"prompt": "b", "answer": "2"} x')},
+                                     [], "r.yaml:2", "t.jsonl line 4: not valid JSON: Extra data (column 32)"),
+    "JSON line not an object": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line5='"1+1="')}, [], "r.yaml:2",
+                                "t.jsonl line 5: a row is a JSON object with a 'prompt' key, got str \"1+1=\""),
+    "key twice": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line2='{"prompt": "a", "prompt": "b", "answer": "1"}')}, [],
+                  "r.yaml:2", "t.jsonl line 2: key 'prompt' given twice in one object"),
+    # the second '"answer"' begins at column 17 of line 2, where a ',' should be
+    "broken JSON array": ({"r.yaml": OK + "data: {task: null, train: t.json, eval_size: 2}\n",
+                           "t.json": '[{"prompt": "a", "answer": "1"},\n {"prompt": "b" "answer": "2"}]\n'}, [],
+                          "r.yaml:2", "data.train: t.json line 2: not valid JSON: Expecting ',' delimiter (column 17)"),
+    "JSON array row without a prompt": ({"r.yaml": OK + "data: {task: null, train: t.json, eval_size: 2}\n",
+                                         "t.json": json.dumps([{"prompt": "a", "answer": "1"}, {"answer": "2"}])},
+                                        [], "r.yaml:2", "t.json row 1: no 'prompt' key (keys: ['answer'])"),
+    "CSV row with a field too many": ({"r.yaml": CSV, "t.csv": csv_rows(10, line3="1+1=,2,3")}, [], "r.yaml:2",
+                                      "data.train: t.csv line 3: 3 fields, the header has 2"),
+    "CSV row with a field too few": ({"r.yaml": CSV, "t.csv": csv_rows(10, line4="1+1=")}, [], "r.yaml:2",
+                                     "data.train: t.csv line 4: 1 field, the header has 2"),
+    "CSV quote never closed": ({"r.yaml": CSV, "t.csv": csv_rows(3, line2='"1+1=,2')}, [], "r.yaml:2",
+                               "t.csv line 2: 1 field, the header has 2 (a quoted field runs from there to line 4)"),
+    # line 1 is 31 bytes and a newline, and the 0xff comes after 12 bytes of line 2: offset 32 + 12
+    "not UTF-8": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line1='{"prompt": "ok", "answer": "1"}').encode()
+                   .replace(b'{"prompt": "1+1="', b'{"prompt": "\xff+1=', 1)}, [], "r.yaml:2",
+                  "data.train: t.jsonl line 2: not UTF-8 text: byte 0xff at byte offset 44"),
+    # "prompt,answer\n" is 14 bytes, "0+1=,1\n" 7: the 0xe9 of line 3 is at 14 + 7 + 1
+    "not UTF-8, CSV": ({"r.yaml": CSV, "t.csv": csv_rows(10).encode().replace(b"1+1=", b"1\xe9+1=", 1)}, [],
+                       "r.yaml:2", "data.train: t.csv line 3: not UTF-8 text: byte 0xe9 at byte offset 22"),
+    "prompt null": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line6='{"prompt": null, "answer": "1"}')}, [], "r.yaml:2",
+                    "t.jsonl line 6: the prompt should be a string or a list of chat messages ({role, content} "
+                    "each), got null"),
+    "prompt a number": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line6='{"prompt": 5, "answer": "1"}')}, [], "r.yaml:2",
+                        "t.jsonl line 6: the prompt should be a string or a list of chat messages ({role, content} "
+                        "each), got int 5"),
+    "prompt empty, CSV": ({"r.yaml": CSV, "t.csv": csv_rows(10, line5=",4")}, [], "r.yaml:2",
+                          "t.csv line 5: the prompt should be a string or a list of chat messages ({role, content} "
+                          "each), got null"),
+    "prompt empty": ({"r.yaml": DATA, "t.jsonl": jsonl(10, line2='{"prompt": "", "answer": "1"}')}, [], "r.yaml:2",
+                     "t.jsonl line 2: the prompt is empty"),
+    "prompts of two kinds": ({"r.yaml": DATA, "t.jsonl": jsonl(
+        10, line3='{"prompt": [{"role": "user", "content": "1+1="}], "answer": "2"}')}, [], "r.yaml:2",
+        "t.jsonl line 3: the prompt is chat messages, but line 1's is a string: the prompts of a file are all "
+        "strings or all chat messages"),
+    "broken eval file": ({"r.yaml": OK + "data:\n  task: null\n  train: t.jsonl\n  eval: e.jsonl\n",
+                          "t.jsonl": jsonl(10), "e.jsonl": "{\n"}, [], "r.yaml:5",
+                         "data.eval: e.jsonl line 1: not valid JSON: "),
+    # ---- splits: the held-out slice of a train file is min(eval_size, rows // 5) rows (rlkit.data.load_task)
+    "fewer rows than eval_size": ({"r.yaml": OK + "data: {task: null, train: t.jsonl}\n", "t.jsonl": jsonl(10)}, [],
+                                  "r.yaml:2", "data.train: t.jsonl has 10 rows, fewer than the data.eval_size=200 "
+                                              "held out for evaluation; lower data.eval_size or give a data.eval file"),
+    "fewer rows than eval_size, from an override": ({"r.yaml": DATA, "t.jsonl": jsonl(10)}, ["data.eval_size=11"],
+                                                    "override 'data.eval_size=11'",
+                                                    "data.train: t.jsonl has 10 rows, fewer than the "
+                                                    "data.eval_size=11 held out"),
+    "too few rows to hold a fifth out": ({"r.yaml": DATA, "t.jsonl": jsonl(4)}, [], "r.yaml:2",
+                                         "data.train: t.jsonl has 4 rows: the slice held out for evaluation, a fifth "
+                                         "of them, would be empty; give at least 5 rows or a data.eval file"),
+    "every built-in problem held out": ({"r.yaml": OK + "data: {eval_size: 10000}\n"}, [], "r.yaml:2",
+                                        "data.eval_size: 10000 held-out problems leave none of the 10000 of "
+                                        "builtin:addition to train on"),
+    # 50 rows, 10 held out (50 // 5 = 10 = eval_size): 40 to train on
+    "warm start validating on every training row": ({"r.yaml": OK + "data: {task: null, train: t.jsonl, eval_size: "
+                                                     "10}\nmodel:\n  warm_start: {val_size: 40}\n",
+                                                     "t.jsonl": jsonl(50)}, [], "r.yaml:4",
+                                                    "model.warm_start.val_size: 40 validation rows leave none of the "
+                                                    "40 training rows for the warm start to train on"),
+    "teacher warm start validating on every training row": ({"r.yaml": TEACHER + "objective: {preset: opd}\n"},
+                                                            ["teacher.warm_start.val_size=9800"],
+                                                            "override 'teacher.warm_start.val_size=9800'",
+                                                            "teacher.warm_start.val_size: 9800 validation rows leave "
+                                                            "none of the 9800 training rows"),
+    # ---- settings that train wrongly
+    "negative max_grad_norm": ({"r.yaml": OK + "trainer:\n  max_grad_norm: -1\n"}, [], "r.yaml:3",
+                               "trainer.max_grad_norm: Input should be greater than or equal to 0"),
+    "negative KL beta": ({"r.yaml": OK + "objective:\n  kl: {beta: -1}\n"}, [], "r.yaml:3",
+                         "objective.kl.beta: Input should be greater than or equal to 0"),
+    "negative KL beta, from an override": ({"r.yaml": OK + "objective: {preset: dapo}\n"}, ["objective.kl.beta=-1"],
+                                           "override 'objective.kl.beta=-1'",
+                                           "objective.kl.beta: Input should be greater than or equal to 0"),
+    "negative KL-in-reward beta": ({"r.yaml": OK + "objective:\n  kl: {type: kl_in_reward, beta: -0.1}\n"}, [],
+                                   "r.yaml:3", "objective.kl.beta: Input should be greater than or equal to 0"),
+    "negative entropy bonus": ({"r.yaml": OK + "objective:\n  entropy_bonus: -0.01\n"}, [], "r.yaml:3",
+                               "objective.entropy_bonus: should be a number >= 0, got -0.01: the loss subtracts it "
+                               "times the policy's entropy, so a negative one would drive the entropy down"),
+    "entropy bonus not a number": ({"r.yaml": OK + "objective:\n  entropy_bonus: lots\n"}, [], "r.yaml:3",
+                                   "objective.entropy_bonus: should be a number >= 0, got 'lots'"),
+    "negative distillation coefficient": ({"r.yaml": TEACHER + "objective:\n  surrogate: {type: opd_sampled, "
+                                           "coef: -1}\n"}, [], "r.yaml:4",
+                                          "objective.surrogate.coef: Input should be greater than or equal to 0"),
+    "negative reward coefficient": ({"r.yaml": TEACHER + "objective:\n  surrogate: {type: opd_sampled, "
+                                     "reward_coef: -0.5}\n"}, [], "r.yaml:4",
+                                    "objective.surrogate.reward_coef: Input should be greater than or equal to 0"),
+    "negative token weight": ({"r.yaml": OK + "objective:\n  preset: tw_grpo\n  weighting: [{type: tw_grpo, "
+                               "alpha: -1}]\n"}, [], "r.yaml:4",
+                              "objective.weighting.0.alpha: Input should be greater than or equal to 0"),
+    "negative Dr. GRPO constant": ({"r.yaml": OK + "objective:\n  preset: dr_grpo\n  aggregation: {norm: -16}\n"},
+                                   [], "r.yaml:4", "objective.aggregation.norm: Input should be greater than 0"),
+    "negative std epsilon": ({"r.yaml": OK + "objective:\n  advantage: {eps: -1}\n"}, [], "r.yaml:3",
+                             "objective.advantage.eps: Input should be greater than or equal to 0"),
+    "one sample per prompt": ({"r.yaml": OK + "rollout:\n  samples_per_prompt: 1\n"}, [], "r.yaml:3",
+                              "rollout.samples_per_prompt: 1 sample per prompt makes every advantage 0 (the "
+                              "group_zscore advantage compares each completion with the others of its prompt), so "
+                              "the policy gets no gradient at any step; sample at least 2"),
+    "one sample per prompt, RLOO": ({"r.yaml": OK + "rollout: {samples_per_prompt: 1}\n"},
+                                    ["objective.advantage.type=rloo"], "override 'objective.advantage.type=rloo'",
+                                    "rollout.samples_per_prompt: 1 sample per prompt makes every advantage 0 (the "
+                                    "rloo advantage"),
+    "one sample per prompt, from an override of the preset": ({"r.yaml": TEACHER + "rollout: {samples_per_prompt: "
+                                                               "1}\nobjective: {preset: opd}\n"},
+                                                              ["objective.preset=dapo"],
+                                                              "override 'objective.preset=dapo'",
+                                                              "rollout.samples_per_prompt: 1 sample per prompt"),
+    "one sample per prompt, task reward mixed into distillation": (
+        {"r.yaml": TEACHER + "rollout: {samples_per_prompt: 1}\nobjective:\n  surrogate: {type: opd_sampled, "
+                             "reward_coef: 0.5}\n"}, [], "r.yaml:3", "rollout.samples_per_prompt: 1 sample per prompt"),
+    "no room for a prompt": ({"r.yaml": OK + "rollout:\n  max_new_tokens: 256\n"}, [], "r.yaml:3",
+                             "rollout.max_new_tokens: 256 new tokens leave no room for a prompt in the 256 positions "
+                             "of model.path=builtin:tiny (max_position_embeddings in its config.json)"),
+    "no room for a prompt, local model": ({"r.yaml": OK + "model: {path: m}\nrollout: {max_new_tokens: 64}\n",
+                                           "m": model_folder(10, 10, positions=64)}, [], "r.yaml:3",
+                                          "rollout.max_new_tokens: 64 new tokens leave no room for a prompt in the 64 "
+                                          "positions of model.path=m"),
+    "no room for a prompt in the teacher": ({"r.yaml": OK + "model: {path: a}\nteacher: {path: b}\n"
+                                                            "objective: {preset: opd}\n",
+                                             "a": model_folder(10, 10, positions=1024),
+                                             "b": model_folder(10, 10, positions=64)}, ["rollout.max_new_tokens=100"],
+                                            "override 'rollout.max_new_tokens=100'",
+                                            "rollout.max_new_tokens: 100 new tokens leave no room for a prompt in the "
+                                            "64 positions of teacher.path=b"),
+    # ---- output_dir: created and written to, then removed again
+    "output_dir in /proc": ({"r.yaml": "output_dir: /proc/rlkit-check\n"}, [], "r.yaml:1",
+                            "output_dir: cannot create the folder /proc/rlkit-check: No such file or directory"),
+    "output_dir is a file": ({"r.yaml": "output_dir: r.yaml\n"}, [], "r.yaml:1", "output_dir: r.yaml is a file"),
+    "output_dir under a file": ({"r.yaml": OK}, ["output_dir=r.yaml/run"], "override 'output_dir=r.yaml/run'",
+                                "output_dir: r.yaml is a file, not a folder"),
 }
 
 
@@ -142,6 +356,86 @@ def test_malformed_recipe_fails_in_one_line(files, overrides, where, fragment, t
     assert out == ""
     assert err.startswith(f"error: {where}") and fragment in err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("files, overrides", [
+    pytest.param({"r.yaml": OK + "trainer: {max_grad_norm: 0}\n"}, [], id="clipping off, as null"),
+    pytest.param({"r.yaml": OK + "rollout: {max_new_tokens: 255}\n"}, [], id="room for a prompt of one token"),
+    pytest.param({"r.yaml": TEACHER + "rollout: {samples_per_prompt: 1}\nobjective: {preset: opd}\n"}, [],
+                 id="distillation from one sample per prompt: no advantage"),
+    pytest.param({"r.yaml": DATA, "t.jsonl": jsonl(10, line5="")}, [], id="blank JSON line, skipped as datasets does"),
+    pytest.param({"r.yaml": CSV, "t.csv": csv_rows(10, line5="")}, [], id="blank CSV line"),
+    pytest.param({"r.yaml": CSV, "t.csv": "\ufeff" + csv_rows(10)}, [], id="CSV with a byte-order mark"),
+    pytest.param({"r.yaml": OK + "data: {task: null, train: t.json, eval_size: 2}\n",
+                  "t.json": json.dumps([{"prompt": [{"role": "user", "content": f"{i}+1="}], "answer": str(i + 1)}
+                                        for i in range(10)])}, [], id="JSON array of chats"),
+    pytest.param({"r.yaml": PARQUET, "t.parquet": parquet({"prompt": [f"{i}+1=" for i in range(10)],
+                                                          "answer": ["1"] * 10})}, [], id="Parquet"),
+    pytest.param({"r.yaml": DATA, "t.jsonl": jsonl(5)}, ["data.eval_size=1"], id="five rows, one held out"),
+    pytest.param({"r.yaml": DATA, "t.jsonl": jsonl(2), "e.jsonl": jsonl(1)}, ["data.eval=e.jsonl"],
+                 id="eval file: nothing held out of the train file"),
+    pytest.param({"r.yaml": DATA + "rewards:\n  - {verifier: exact_number, when: {task: sum}}\n"
+                                   "  - {verifier: regex_format, when: {task: format}}\n",
+                  "t.jsonl": "".join(json.dumps(row) + "\n" for row in
+                                     [{"prompt": "x", "task": "format", "pattern": "."}] +
+                                     [{"prompt": f"{i}+1=", "answer": str(i + 1), "task": "sum"} for i in range(9)])},
+                 [], id="routed rows lack the columns only the other verifier reads"),
+    pytest.param({"r.yaml": OK + "rewards:\n  - {verifier: overlong, kwargs: {max_length: 5, cache_length: 2}}\n"},
+                 [], id="verifier arguments in kwargs"),
+])
+def test_recipe_that_can_train_passes(files, overrides, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, content in files.items():
+        content(tmp_path / name) if callable(content) else (tmp_path / name).write_text(content)
+    assert main(["check", "r.yaml", *overrides]) == 0, capsys.readouterr().err
+
+
+def test_check_reads_the_file_types_training_loads():
+    from rlkit.data import LOCAL_FORMATS
+
+    assert set(READERS) == set(LOCAL_FORMATS)
+
+
+def test_check_leaves_no_output_dir_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(OK)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert main(["check", "r.yaml", "output_dir=new/runs/a"]) == 0
+    assert main(["check", "r.yaml", "output_dir=kept/runs/a"]) == 0
+    too_long = "x" * 300  # over any file system's name limit: made 'new', then failed
+    assert main(["check", "r.yaml", f"output_dir=new/{too_long}"]) == 2
+    assert "output_dir: cannot create the folder new/" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kept", "kept/notes.txt",
+                                                                                        "r.yaml"]
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no sysfs")
+def test_output_dir_that_cannot_be_written_in(tmp_path, monkeypatch, capsys):
+    """sysfs refuses new files to every user, root included."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("output_dir: /sys/kernel\n")
+    assert main(["check", "r.yaml"]) == 2
+    assert capsys.readouterr().err == "error: r.yaml:1: output_dir: cannot write in the folder /sys/kernel: " \
+                                      "Permission denied\n"
+
+
+def test_train_keeps_the_output_dir_it_makes(tmp_path):
+    from rlkit.recipe import load_recipe
+
+    (tmp_path / "r.yaml").write_text(f"output_dir: {tmp_path / 'runs' / 'a'}\n")
+    load_recipe(tmp_path / "r.yaml", make_output_dir=True)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["a"] and not list((tmp_path / "runs" / "a").iterdir())
+
+
+def test_check_of_a_bad_data_file_exits_2_without_a_traceback(tmp_path):
+    (tmp_path / "r.yaml").write_text(DATA)
+    (tmp_path / "t.jsonl").write_text(jsonl(10, line2='{"prompt": "b", "answer": 2'))
+    result = subprocess.run([sys.executable, "-m", "rlkit.cli", "check", "r.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("error: r.yaml:2: data.train: t.jsonl line 2: not valid JSON: Expecting ',' delimiter "
+                             "(column 28)\n")
 
 
 def test_model_folder_that_fits_passes(tmp_path):

@@ -14,7 +14,8 @@ from datasets import Dataset
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from rlkit.data import PromptTooLong, TaskData, check_prompt_lengths, load_task, render_prompt, tokenize_prompts
+from rlkit.data import (PromptTooLong, TaskData, check_prompt_lengths, check_room, load_task, prompt_lengths,
+                        render_prompt, tokenize_prompts)
 from rlkit.models import (build_char_tokenizer, build_tiny_model, builtin_tiny_bpe_path, eos_token_ids, load_model,
                           load_tokenizer)
 from rlkit.recipe import load_recipe
@@ -235,18 +236,18 @@ def test_prompt_over_the_limit_fails_naming_split_row_length_and_limit():
     char = build_char_tokenizer()
     data = TaskData(train=Dataset.from_dict({"prompt": ["1+1=", "12+34="]}),
                     eval=Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "123+456=", "1234+5678="]}))
-    check_prompt_lengths(data, char, limit=10)
+    check_prompt_lengths(prompt_lengths(data, char), limit=10)
     with pytest.raises(PromptTooLong, match=r"^eval data, row 3: the prompt is 8 tokens, over "
                                             r"rollout.max_prompt_tokens=6 \(2 of 5 eval prompts are over\)"):
-        check_prompt_lengths(data, char, limit=6)
+        check_prompt_lengths(prompt_lengths(data, char), limit=6)
 
 
 def test_chat_prompt_length_counts_bos_and_template(tok):
     n = len(tok(CHAT_TEXT, add_special_tokens=False).input_ids)
     data = TaskData(train=Dataset.from_dict({"prompt": [CHAT]}), eval=Dataset.from_dict({"prompt": [CHAT]}))
-    check_prompt_lengths(data, tok, limit=n)
+    check_prompt_lengths(prompt_lengths(data, tok), limit=n)
     with pytest.raises(PromptTooLong, match=f"^train data, row 0: the prompt is {n} tokens"):
-        check_prompt_lengths(data, tok, limit=n - 1)
+        check_prompt_lengths(prompt_lengths(data, tok), limit=n - 1)
 
 
 def test_truncate_left_keeps_the_last_tokens(tok, model):
@@ -260,7 +261,18 @@ def test_truncate_left_keeps_the_last_tokens(tok, model):
     assert batch.prompt_ids[0].tolist() == tokenize_prompts([CHAT], tok)[0][-5:]
 
 
-def test_trainer_stops_on_a_long_prompt_before_any_training(tmp_path, monkeypatch, cache):
+@pytest.mark.parametrize("overrides, error, message", [
+    (["rollout.max_prompt_tokens=15"], PromptTooLong,
+     r"^train data, row 7: the prompt is 16 tokens, over rollout.max_prompt_tokens=15 \(1 of 10"),
+    # builtin:tiny has 256 positions: 16 + 245 = 261 are too many, 4 + 245 = 249 fit
+    (["rollout.max_new_tokens=245"], PromptTooLong,
+     r"^train data, row 7: the prompt's 16 tokens and rollout.max_new_tokens=245 are 261 positions, over the 256 "
+     r"of model.path \(max_position_embeddings; 1 of 10 train prompts are over\)"),
+    # cut to its last 8 tokens, the long prompt fits too (8 + 245 = 253): the trainer goes on to the warm start
+    (["rollout.max_new_tokens=245", "rollout.max_prompt_tokens=8", "rollout.prompt_overflow=truncate_left"],
+     AssertionError, "the warm start ran"),
+], ids=["over max_prompt_tokens", "over the model's positions", "cut to fit"])
+def test_trainer_stops_on_a_long_prompt_before_any_training(overrides, error, message, tmp_path, monkeypatch, cache):
     monkeypatch.setenv("RLKIT_CACHE", str(cache))
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"prompt": "1+1=" * (1 + 3 * (i == 7)), "answer": "2"}) + "\n"
@@ -272,10 +284,20 @@ def test_trainer_stops_on_a_long_prompt_before_any_training(tmp_path, monkeypatc
     monkeypatch.setattr("rlkit.trainer.loop.warm_start", no_training)
     recipe = load_recipe(ROOT / "recipes/quickstart.yaml",
                          [f"output_dir={tmp_path / 'run'}", "data.task=null", f"data.train={train}",
-                          f"data.eval={train}", "rollout.max_prompt_tokens=15", "log.trackers=[]"])
-    with pytest.raises(PromptTooLong, match=r"^train data, row 7: the prompt is 16 tokens, over "
-                                            r"rollout.max_prompt_tokens=15 \(1 of 10"):
+                          f"data.eval={train}", "model.warm_start.val_size=5", "log.trackers=[]", *overrides])
+    with pytest.raises(error, match=message):
         Trainer(recipe)
+
+
+def test_room_to_generate_counts_the_prompt_as_it_is_cut():
+    lengths = {"train": [4, 16], "eval": [4, 10]}
+    check_room(lengths, max_prompt_tokens=16, max_new_tokens=240, positions=256, model="model.path")  # 16 + 240
+    check_room(lengths, max_prompt_tokens=16, max_new_tokens=10**6, positions=None, model="model.path")
+    # the 16-token prompt cut to 10: 10 + 5 = 15 positions, one over
+    with pytest.raises(PromptTooLong, match=r"^train data, row 1: the prompt's 10 tokens and rollout.max_new_tokens=5 "
+                                            r"are 15 positions, over the 14 of teacher.path \(max_position_embeddings; "
+                                            r"1 of 2 train prompts"):
+        check_room(lengths, max_prompt_tokens=10, max_new_tokens=5, positions=14, model="teacher.path")
 
 
 # ---------------------------------------------------------------- bf16

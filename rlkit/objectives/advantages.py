@@ -9,6 +9,7 @@ convention, where verl would return the raw reward).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from rlkit.distributed import all_sum
 from rlkit.objectives.batch import group_moments
@@ -31,7 +32,7 @@ class AdvantageEstimator(Part):
 class GroupZScore(AdvantageEstimator):
     """A_i = (R_i - mean_g R) / (std_g R + eps), std unbiased (GRPO, 2402.03300 sec. 4.1.2; verl eps)."""
 
-    eps: float = 1e-6
+    eps: float = Field(1e-6, ge=0)  # a negative eps can make std + eps negative: the advantages reversed
 
     def __call__(self, rewards, group_ids):
         mean, std = group_stats(rewards, group_ids)
@@ -55,7 +56,7 @@ class BatchStd(AdvantageEstimator):
     ranks, eps 1e-4 as TRL.
     """
 
-    eps: float = 1e-4
+    eps: float = Field(1e-4, ge=0)  # a negative eps can make std + eps negative: the advantages reversed
 
     def __call__(self, rewards, group_ids):
         mean, _ = group_stats(rewards, group_ids)

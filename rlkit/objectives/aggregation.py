@@ -10,6 +10,7 @@ are excluded from sequence counts (verl's convention) and contribute nothing.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
@@ -62,7 +63,7 @@ class SeqMeanTokenSumNorm(Aggregation):
     only when rows are emptied by masking or selection, whose rows should leave the denominator).
     """
 
-    norm: float | None = None
+    norm: float | None = Field(None, gt=0)  # W = m / (N_seq * C): a negative C would reverse the gradient
 
     def weights(self, mask, batch, metrics):
         norm = self.norm if self.norm is not None else all_max(mask.new_tensor(float(mask.shape[-1])))

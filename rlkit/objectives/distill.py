@@ -108,8 +108,8 @@ class OPDSampled(Surrogate):
     """
 
     needs = frozenset({"logp_old", "logp_teacher"})
-    coef: float = 1.0
-    reward_coef: float = 0.0
+    coef: float = Field(1.0, ge=0)  # negative: away from the teacher
+    reward_coef: float = Field(0.0, ge=0)  # negative: against the task reward
     eps_low: float | None = None
     eps_high: float | None = None
 
@@ -121,6 +121,9 @@ class OPDSampled(Surrogate):
         lo = -math.inf if self.eps_low is None else math.log1p(-self.eps_low)
         hi = math.inf if self.eps_high is None else math.log1p(self.eps_high)
         return clipped_pg(token_log_ratio(logp, batch), adv, lo, hi, None, batch.mask, metrics)[0]
+
+    def reads_advantages(self) -> bool:
+        return self.reward_coef != 0
 
 
 @register_part("surrogate", "distill")
@@ -142,6 +145,9 @@ class Distill(Surrogate):
     beta: float = Field(1.0, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
     chunk: int = Field(512, ge=1)
+
+    def reads_advantages(self) -> bool:
+        return False
 
     def loss(self, logp, batch, metrics):
         raise ValueError("the distill surrogate needs logits: call Objective.loss with logits and teacher_logits")

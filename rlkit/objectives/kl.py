@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from rlkit.distributed import all_sum
 from rlkit.metrics import Metrics
@@ -47,7 +48,7 @@ class Regulariser(Part):
 
     needs = frozenset({"logp_ref"})
 
-    beta: float = 0.0
+    beta: float = Field(0.0, ge=0)  # a negative beta would reward moving away from the reference
     estimator: Literal["k1", "k2", "k3", "k1+", "k2+", "k3+"] = "k3"
 
     def loss(self, logp: torch.Tensor, batch: StepBatch, metrics: Metrics) -> torch.Tensor | float:

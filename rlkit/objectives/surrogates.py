@@ -41,6 +41,11 @@ class Surrogate(Part):
     def loss(self, logp: torch.Tensor, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
         raise NotImplementedError
 
+    def reads_advantages(self) -> bool:
+        """Whether the loss depends on the advantages (a distillation loss may not): then one sample per
+        prompt, whose advantage is always 0, gives it no gradient."""
+        return True
+
 
 def token_log_ratio(logp: torch.Tensor, batch: StepBatch) -> torch.Tensor:
     """fp32 log(pi/pi_old) per token [b,T], clamped to +-20, exactly 0 on masked positions."""

@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, group_index, group_sum
@@ -72,7 +73,7 @@ class TWGRPO(Weighting):
 
     needs = frozenset({"logits"})
 
-    alpha: float = 1.7
+    alpha: float = Field(1.7, ge=0)  # weights lie in [1, alpha]: a negative alpha would reverse some tokens' gradient
     normalise: Literal["max", "minmax"] = "max"
     vocab_chunk: int = 8192
 

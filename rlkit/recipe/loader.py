@@ -8,6 +8,8 @@ files are read, user verifier modules imported), so ``rlkit check`` is fast.
 from __future__ import annotations
 
 import difflib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewards.registry import get_verifier
-from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TOKENIZERS
+from rewards.scoring import RewardSpec
+from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASK_COLUMNS, BUILTIN_TASK_ROWS, BUILTIN_TOKENIZERS
 from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
-from rlkit.recipe.model_check import check_model_folder, same_tokenizer
+from rlkit.recipe.data_check import (DataFileError, Reader, check_columns, check_data_file, plural,
+                                     verifier_columns)
+from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
 from rlkit.recipe.schema import Recipe
 from rlkit.rollout.engine import engine_class
 
@@ -91,13 +96,23 @@ class Locator:
     def __init__(self, source: str, locations: dict[tuple, str], overrides: list[str]):
         self.source, self.locations, self.overrides = source, locations, overrides
 
-    def __call__(self, loc: tuple) -> str:
-        path = ".".join(map(str, loc))
-        given = [o for o in self.overrides if path.startswith(o.split("=", 1)[0])]
-        if given:
-            return f"override {given[0]!r}"
+    def __call__(self, loc: tuple, *related: tuple) -> str:
+        """Where ``loc`` is set: the last override that set it, else the nearest key in the recipe files. A
+        problem of several keys (``related``: the others) names an override that set any of them: the
+        override is what changed the recipe of the files."""
+        given = next((o for path in (loc, *related) for o in reversed(self.overrides) if _overlaps(o, path)), None)
+        if given is not None:
+            return f"override {given!r}"
         return next((self.locations[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.locations),
                     self.source)
+
+
+def _overlaps(override: str, loc: tuple) -> bool:
+    """Whether ``override`` set ``loc``, a section holding it, or a key inside it (a problem found with a
+    whole section, such as two of its keys that disagree)."""
+    key, path = override.split("=", 1)[0].strip().split("."), [str(k) for k in loc]
+    n = min(len(key), len(path))
+    return key[:n] == path[:n]
 
 
 def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, str]]:
@@ -190,9 +205,10 @@ def describe_errors(error: ValidationError, where: Locator, prefix: tuple = (),
     return "\n".join(out)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] = (), make_output_dir: bool = False) -> Recipe:
     """Read (with its ``base:`` chain), override and validate a recipe; raise :class:`RecipeError`
-    naming every problem with its file and line (or override)."""
+    naming every problem with its file and line (or override). ``make_output_dir``: create output_dir (a
+    run writes there next); else only make sure it could be, leaving nothing behind."""
     data, locations = read_yaml(Path(path))
     for item in overrides:
         apply_override(data, *parse_override(item))
@@ -206,7 +222,16 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     check_teacher(recipe, where)
     check_rewards(recipe, where)
     check_engine(recipe, where)
+    check_training(recipe, where)
+    check_data(recipe, where)
+    check_output_dir(recipe, where, make_output_dir)
     return recipe
+
+
+def _error(where: Locator, loc: tuple, message: str, *related: tuple) -> RecipeError:
+    """``file:line: key.path: message``, or ``override '...': ...`` where an override set ``loc`` or a
+    ``related`` key (the others the problem is about)."""
+    return RecipeError(f"{where(loc, *related)}: {'.'.join(map(str, loc))}: {message}")
 
 
 def check_model(recipe: Recipe, where: Locator) -> None:
@@ -250,6 +275,10 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
         spec = resolve_spec(recipe.objective)
     except (KeyError, ValueError) as e:
         raise RecipeError(f"{where(('objective',))}: objective: {e.args[0]}") from None
+    bonus = spec["entropy_bonus"]
+    if isinstance(bonus, bool) or not isinstance(bonus, (int, float)) or bonus < 0:
+        raise _error(where, ("objective", "entropy_bonus"), f"should be a number >= 0, got {bonus!r}: the loss "
+                     "subtracts it times the policy's entropy, so a negative one would drive the entropy down")
     for kind in KINDS:
         entries = spec[kind] if isinstance(spec.get(kind), list) else [spec.get(kind)]
         for i, entry in enumerate(entries):
@@ -290,3 +319,113 @@ def check_rewards(recipe: Recipe, where: Locator) -> None:
         if spec.label in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
             raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {spec.label!r} as rewards."
                               f"{labels.index(spec.label)}; set 'name' to tell them apart")
+
+
+def check_training(recipe: Recipe, where: Locator) -> None:
+    """Settings each valid alone that together train wrongly, or cannot run."""
+    objective = build_objective(recipe.objective)
+    if recipe.rollout.samples_per_prompt == 1 and objective.surrogate.reads_advantages():
+        # a group of one has no signal: Objective.advantages gives it exactly 0, whatever the estimator
+        raise _error(where, ("rollout", "samples_per_prompt"), f"1 sample per prompt makes every advantage 0 (the "
+                     f"{objective.advantage.name} advantage compares each completion with the others of its "
+                     f"prompt), so the policy gets no gradient at any step; sample at least 2",
+                     ("objective",))
+    positions, model_key = position_limit(recipe)
+    new = recipe.rollout.max_new_tokens
+    if positions is not None and new >= positions:
+        raise _error(where, ("rollout", "max_new_tokens"), f"{new} new tokens leave no room for a prompt in the "
+                     f"{positions} positions of {model_key}={_value(recipe, model_key)} (max_position_embeddings "
+                     f"in its config.json)", tuple(model_key.split(".")))
+
+
+def position_limit(recipe: Recipe) -> tuple[int | None, str]:
+    """The fewest positions (prompt plus completion) of the models that read the sampled sequences: the
+    policy (and its reference: the same model) and a teacher; with the key that names that model."""
+    keys = ["model.path"] + (["teacher.path"] if _teacher_runs(recipe) else [])
+    known = [(positions_of(_value(recipe, key)), key) for key in keys]
+    known = [(n, key) for n, key in known if n is not None]
+    return min(known) if known else (None, "model.path")
+
+
+def _value(recipe: Recipe, key: str) -> str:
+    section, field = key.split(".")
+    return getattr(getattr(recipe, section), field)
+
+
+def _teacher_runs(recipe: Recipe) -> bool:
+    return recipe.teacher is not None and bool(build_objective(recipe.objective).needs & TEACHER_NEEDS)
+
+
+def check_data(recipe: Recipe, where: Locator) -> None:
+    """Read the data files (the built-in tasks' columns are known), so that a file training would stop on,
+    or silently train wrongly from, fails here; then the splits must have the rows they need."""
+    readers = [_reader(i, spec) for i, spec in enumerate(recipe.rewards)]
+    data = recipe.data
+    if data.task is not None:
+        _read(where, ("data", "task"), lambda: check_columns(data.task, list(BUILTIN_TASK_COLUMNS), readers))
+        rows = BUILTIN_TASK_ROWS
+    else:
+        rows = _read(where, ("data", "train"), lambda: check_data_file(data.train, readers))
+        if data.eval is not None:
+            _read(where, ("data", "eval"), lambda: check_data_file(data.eval, readers))
+    check_splits(recipe, where, rows)
+
+
+def _reader(index: int, spec: RewardSpec) -> Reader:
+    columns = verifier_columns(get_verifier(spec.verifier), spec.kwargs)
+    return Reader(index, spec.label, tuple(spec.when), columns, spec.applies)
+
+
+def _read(where: Locator, key: tuple, check):
+    try:
+        return check()
+    except DataFileError as e:
+        raise _error(where, key, str(e), *([("rewards", e.reward)] if e.reward is not None else [])) from None
+
+
+def check_splits(recipe: Recipe, where: Locator, rows: int) -> None:
+    """The held-out split, made as rlkit.data.load_task makes it from ``rows`` (of the built-in task or the
+    train file), has rows and leaves some to train on, more than the warm starts validate on."""
+    data = recipe.data
+    if data.task is not None:  # the first eval_size problems; an eval file is not read
+        held_out = data.eval_size
+        if held_out >= rows:
+            raise _error(where, ("data", "eval_size"), f"{held_out} held-out problems leave none of the {rows} of "
+                         f"{data.task} to train on", ("data", "task"))
+    elif data.eval is not None:  # the eval file is the held-out set
+        held_out = 0
+    else:  # a slice of the train file, at most a fifth of it
+        if rows < data.eval_size:
+            raise _error(where, ("data", "train"), f"{data.train} has {plural(rows, 'row')}, fewer than the "
+                         f"data.eval_size={data.eval_size} held out for evaluation; lower data.eval_size or give a "
+                         "data.eval file", ("data", "eval_size"))
+        held_out = min(data.eval_size, rows // 5)
+        if held_out == 0:
+            raise _error(where, ("data", "train"), f"{data.train} has {plural(rows, 'row')}: the slice held out "
+                         "for evaluation, a fifth of them, would be empty; give at least 5 rows or a data.eval file")
+    for key, warm in (("model", recipe.model.warm_start),
+                      ("teacher", recipe.teacher.warm_start if _teacher_runs(recipe) else None)):
+        if warm is not None and warm.val_size >= rows - held_out:
+            raise _error(where, (key, "warm_start", "val_size"), f"{warm.val_size} validation rows leave none of "
+                         f"the {rows - held_out} training rows for the warm start to train on", ("data",))
+
+
+def check_output_dir(recipe: Recipe, where: Locator, keep: bool) -> None:
+    """output_dir is a folder this process can create and write in. With ``keep`` the folders made stay (a
+    run writes there next); without, they are removed again, so that checking leaves nothing behind."""
+    folder, made = Path(recipe.output_dir), []
+    try:
+        for path in reversed((folder, *folder.parents)):  # outermost first; os.path's tests raise no OSError
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise _error(where, ("output_dir",), f"{path} is a file, not a folder")
+            if not os.path.isdir(path):
+                path.mkdir()  # a read-only or special file system, a name too long: OSError
+                made.append(path)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        made_it = os.path.isdir(folder)
+        problem = f"cannot write in the folder {folder}" if made_it else f"cannot create the folder {e.filename}"
+        raise _error(where, ("output_dir",), f"{problem}: {e.strerror}") from None
+    finally:
+        for path in [] if keep else reversed(made):
+            path.rmdir()

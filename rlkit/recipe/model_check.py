@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from rlkit.builtins import BUILTIN_POSITIONS
+
 # Files transformers builds a tokenizer from. A sentencepiece tokenizer.model is protobuf, readable only
 # with sentencepiece: for such a folder only the added tokens are checked.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -87,6 +89,26 @@ def vocab_size(folder: Path) -> int | None:
     config = _json(folder / "config.json")
     size = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
     return size if isinstance(size, int) else None
+
+
+# config.json keys that bound the sequence length, by architecture (Llama/Qwen/Mistral, GPT-2, MPT, others)
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def positions_of(model: str) -> int | None:
+    """Positions of a built-in model (rlkit.builtins) or of a local folder (:func:`max_positions`)."""
+    return BUILTIN_POSITIONS[model] if model in BUILTIN_POSITIONS else max_positions(Path(model))
+
+
+def max_positions(folder: Path) -> int | None:
+    """Positions the model was made for (prompt plus completion), from config.json (under text_config for
+    multimodal models); None if it does not say."""
+    config = _json(folder / "config.json")
+    for section in (config, config.get("text_config", {})):
+        for key in POSITION_KEYS:
+            if isinstance(section.get(key), int):
+                return section[key]
+    return None
 
 
 def special_tokens(folder: Path) -> dict[str, str]:

@@ -101,7 +101,9 @@ class DataConfig(Section):
                                                               "null to use train/eval files")
     train: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv with a 'prompt' column")
     eval: str | None = Field(None, description="held-out file (default: a slice of train)")
-    eval_size: int = Field(200, gt=0, description="held-out prompts used for evaluation")
+    eval_size: int = Field(200, gt=0, description="held-out prompts used for evaluation: the first of the "
+                                                  "built-in task's; without an eval file, a slice of the train file "
+                                                  "of at most a fifth of it (it must have eval_size rows)")
 
     @field_validator("task")
     @classmethod
@@ -161,8 +163,9 @@ class TrainerConfig(Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="after warmup")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, description="gradient clipping by global norm; null = off "
-                                                         "(also DeepSpeed's gradient_clipping, set from here)")
+    max_grad_norm: float | None = Field(1.0, ge=0, description="gradient clipping by global norm; null or 0 = off "
+                                                               "(also DeepSpeed's gradient_clipping, set from "
+                                                               "here); a negative norm would reverse the gradient")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="autocast precision of forward and backward, fp32 master weights (accelerate's "
                           "mixed_precision; DeepSpeed's bf16/fp16); `rlkit launch` passes it, and a launch "

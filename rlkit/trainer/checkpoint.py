@@ -6,8 +6,9 @@ Layout of ``OUTPUT_DIR/checkpoints/step-000050/``::
                          with model.lora, peft's adapter folder (PeftModel.from_pretrained on the base
                          model; `rlkit export RUN` merges it into a plain model folder)
     state/               accelerator.save_state: model, optimizer, scheduler, RNG of every process
-    trainer_state.json   step, elapsed seconds, held-out metrics at the start of RL; written last,
-                         so a folder without it is an interrupted save and is ignored
+    trainer_state.json   step, elapsed seconds, held-out metrics at the start of RL; written last and
+                         atomically, so a folder without it is an interrupted save and is ignored (one
+                         whose file does not parse, left by an older rlkit, is skipped with a warning)
 
 The model folder and trainer state are written by the global main process, the state by every rank
 (each writes its own RNG state, and under DeepSpeed its own shards). Resuming therefore needs an
@@ -18,7 +19,9 @@ it stops at start-up (:func:`agreed_checkpoint`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from accelerate.utils import broadcast_object_list, gather_object
@@ -37,10 +40,26 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
+    """The newest complete checkpoint whose trainer state reads, or None. A newer one whose
+    ``trainer_state.json`` does not (truncated by a run killed while an older rlkit wrote it in place)
+    is skipped, with a warning naming it."""
     root = Path(output_dir) / "checkpoints"
     done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
-    return done[-1] if done else None
+    for path in reversed(done):
+        problem = _unreadable(path / STATE_FILE)
+        if problem is None:
+            return path
+        print(f"warning: skipping checkpoint {path}: {problem}", file=sys.stderr)
+    return None
+
+
+def _unreadable(state_file: Path) -> str | None:
+    """Why a trainer state cannot be resumed from, or None."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON, or bytes that are not UTF-8
+        return f"{STATE_FILE} is unreadable ({e})"
+    return None if isinstance(state, dict) and isinstance(state.get("step"), int) else f"{STATE_FILE} has no step"
 
 
 def agreed_checkpoint(accelerator, output_dir: str | Path) -> Path | None:
@@ -75,10 +94,27 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir, step: int, traine
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(path / "model", state_dict=state_dict)
         tokenizer.save_pretrained(path / "model")
-        (path / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        write_atomically(path / STATE_FILE, json.dumps(trainer_state, indent=2))  # marks the checkpoint complete
         _prune(Path(output_dir) / "checkpoints", keep)
     accelerator.wait_for_everyone()
     return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all, whenever the process dies: the text goes to a temporary name in
+    the same folder, is flushed to disk, and is renamed over ``path`` (atomic within a file system); then
+    the folder is flushed, so that the rename itself survives a crash of the machine."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:

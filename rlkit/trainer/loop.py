@@ -28,7 +28,7 @@ from transformers import get_scheduler
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from rewards.scoring import RewardScorer
-from rlkit.data import check_prompt_lengths, load_task, tokenize_prompts
+from rlkit.data import check_prompt_lengths, check_room, load_task, prompt_lengths, tokenize_prompts
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
 from rlkit.models import (check_quantization_support, eos_token_ids, load_model, load_policy, load_tokenizer,
@@ -36,6 +36,7 @@ from rlkit.models import (check_quantization_support, eos_token_ids, load_model,
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
+from rlkit.recipe.loader import position_limit
 from rlkit.rollout import (EngineSetup, RolloutBatch, Sampling, build_engine, check_sync, default_tolerance,
                            engine_options, sample)
 from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
@@ -89,8 +90,11 @@ class Trainer:
         with self.accelerator.local_main_process_first():
             start_path = resolve_model_path(recipe.model.path)
             self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
-            if recipe.rollout.prompt_overflow == "error":  # before any training
-                check_prompt_lengths(self.data, self.tokenizer, recipe.rollout.max_prompt_tokens)
+            lengths = prompt_lengths(self.data, self.tokenizer)  # every prompt, before any training
+            if recipe.rollout.prompt_overflow == "error":
+                check_prompt_lengths(lengths, recipe.rollout.max_prompt_tokens)
+            check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.rollout.max_new_tokens,
+                       *position_limit(recipe))
             if recipe.model.warm_start is not None:
                 start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
                                         log=self.accelerator.is_local_main_process)

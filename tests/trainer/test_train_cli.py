@@ -103,3 +103,19 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
     assert "resumed from" in log
     steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in m]
     assert steps == list(range(1, 9))
+
+
+def test_a_checkpoint_whose_trainer_state_is_truncated_is_skipped_on_resume(env, tmp_path):
+    args = ("trainer.steps=4", "trainer.save_every=2", "trainer.keep_checkpoints=2", "log.every=1",
+            "log.eval_every=0", "log.trackers=[]")
+    train(env, tmp_path, *args)
+    latest = tmp_path / "checkpoints" / "step-000004"
+    state = latest / "trainer_state.json"
+    state.write_text(state.read_text()[:20])  # what a run killed while writing it in place left
+    log = train(env, tmp_path, *args)
+    assert f"warning: skipping checkpoint {latest}: trainer_state.json is unreadable (" in log
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["resumed_from"], summary["steps"]) == (2, 4)
+    assert json.loads(state.read_text())["step"] == 4  # saved again, whole
+    steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in m]
+    assert steps == [1, 2, 3, 4]
