@@ -57,6 +57,14 @@ def test_verify_file_prints_per_verifier_results(completions_file, capsys):
     ]
 
 
+def test_verify_file_reports_colliding_verifiers_by_their_labels(completions_file, capsys):
+    assert verify_file([RewardSpec(verifier="think_format"), RewardSpec(verifier="think_format", weight=2.0)],
+                       completions_file, workers=0) == 0
+    table = capsys.readouterr().out.splitlines()[2:4]
+    assert [line.split()[:3] for line in table] == [["think_format_0", "1.00", "0.333"],
+                                                    ["think_format_1", "2.00", "0.333"]]
+
+
 def test_verify_file_reports_failures_by_line(tmp_path, capsys):
     path = tmp_path / "bad_gold.jsonl"
     path.write_text(json.dumps({"prompt": "p", "completion": "A", "answer": "7"}) + "\n")

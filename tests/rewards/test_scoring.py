@@ -80,6 +80,18 @@ def test_weighted_total_abstention_and_metrics():
     assert scores.failures == []
 
 
+def test_metric_keys_name_the_verifier_not_its_file():
+    """A file verifier is labelled by its function; labels that collide are numbered by entry (0, 1, 2)."""
+    specs = [RewardSpec(verifier=f"{HERE}:by_length"), RewardSpec(verifier="math")]
+    assert [s.label for s in RewardScorer(specs).specs] == ["by_length", "math"]
+    twice = [RewardSpec(verifier=f"{HERE}:by_length"), RewardSpec(verifier=f"{HERE}:by_length", weight=2.0),
+             RewardSpec(verifier=f"{HERE}:digits_only", name="by_length")]
+    scores = RewardScorer(twice)(["p"], ["12"], {})
+    assert scores.per_verifier == {"by_length_0": [2.0], "by_length_1": [2.0], "by_length": [1.0]}
+    assert sorted(scores.metrics) == [f"reward/{label}/{key}" for label in ("by_length", "by_length_0", "by_length_1")
+                                      for key in ("failures", "mean", "timeouts")]
+
+
 def test_all_abstaining_gives_nan():
     scores = RewardScorer([spec("digits_only")])(["p"], ["abc"], {})
     assert math.isnan(scores.total[0]) and math.isnan(scores.metrics["reward/digits_only/mean"])
