@@ -16,6 +16,7 @@ does not depend on micro-batching. Ties:
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Literal
 
 import torch
@@ -41,10 +42,19 @@ def log_kept_rows(name: str, before: torch.Tensor, after: torch.Tensor, metrics:
     metrics.mean(f"objective/{name}_kept_seq_frac", float(kept / total.clamp(min=1)))
 
 
+def decimal(x: float) -> Fraction:
+    """``x`` as the decimal it prints as: 0.07 is 7/100, not the double just above it. Counts that are a
+    fraction of n are computed from it exactly: in floats 0.07 * 100 is 7.000000000000001 (its ceil is
+    8) and 0.29 * 50 is 14.499999999999998 (rounded, 14)."""
+    return Fraction(repr(x))
+
+
 def linear_schedule(start: float, end: float, progress: float) -> float:
-    """(1-p) * start + p * end, p clamped to [0, 1] (D3S's schedule over training progress)."""
-    p = min(max(progress, 0.0), 1.0)
-    return (1 - p) * start + p * end
+    """(1-p) * start + p * end, p clamped to [0, 1] (D3S's schedule over training progress), computed on
+    the decimals so that a round value stays round (0.25 -> 0.75 at p = 0.6 is 0.55, where floats give
+    0.5499999999999999): the float returned prints as the exact result whenever that is a short decimal."""
+    p = min(max(decimal(progress), Fraction(0)), Fraction(1))
+    return float((1 - p) * decimal(start) + p * decimal(end))
 
 
 # --------------------------------------------------------------------------------------- truncation
@@ -120,8 +130,8 @@ def max_var_subset(values: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def subset_size(fraction: float, m: int) -> int:
-    """round(fraction * m), halves up, at least 1 when m > 0."""
-    return min(m, max(1, math.floor(fraction * m + 0.5))) if m else 0
+    """round(fraction * m), halves up, at least 1 when m > 0 (exact: see :func:`decimal`)."""
+    return min(m, max(1, math.floor(decimal(fraction) * m + Fraction(1, 2)))) if m else 0
 
 
 @register_part("selection", "d3s_sample")
@@ -186,12 +196,13 @@ class D3SSample(Selection):
 
 def top_fraction(score: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mask of the top ``ceil(fraction * n)`` valid tokens by ``score`` over the whole step on all
-    ranks (n = valid tokens of the step, at least 1 kept); ties with the K-th score are all kept."""
+    ranks (n = valid tokens of the step, at least 1 kept, the count exact: see :func:`decimal`); ties
+    with the K-th score are all kept."""
     valid = mask > 0
     every, _ = all_gather_rows(score.float()[valid])
     if every.numel() == 0:
         return mask
-    k = min(every.numel(), max(1, math.ceil(fraction * every.numel())))
+    k = min(every.numel(), max(1, math.ceil(decimal(fraction) * every.numel())))
     threshold = torch.topk(every, k).values[-1]
     return torch.where(valid & (score.float() >= threshold), mask, 0.0)
 

@@ -7,7 +7,7 @@ import torch
 
 from rlkit.metrics import Metrics
 from rlkit.objectives import StepBatch, build_part
-from rlkit.objectives.selection import max_var_subset
+from rlkit.objectives.selection import max_var_subset, subset_size
 
 D = torch.double
 
@@ -86,6 +86,22 @@ def test_top_entropy_keeps_the_highest_entropy_tokens_and_at_least_one():
     assert out.tolist() == [[0, 1, 0], [1, 0, 0]]                # ceil(0.4 * 5) = 2
     out, _ = select("top_entropy", [[1, 1, 1], [1, 1, 0]], entropy=entropy, fraction=0.01)
     assert out.tolist() == [[0, 0, 0], [1, 0, 0]]
+
+
+def test_fraction_counts_are_exact_at_their_boundaries():
+    """Counts that are a fraction of n land on whole numbers and halves: computed on the decimals, not in
+    floats, where 0.07 * 100 = 7.000000000000001 and (1 - 0.6) * 0.25 + 0.6 * 0.75 = 0.5499999999999999."""
+    ranks = [[float(i) for i in range(100)]]                      # 100 distinct entropies
+    out, _ = select("top_entropy", [[1] * 100], entropy=ranks, fraction=0.07)
+    assert out.sum() == 7                                         # ceil(0.07 * 100) = 7, not 8
+    # d3s_token at p = 0.4 of 0.25 -> 0.75: K = 0.45; ceil(0.45 * 20) = 9 (floats: 0.45000000000000007 -> 10)
+    out, m = select("d3s_token", [[1] * 20], [1.0], entropy=[ranks[0][:20]], k_init=0.25, k_final=0.75, progress=0.4)
+    assert out.sum() == 9 and m["objective/d3s_token_frac"] == 0.45
+    # d3s_sample at p = 0.6: 0.55 of 10 candidates is 5.5, rounded half up to 6 (floats: 5.4999... -> 5)
+    out, m = select("d3s_sample", [[1]] * 10, [float(i + 1) for i in range(10)], keep_init=0.25, keep_final=0.75,
+                    progress=0.6)
+    assert sum(kept_rows(out)) == 6 and m["objective/d3s_sample_frac"] == 0.55
+    assert subset_size(0.29, 50) == 15                            # 14.5 up, where floats give 14.499999999999998
 
 
 def test_dynamic_sampling_masks_groups_without_signal():
