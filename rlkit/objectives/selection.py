@@ -8,15 +8,17 @@ does not depend on micro-batching. Ties:
 - token top-K keeps every token whose score equals the K-th largest (so ties may keep a few more than
   K), which depends on values only and is the same for any layout of rows over ranks;
 - the maximum-variance subset of samples must have exactly N members and ties are the rule there
-  (binary rewards give equal advantages), so they are broken by the row order of the step, where rows
-  on several ranks are ordered rank by rank (``all_gather_rows``). A trainer that shards groups across
-  ranks in contiguous blocks therefore gets the same subset as one process.
+  (binary rewards give equal advantages): equal variances go to the larger sum of |A|
+  (:func:`max_var_subset`), equal values by the row order of the step, where rows on several ranks are
+  ordered rank by rank (``all_gather_rows``). A trainer that shards groups across ranks in contiguous
+  blocks therefore gets the same subset as one process.
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
+from itertools import accumulate
 from typing import Literal
 
 import torch
@@ -113,19 +115,28 @@ def max_var_subset(values: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of a size-n subset of ``values`` [M] with the largest (population) variance.
 
     Such a subset is always the a lowest plus the n-a highest values for some a (PODS, 2504.13818,
-    Lemma 3.1), so one stable sort and a scan over a with prefix sums find it in O(M log M). Among equal
-    variances the smallest a wins; equal values are taken in their order in ``values``.
+    Lemma 3.1), so one stable sort and a scan over a with prefix sums find it in O(M log M). Ties are
+    common (binary rewards give two advantage values; every one-element subset has variance 0), so the
+    sums are exact (doubles are rationals) and not rounding noise pick among equal variances: the
+    larger sum of |A| wins (one row kept from a group is its largest |A|, not always its best row), then
+    the smallest a. Equal values are taken in their order in ``values``.
     """
     m = values.numel()
     if n >= m:
         return torch.arange(m, device=values.device)
     v, order = torch.sort(values.double(), stable=True)
-    c1 = torch.cat([v.new_zeros(1), v.cumsum(0)])
-    c2 = torch.cat([v.new_zeros(1), v.square().cumsum(0)])
-    a = torch.arange(n + 1, device=values.device)
-    s1 = c1[a] + c1[m] - c1[m - n + a]
-    s2 = c2[a] + c2[m] - c2[m - n + a]
-    best = int(torch.argmax(s2 / n - (s1 / n).square()))
+    exact = [Fraction(x) for x in v.tolist()]
+    c1 = list(accumulate(exact, initial=Fraction(0)))
+    c2 = list(accumulate((x * x for x in exact), initial=Fraction(0)))
+    c_abs = list(accumulate((abs(x) for x in exact), initial=Fraction(0)))
+
+    def subset_sum(c: list[Fraction], a: int) -> Fraction:
+        return c[a] + c[m] - c[m - n + a]
+
+    def rank(a: int) -> tuple:  # n^2 Var, then sum |A|, then the smaller a
+        return n * subset_sum(c2, a) - subset_sum(c1, a) ** 2, subset_sum(c_abs, a), -a
+
+    best = max(range(n + 1), key=rank)
     return torch.cat([order[:best], order[m - n + best:]])
 
 

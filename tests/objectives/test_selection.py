@@ -23,9 +23,23 @@ def test_max_var_subset_equals_brute_force(seed):
     values = torch.randn(m, generator=gen, dtype=D) if seed % 2 else torch.randint(-1, 2, (m,), generator=gen).double()
     for n in range(1, m + 1):
         chosen = max_var_subset(values, n)
-        best = max(variance(values[list(c)]) for c in itertools.combinations(range(m), n))
+        subsets = [list(c) for c in itertools.combinations(range(m), n)]
+        best = max(variance(values[c]) for c in subsets)
         assert len(set(chosen.tolist())) == n
         assert variance(values[chosen]) == pytest.approx(best, rel=1e-12, abs=1e-15)
+        # among the subsets of that variance, one with the largest sum of |A| (the tie rule)
+        tied = [c for c in subsets if variance(values[c]) == pytest.approx(best, rel=1e-12, abs=1e-15)]
+        assert float(values[chosen].abs().sum()) == pytest.approx(max(float(values[c].abs().sum()) for c in tied))
+
+
+def test_max_var_subset_breaks_ties_by_abs_advantage():
+    # one kept value: every choice has variance 0; the largest |A| is kept, here the only negative one
+    assert max_var_subset(torch.tensor([0.5, 0.5, 0.5, -1.5], dtype=D), 1).tolist() == [3]
+    # three of four 0.5 and two -1.5: {-1.5, .5, .5} and {-1.5, -1.5, .5} both have variance 8/9;
+    # sums of |A| 2.5 and 3.5
+    assert sorted(max_var_subset(torch.tensor([0.5] * 4 + [-1.5] * 2, dtype=D), 3).tolist()) == [3, 4, 5]
+    # equal |A| as well: the smallest a, i.e. the highest values
+    assert max_var_subset(torch.tensor([-1.0, 1.0], dtype=D), 1).tolist() == [1]
 
 
 def select(kind, mask, adv=None, groups=None, entropy=None, truncated=None, progress=0.0, **options):
@@ -66,6 +80,15 @@ def test_d3s_sample_within_groups_by_hand():
     out, _ = select("d3s_sample", [[1]] * 8, adv, groups=[0, 0, 0, 0, 1, 1, 1, 1], keep_init=0.5,
                     cross_group=False)
     assert kept_rows(out) == [0, 1, 0, 1, 1, 0, 0, 1]
+
+
+def test_d3s_sample_within_groups_keeps_each_groups_largest_abs_advantage_when_keeping_one():
+    # N = round(0.25 * 4) = 1 per group, and one row has variance 0 whichever it is: group 0 (one
+    # success) keeps its success (A = 1.5), group 1 (one failure) its failure (A = -1.5), not its best row
+    adv = [1.5, -0.5, -0.5, -0.5, 0.5, 0.5, 0.5, -1.5]
+    out, _ = select("d3s_sample", [[1]] * 8, adv, groups=[0, 0, 0, 0, 1, 1, 1, 1], keep_init=0.25,
+                    cross_group=False)
+    assert kept_rows(out) == [1, 0, 0, 0, 0, 0, 0, 1]
 
 
 def test_d3s_token_keeps_top_k_of_abs_advantage_times_entropy():
