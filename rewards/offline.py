@@ -73,5 +73,5 @@ def verify_file(specs: list[RewardSpec], path: str | Path, workers: int = 2) -> 
         scores = scorer(prompts, completions, columns)
     print(f"{path}: {len(completions)} completions, {len(specs)} verifiers, {workers} workers, "
           f"{time.perf_counter() - start:.1f} s")
-    print(report(specs, scores, line_numbers))
+    print(report(scorer.specs, scores, line_numbers))
     return 0

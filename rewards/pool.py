@@ -6,6 +6,14 @@ whole executor. Here each worker has its own socket, so the parent knows which s
 and since when, kills only a worker that overruns its deadline, records a timeout for that sample and
 starts a replacement. Workers are fresh interpreters (:mod:`rewards.worker`, started like 'spawn' with
 fork+exec): safe in a process that has imported torch or started threads, which plain fork is not.
+
+A worker runs one sample at a time, so samples that time out would each hold a worker for their whole
+time limit, one after another (and those queued behind them would wait too). Instead, a sample still
+running after a tenth of its limit (rare for one that will succeed: a limit is set well above the usual
+time) is left to finish alone: its worker is set aside, its queue goes back to the others and a fresh
+worker takes its place. So slow samples overlap (up to ``MAX_ASIDE`` set aside per worker), each hung
+one starting about a tenth of a time limit after the one before it on a worker, where it used to start
+a whole limit later. A set-aside worker is stopped as soon as that sample's outcome is in.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from rewards.calls import Outcome, Task
 
 GRACE_S = 2.0    # a worker gets this long after a task's own timeout before it is killed
 QUEUE_DEPTH = 4  # tasks sent ahead to each worker
+PATIENCE = 0.1   # fraction of its timeout after which a running task no longer holds its worker's queue
+MAX_ASIDE = 4    # set-aside workers per worker: bounds the processes (and memory) slow samples take
 
 
 class _Worker:
@@ -37,7 +47,8 @@ class _Worker:
         self.conn.send(specs)
         self.ready = False
         self.jobs: deque[int] = deque()  # indices of the tasks sent, oldest (the one running) first
-        self.deadline = math.inf         # for jobs[0]: it started when the previous outcome arrived
+        self.started = math.inf          # when jobs[0] started: when it was sent or the previous outcome arrived
+        self.aside = False               # set aside: it only finishes jobs[0], then it is stopped
 
     def kill(self):
         self.process.kill()
@@ -52,6 +63,7 @@ class VerifierPool:
         if workers < 1:
             raise ValueError(f"a verifier pool needs at least one worker, got {workers}")
         self.specs = specs
+        self.size = workers
         self.workers = [_Worker(specs) for _ in range(workers)]
         self.tasks: list[Task] = []
         self.outcomes: list[Outcome | None] = []
@@ -65,48 +77,74 @@ class VerifierPool:
         while self.pending or any(w.jobs for w in self.workers):
             for worker in self.workers:
                 # A few tasks queued ahead, so that a worker never waits for this (maybe busy) process.
-                while worker.ready and len(worker.jobs) < QUEUE_DEPTH and self.pending:
+                while worker.ready and not worker.aside and len(worker.jobs) < QUEUE_DEPTH and self.pending:
                     i = self.pending.popleft()
                     worker.conn.send(tasks[i])
                     if not worker.jobs:
-                        worker.deadline = time.monotonic() + tasks[i].timeout_s + GRACE_S
+                        worker.started = time.monotonic()
                     worker.jobs.append(i)
-            self._receive(max(0.0, min(w.deadline for w in self.workers) - time.monotonic()))
-            for n, worker in enumerate(self.workers):
-                if worker.jobs and time.monotonic() > worker.deadline:
+            self._receive(max(0.0, min(self._next_event(w) for w in self.workers) - time.monotonic()))
+            for worker in list(self.workers):
+                if worker.jobs and time.monotonic() > self._deadline(worker):
                     timeout = tasks[worker.jobs[0]].timeout_s + GRACE_S
-                    self._fail(n, Outcome(None, "timeout", f"worker killed after {timeout} s"))
+                    self._fail(worker, Outcome(None, "timeout", f"worker killed after {timeout} s"))
+                elif time.monotonic() > self._patience_ends(worker):
+                    self._set_aside(worker)
         return self.outcomes
+
+    def _deadline(self, worker: _Worker) -> float:
+        """When ``worker`` is killed if its running task has not answered."""
+        return worker.started + self.tasks[worker.jobs[0]].timeout_s + GRACE_S if worker.jobs else math.inf
+
+    def _patience_ends(self, worker: _Worker) -> float:
+        """When ``worker`` is set aside if its running task has not answered: never when that would not let
+        another task start sooner (nothing waits), or when the set-aside workers are at their bound."""
+        waiting = len(worker.jobs) > 1 or self.pending
+        room = sum(w.aside for w in self.workers) < MAX_ASIDE * self.size
+        if worker.aside or not (worker.jobs and waiting and room):
+            return math.inf
+        return worker.started + self.tasks[worker.jobs[0]].timeout_s * PATIENCE
+
+    def _next_event(self, worker: _Worker) -> float:
+        return min(self._deadline(worker), self._patience_ends(worker))
 
     def _receive(self, timeout: float | None) -> None:
         for conn in wait([w.conn for w in self.workers], None if timeout == math.inf else timeout):
-            n = next(n for n, w in enumerate(self.workers) if w.conn is conn)
-            worker = self.workers[n]
+            worker = next(w for w in self.workers if w.conn is conn)
             try:
                 message = conn.recv()
             except EOFError:  # the worker died (os._exit, segfault, OOM kill)
                 if not worker.ready:
                     raise RuntimeError(f"a verifier worker failed to start (exit code {worker.process.wait()}); "
                                        "see its traceback above") from None
-                self._fail(n, Outcome(None, "error", "verifier worker process died"))
+                self._fail(worker, Outcome(None, "error", "verifier worker process died"))
                 continue
             if message == "ready":
                 worker.ready = True
                 continue
             self.outcomes[worker.jobs.popleft()] = message
-            if worker.jobs:
-                worker.deadline = time.monotonic() + self.tasks[worker.jobs[0]].timeout_s + GRACE_S
-            else:
-                worker.deadline = math.inf
+            worker.started = time.monotonic()
+            if worker.aside:  # its one task is done; what it still holds was handed to the others
+                worker.kill()
+                self.workers.remove(worker)
 
-    def _fail(self, n: int, outcome: Outcome) -> None:
-        """Record ``outcome`` for worker ``n``'s running task, requeue the rest of its queue, replace it."""
-        worker = self.workers[n]
+    def _set_aside(self, worker: _Worker) -> None:
+        """Leave ``worker`` alone with its running task: its queue goes back, a fresh worker takes its place."""
+        worker.aside = True
+        while len(worker.jobs) > 1:
+            self.pending.appendleft(worker.jobs.pop())
+        self.workers.append(_Worker(self.specs))
+
+    def _fail(self, worker: _Worker, outcome: Outcome) -> None:
+        """Record ``outcome`` for ``worker``'s running task, requeue the rest of its queue, replace it (a
+        set-aside worker was replaced already)."""
         if worker.jobs:
             self.outcomes[worker.jobs.popleft()] = outcome
             self.pending.extendleft(reversed(worker.jobs))
         worker.kill()
-        self.workers[n] = _Worker(self.specs)
+        self.workers.remove(worker)
+        if not worker.aside:
+            self.workers.append(_Worker(self.specs))
 
     def close(self) -> None:
         for worker in self.workers:

@@ -22,7 +22,8 @@ class RewardSpec(BaseModel):
 
     verifier: str = Field(description="registered name, 'module:function' or 'file.py:function'")
     weight: float = Field(1.0, description="weight of this verifier in the total reward")
-    name: str | None = Field(None, description="label in metrics (default: the verifier)")
+    name: str | None = Field(None, description="label in metrics (default: the verifier's name: a registered "
+                                                "name, or the function of 'module:function' / 'file.py:function')")
     kwargs: dict = Field(default_factory=dict, description="extra keyword arguments for the verifier")
     when: dict[str, str | list[str]] = Field(
         default_factory=dict,
@@ -35,7 +36,8 @@ class RewardSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        return self.name or self.verifier
+        # A file verifier's full path would end up in every metric key; its function name says which it is.
+        return self.name or self.verifier.rsplit(":", 1)[-1]
 
     def applies(self, row: dict) -> bool:
         """Routing: whether this verifier scores the sample with dataset columns ``row``."""
@@ -46,6 +48,16 @@ class RewardSpec(BaseModel):
             if str(row[column]) not in ([wanted] if isinstance(wanted, str) else wanted):
                 return False
         return True
+
+
+def with_labels(specs: list[RewardSpec]) -> list[RewardSpec]:
+    """``specs`` with their labels written into ``name``; a default label that another entry also has (two
+    files' ``score``, one verifier twice) is numbered by its entry's position: ``score_0``, ``score_1``.
+    A ``name`` given twice is left as it is, for the caller to refuse."""
+    labels = [s.label for s in specs]
+    return [s if s.name else s.model_copy(update={"name": s.label if labels.count(s.label) == 1 else
+                                                  f"{s.label}_{i}"})
+            for i, s in enumerate(specs)]
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class RewardScorer:
     """
 
     def __init__(self, specs: list[RewardSpec], workers: int = 0):
+        specs = with_labels(specs)
         labels = [s.label for s in specs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"reward labels must be unique, got {labels}; set 'name' to tell them apart")

@@ -12,7 +12,7 @@ from rlkit.recipe import RecipeError, load_recipe
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides, make_output_dir=True)
     from rlkit.data import PromptTooLong
-    from rlkit.distributed import collective_timed_out
+    from rlkit.distributed import collective_timed_out, peer_lost
     from rlkit.trainer import CheckpointNotShared, Trainer, TrainingDiverged  # heavy: once the recipe is valid
     from rlkit.trainer.startup import LaunchRefused
 
@@ -24,6 +24,9 @@ def cmd_train(args) -> int:
     except TrainingDiverged as e:
         return _leave(1, f"error: training stopped: {e}")
     except RuntimeError as e:
+        if peer_lost(e):
+            return _leave(1, f"error: another rank died: a collective lost its connection to it (the launcher's "
+                             f"report names the rank; {e})")
         if not collective_timed_out(e):
             raise
         return _leave(1, f"error: a collective waited longer than trainer.collective_timeout_s="

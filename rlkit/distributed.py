@@ -73,3 +73,15 @@ def collective_timed_out(error: RuntimeError) -> bool:
     pair closure", and either can reach Python first. NCCL's watchdog aborts the process itself, with its
     own message."""
     return any(words in str(error) for words in _GLOO_TIMEOUTS)
+
+
+_GLOO_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def peer_lost(error: RuntimeError) -> bool:
+    """Whether ``error`` is gloo's report that another rank's end of a connection went away: the rank was
+    killed or crashed, and its operating system closed its sockets. A read then sees the end of the stream
+    ("Connection closed by peer") or a reset ("Read error ...: Connection reset by peer"), a write a broken
+    pipe, whichever comes first; every later collective fails the same way. gloo notices at once, so the
+    rank's next collective raises it, usually before the launcher has stopped the rank."""
+    return any(words in str(error) for words in _GLOO_PEER_GONE)

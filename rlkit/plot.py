@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -31,23 +32,29 @@ def read_series(run_dir: str | Path, key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def run_label(run_dir: str | Path) -> str:
-    """The run's objective from ``summary.json`` if it has one, else the folder name."""
-    summary = Path(run_dir) / "summary.json"
-    if summary.is_file():
-        objective = json.loads(summary.read_text()).get("objective")
-        if objective:
-            return str(objective)
-    return Path(run_dir).resolve().name
+def run_labels(run_dirs: list[str | Path]) -> list[str]:
+    """One legend entry per run: its folder, relative to the folder all the runs are in (so distinct
+    folders get distinct labels; two runs of one preset share their objective), then the objective from
+    ``summary.json`` if it has one."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    common = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+    labels = []
+    for path in paths:
+        label = path.relative_to(common).as_posix() if path != common else path.name
+        summary = path / "summary.json"
+        objective = json.loads(summary.read_text()).get("objective") if summary.is_file() else None
+        labels.append(f"{label} ({objective})" if objective else label)
+    return labels
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write a PNG with one panel per entry of :data:`PANELS` and one curve per run; returns its path."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(11, 4), constrained_layout=True)
+    labels = run_labels(run_dirs)
     for ax, (key, title) in zip(axes, PANELS):
-        for run_dir in run_dirs:
+        for run_dir, label in zip(run_dirs, labels):
             steps, values = read_series(run_dir, key)
-            ax.plot(steps, values, marker="o", markersize=3, label=run_label(run_dir))
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
         ax.set(title=title, xlabel="step", ylabel=key)
         ax.grid(alpha=0.3)
     axes[0].legend()

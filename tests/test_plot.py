@@ -6,7 +6,7 @@ import matplotlib.image
 import pytest
 
 from rlkit.cli import main
-from rlkit.plot import plot_runs, read_series, run_label
+from rlkit.plot import plot_runs, read_series, run_labels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,10 +44,16 @@ def test_read_series_needs_a_metrics_file(tmp_path):
         read_series(tmp_path, "reward/mean")
 
 
-def test_label_is_the_objective_else_the_folder(run, tmp_path):
-    other = write_run(tmp_path / "run_b", [{"step": 0, "reward/mean": 0.1}])
-    assert run_label(run) == "ctpo"
-    assert run_label(other) == "run_b"
+def test_runs_are_labelled_by_folder(run, tmp_path):
+    """Two runs of one preset get their folders' names, with the objective when summary.json has one."""
+    same_preset = write_run(tmp_path / "run_b", [{"step": 0, "reward/mean": 0.1}], objective="ctpo")
+    unfinished = write_run(tmp_path / "run_c", [{"step": 0, "reward/mean": 0.1}])
+    assert run_labels([run, same_preset, unfinished]) == ["run_a (ctpo)", "run_b (ctpo)", "run_c"]
+    assert run_labels([run]) == ["run_a (ctpo)"]
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed1").mkdir()
+    twins = [write_run(tmp_path / seed / "quickstart", [{"step": 0, "reward/mean": 0.1}]) for seed in ("seed0", "seed1")]
+    assert run_labels(twins) == ["seed0/quickstart", "seed1/quickstart"]
 
 
 def test_plot_writes_a_png(run, tmp_path):

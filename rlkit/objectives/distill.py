@@ -25,7 +25,7 @@ from rlkit.distributed import all_gather_rows, all_sum
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, fp32
 from rlkit.objectives.registry import register_part
-from rlkit.objectives.selection import Selection
+from rlkit.objectives.selection import Selection, decimal
 from rlkit.objectives.surrogates import Surrogate, clipped_pg, token_log_ratio
 
 # ------------------------------------------------------------------------------------ divergences
@@ -167,11 +167,12 @@ class Distill(Surrogate):
 
 def step_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """The q-quantile of a 1-D tensor, linear interpolation between order statistics (torch.quantile's
-    rule, with a sort, so there is no 2^24 size limit)."""
+    rule, with a sort, so there is no 2^24 size limit). The position q (n - 1) is exact (see
+    :func:`rlkit.objectives.selection.decimal`), so a whole one gives that order statistic itself."""
     v = values.sort().values
-    pos = q * (v.numel() - 1)
+    pos = decimal(q) * (v.numel() - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+    return v[lo] + float(pos - lo) * (v[hi] - v[lo])
 
 
 def min_max(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -182,12 +183,14 @@ def min_max(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor
 def top_per_row(score: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
     """0/1 mask keeping each row's k = max(1, floor(rho * m)) highest-scoring valid tokens [b,T].
 
-    m = the row's valid tokens (empty rows keep nothing). Ties go to the earlier position (a stable
-    sort), so the choice depends on the row alone, whatever the layout of rows over ranks.
+    m = the row's valid tokens (empty rows keep nothing); k is exact (see
+    :func:`rlkit.objectives.selection.decimal`; in float32 0.13 * 900 is 116.99999). Ties go to the
+    earlier position (a stable sort), so the choice depends on the row alone, whatever the layout of
+    rows over ranks.
     """
     valid = mask > 0
-    m = valid.sum(-1)
-    k = torch.where(m > 0, (rho * m).floor().clamp(min=1), 0)
+    k = torch.tensor([max(1, math.floor(decimal(rho) * m)) if m else 0 for m in valid.sum(-1).tolist()],
+                     device=mask.device)
     order = torch.where(valid, score, -torch.inf).sort(dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
                                             .expand_as(order).contiguous())

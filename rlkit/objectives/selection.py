@@ -8,14 +8,17 @@ does not depend on micro-batching. Ties:
 - token top-K keeps every token whose score equals the K-th largest (so ties may keep a few more than
   K), which depends on values only and is the same for any layout of rows over ranks;
 - the maximum-variance subset of samples must have exactly N members and ties are the rule there
-  (binary rewards give equal advantages), so they are broken by the row order of the step, where rows
-  on several ranks are ordered rank by rank (``all_gather_rows``). A trainer that shards groups across
-  ranks in contiguous blocks therefore gets the same subset as one process.
+  (binary rewards give equal advantages): equal variances go to the larger sum of |A|
+  (:func:`max_var_subset`), equal values by the row order of the step, where rows on several ranks are
+  ordered rank by rank (``all_gather_rows``). A trainer that shards groups across ranks in contiguous
+  blocks therefore gets the same subset as one process.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from itertools import accumulate
 from typing import Literal
 
 import torch
@@ -41,10 +44,19 @@ def log_kept_rows(name: str, before: torch.Tensor, after: torch.Tensor, metrics:
     metrics.mean(f"objective/{name}_kept_seq_frac", float(kept / total.clamp(min=1)))
 
 
+def decimal(x: float) -> Fraction:
+    """``x`` as the decimal it prints as: 0.07 is 7/100, not the double just above it. Counts that are a
+    fraction of n are computed from it exactly: in floats 0.07 * 100 is 7.000000000000001 (its ceil is
+    8) and 0.29 * 50 is 14.499999999999998 (rounded, 14)."""
+    return Fraction(repr(x))
+
+
 def linear_schedule(start: float, end: float, progress: float) -> float:
-    """(1-p) * start + p * end, p clamped to [0, 1] (D3S's schedule over training progress)."""
-    p = min(max(progress, 0.0), 1.0)
-    return (1 - p) * start + p * end
+    """(1-p) * start + p * end, p clamped to [0, 1] (D3S's schedule over training progress), computed on
+    the decimals so that a round value stays round (0.25 -> 0.75 at p = 0.6 is 0.55, where floats give
+    0.5499999999999999): the float returned prints as the exact result whenever that is a short decimal."""
+    p = min(max(decimal(progress), Fraction(0)), Fraction(1))
+    return float((1 - p) * decimal(start) + p * decimal(end))
 
 
 # --------------------------------------------------------------------------------------- truncation
@@ -103,25 +115,34 @@ def max_var_subset(values: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of a size-n subset of ``values`` [M] with the largest (population) variance.
 
     Such a subset is always the a lowest plus the n-a highest values for some a (PODS, 2504.13818,
-    Lemma 3.1), so one stable sort and a scan over a with prefix sums find it in O(M log M). Among equal
-    variances the smallest a wins; equal values are taken in their order in ``values``.
+    Lemma 3.1), so one stable sort and a scan over a with prefix sums find it in O(M log M). Ties are
+    common (binary rewards give two advantage values; every one-element subset has variance 0), so the
+    sums are exact (doubles are rationals) and not rounding noise pick among equal variances: the
+    larger sum of |A| wins (one row kept from a group is its largest |A|, not always its best row), then
+    the smallest a. Equal values are taken in their order in ``values``.
     """
     m = values.numel()
     if n >= m:
         return torch.arange(m, device=values.device)
     v, order = torch.sort(values.double(), stable=True)
-    c1 = torch.cat([v.new_zeros(1), v.cumsum(0)])
-    c2 = torch.cat([v.new_zeros(1), v.square().cumsum(0)])
-    a = torch.arange(n + 1, device=values.device)
-    s1 = c1[a] + c1[m] - c1[m - n + a]
-    s2 = c2[a] + c2[m] - c2[m - n + a]
-    best = int(torch.argmax(s2 / n - (s1 / n).square()))
+    exact = [Fraction(x) for x in v.tolist()]
+    c1 = list(accumulate(exact, initial=Fraction(0)))
+    c2 = list(accumulate((x * x for x in exact), initial=Fraction(0)))
+    c_abs = list(accumulate((abs(x) for x in exact), initial=Fraction(0)))
+
+    def subset_sum(c: list[Fraction], a: int) -> Fraction:
+        return c[a] + c[m] - c[m - n + a]
+
+    def rank(a: int) -> tuple:  # n^2 Var, then sum |A|, then the smaller a
+        return n * subset_sum(c2, a) - subset_sum(c1, a) ** 2, subset_sum(c_abs, a), -a
+
+    best = max(range(n + 1), key=rank)
     return torch.cat([order[:best], order[m - n + best:]])
 
 
 def subset_size(fraction: float, m: int) -> int:
-    """round(fraction * m), halves up, at least 1 when m > 0."""
-    return min(m, max(1, math.floor(fraction * m + 0.5))) if m else 0
+    """round(fraction * m), halves up, at least 1 when m > 0 (exact: see :func:`decimal`)."""
+    return min(m, max(1, math.floor(decimal(fraction) * m + Fraction(1, 2)))) if m else 0
 
 
 @register_part("selection", "d3s_sample")
@@ -186,12 +207,13 @@ class D3SSample(Selection):
 
 def top_fraction(score: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mask of the top ``ceil(fraction * n)`` valid tokens by ``score`` over the whole step on all
-    ranks (n = valid tokens of the step, at least 1 kept); ties with the K-th score are all kept."""
+    ranks (n = valid tokens of the step, at least 1 kept, the count exact: see :func:`decimal`); ties
+    with the K-th score are all kept."""
     valid = mask > 0
     every, _ = all_gather_rows(score.float()[valid])
     if every.numel() == 0:
         return mask
-    k = min(every.numel(), max(1, math.ceil(fraction * every.numel())))
+    k = min(every.numel(), max(1, math.ceil(decimal(fraction) * every.numel())))
     threshold = torch.topk(every, k).values[-1]
     return torch.where(valid & (score.float() >= threshold), mask, 0.0)
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewards.registry import get_verifier
-from rewards.scoring import RewardSpec
+from rewards.scoring import RewardSpec, with_labels
 from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASK_COLUMNS, BUILTIN_TASK_ROWS, BUILTIN_TOKENIZERS
 from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
@@ -310,15 +310,15 @@ def check_engine(recipe: Recipe, where: Locator) -> None:
 def check_rewards(recipe: Recipe, where: Locator) -> None:
     """Resolve every verifier (importing user modules, as training will), so a misspelt name or a bad
     import path fails here rather than after the models are loaded."""
-    labels = [spec.label for spec in recipe.rewards]
+    labels = [spec.label for spec in with_labels(recipe.rewards)]
     for i, spec in enumerate(recipe.rewards):
         try:
             get_verifier(spec.verifier)
         except (KeyError, FileNotFoundError, ImportError, TypeError) as e:
             raise RecipeError(f"{where(('rewards', i, 'verifier'))}: rewards.{i}.verifier: {e.args[0]}") from None
-        if spec.label in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
-            raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {spec.label!r} as rewards."
-                              f"{labels.index(spec.label)}; set 'name' to tell them apart")
+        if labels[i] in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
+            raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {labels[i]!r} as rewards."
+                              f"{labels.index(labels[i])}; set 'name' to tell them apart")
 
 
 def check_training(recipe: Recipe, where: Locator) -> None:

@@ -8,10 +8,34 @@ fresh run in a folder that holds old records starts them anew.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+
+class _DropNotice(logging.Filter):
+    """Drops a library's log records that contain ``words``."""
+
+    def __init__(self, words: str):
+        super().__init__()
+        self.words = words
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.words not in record.getMessage()
+
+
+# Library notices that say nothing about the run, each printed over the progress bar:
+# - accelerate's save_state leaves the tied lm_head.weight (a view of the embeddings) out of the model file
+#   and says so at every checkpoint; loading re-ties it (a resumed run makes the uninterrupted run's weights).
+logging.getLogger("accelerate.utils.other").addFilter(_DropNotice("Removed shared tensor"))
+# - accelerate imports DeepSpeed whenever it is installed, and DeepSpeed then names the accelerator it would
+#   use (on a machine without CUDA: "Setting accelerator to CPU"), which only matters to a DeepSpeed run.
+if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+    logging.getLogger("DeepSpeed").addFilter(_DropNotice("Setting accelerator to"))
 
 
 class RunLog:
@@ -20,9 +44,12 @@ class RunLog:
         self.dir = Path(output_dir)
         self.main = accelerator.is_main_process
         self.bar = None
+        self.hf_bars = hf_logging.is_progress_bar_enabled()
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.bar = tqdm(total=total_steps, desc="rl", dynamic_ncols=True)
+            # transformers' own bars (a checkpoint's "Writing model shards") would each break this one
+            hf_logging.disable_progress_bar()
         if trackers:
             accelerator.init_trackers("rlkit", config=_flatten(config))
 
@@ -72,6 +99,8 @@ class RunLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            if self.hf_bars:
+                hf_logging.enable_progress_bar()
         self.accelerator.end_training()
 
 

@@ -1,8 +1,9 @@
 """A rank that dies (SIGKILL) or stalls (SIGSTOP) mid-run ends the whole job with a clear error within
 the documented bound, and leaves no process behind (2 CPU processes, gloo, through `rlkit launch ddp`).
 
-- Killed: torchrun's agent sees the worker exit within its monitor interval (0.1 s) and terminates the
-  others (SIGTERM), so the job ends in seconds.
+- Killed: the others' next collective fails at once (gloo sees the dead rank's sockets close) with a
+  clean error, and torchrun's agent sees the worker exit within its monitor interval (0.1 s) and
+  terminates the others (SIGTERM), so the job ends in seconds.
 - Stopped: the stalled rank never exits. The others wait in their next collective until the process
   group's timeout (trainer.collective_timeout_s; gloo honours it) and exit with an error. The agent then
   sends SIGTERM to all, which a stopped process only receives when continued, and SIGKILL 30 s later
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlkit.distributed import collective_timed_out
+from rlkit.distributed import collective_timed_out, peer_lost
 
 ROOT = Path(__file__).parents[2]
 RLKIT = str(Path(sys.executable).parent / "rlkit")
@@ -100,6 +101,10 @@ def test_killed_rank_ends_the_job(start_job, tmp_path):
     assert elapsed < SLACK_S, elapsed  # measured: 0.9 s
     stderr = (tmp_path / "stderr").read_text()
     assert "rank      : 1" in stderr and "Signal 9 (SIGKILL) received by PID" in stderr
+    # rank 0's next collective fails within milliseconds of the kill, before the agent's SIGTERM
+    assert "error: another rank died: a collective lost its connection to it" in stderr, \
+        [line for line in stderr.splitlines() if "rror" in line]
+    assert "[rank0]: Traceback" not in stderr
 
 
 def test_stopped_rank_ends_the_job_after_the_collective_timeout(start_job, tmp_path):
@@ -146,4 +151,37 @@ def test_every_error_of_a_gloo_timeout_is_recognised(tmp_path, free_port):
     assert len(errors) == 5
     assert any("Timed out waiting 2000ms" in e for e in errors)
     assert any(e == "Application timeout caused pair closure" for e in errors)
-    assert all(collective_timed_out(RuntimeError(e)) for e in errors), errors
+    assert all(collective_timed_out(RuntimeError(e)) and not peer_lost(RuntimeError(e)) for e in errors), errors
+
+
+def killed_peer(rank: int, port: int, out: str) -> None:
+    """Rank 1 is killed (SIGKILL) after one collective; rank 0 then runs four at once and one more, and
+    records each error's text."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    dist.all_reduce(torch.ones(4))
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    errors = []
+    for work in [dist.all_reduce(torch.ones(4), async_op=True) for _ in range(4)]:
+        try:
+            work.wait()
+        except RuntimeError as e:
+            errors.append(str(e))
+    try:
+        dist.all_reduce(torch.ones(4))
+    except RuntimeError as e:
+        errors.append(str(e))
+    Path(out).write_text(json.dumps(errors))
+    os._exit(0)
+
+
+def test_every_error_of_a_killed_peer_is_recognised(tmp_path, free_port):
+    """What the survivors of a killed rank see: a lost connection, not a timeout."""
+    out = tmp_path / "errors.json"
+    ranks = mp.spawn(killed_peer, args=(free_port, str(out)), nprocs=2, join=False)
+    for process in ranks.processes:
+        process.join(timeout=60)
+    errors = json.loads(out.read_text())
+    assert len(errors) == 5
+    assert all(peer_lost(RuntimeError(e)) and not collective_timed_out(RuntimeError(e)) for e in errors), errors

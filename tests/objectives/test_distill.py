@@ -126,11 +126,12 @@ H = [[0.1, 0.4, 0.9, 0.3], [0.7, 0.1, 0.0, 0.0]]
 RKL = [[0.2, 0.0, 0.3, 0.8], [0.6, 0.2, 0.0, 0.0]]
 FKL = [[1.0, 2.4, 3.0, 0.5], [0.2, 1.0, 0.0, 0.0]]
 MASK = [[1.0, 1, 1, 1], [1, 1, 0, 0]]
+AGREE = [[1.0, 0, 1, 0], [1, 1, 0, 0]]
 
 
-def tip_batch(h=H, rkl=RKL, fkl=FKL, mask=MASK):
+def tip_batch(h=H, rkl=RKL, fkl=FKL, mask=MASK, agree=AGREE):
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    extras = {"tip_h": t(h), "tip_rkl": t(rkl), "tip_fkl": t(fkl), "tip_agree": t([[1.0, 0, 1, 0], [1, 1, 0, 0]])}
+    extras = {"tip_h": t(h), "tip_rkl": t(rkl), "tip_fkl": t(fkl), "tip_agree": t(agree)}
     return StepBatch(mask=t(mask), advantages=torch.zeros(2, dtype=torch.float64),
                      group_ids=torch.tensor([0, 1]), extras=extras)
 
@@ -166,6 +167,18 @@ def test_entropy_clip_at_the_steps_98th_percentile():
     # a case the clip changes: h = .9 at row 0 position 2 is capped at .88, so h^ = 1 there and at no
     # other token; with rkl zero everywhere the soft-OR ranks by h^ alone: row 0 keeps position 2 then 1
     assert select("soft_or", 0.5, clip_quantile=0.98, rkl=[[0.0] * 4] * 2)[0] == [[0, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_kept_counts_and_quantile_positions_are_exact():
+    """floor(rho m) and the quantile's position q (n - 1) on the decimals: in float32 0.13 * 900 is
+    116.99999 (floor 116), in doubles 0.29 * 100 is 28.999999999999996."""
+    gen = torch.Generator().manual_seed(0)
+    h, rkl, fkl = (torch.rand(2, 900, generator=gen, dtype=torch.float64).tolist() for _ in range(3))
+    mask = [[1.0] * 900, [1.0] * 100 + [0.0] * 800]
+    kept, _ = select("soft_or", 0.13, h=h, rkl=rkl, fkl=fkl, mask=mask, agree=mask)
+    assert [sum(row) for row in kept] == [117, 13]                # floor(0.13 * 900), floor(0.13 * 100)
+    ranks = torch.arange(101, dtype=torch.float64)
+    assert float(step_quantile(ranks, 0.29)) == 29.0 and float(step_quantile(ranks, 0.07)) == 7.0
 
 
 def test_degenerate_step_and_empty_rows():

@@ -57,6 +57,14 @@ def test_verify_file_prints_per_verifier_results(completions_file, capsys):
     ]
 
 
+def test_verify_file_reports_colliding_verifiers_by_their_labels(completions_file, capsys):
+    assert verify_file([RewardSpec(verifier="think_format"), RewardSpec(verifier="think_format", weight=2.0)],
+                       completions_file, workers=0) == 0
+    table = capsys.readouterr().out.splitlines()[2:4]
+    assert [line.split()[:3] for line in table] == [["think_format_0", "1.00", "0.333"],
+                                                    ["think_format_1", "2.00", "0.333"]]
+
+
 def test_verify_file_reports_failures_by_line(tmp_path, capsys):
     path = tmp_path / "bad_gold.jsonl"
     path.write_text(json.dumps({"prompt": "p", "completion": "A", "answer": "7"}) + "\n")
@@ -70,9 +78,11 @@ def test_verify_file_reports_failures_by_line(tmp_path, capsys):
 def test_rlkit_verify_command(tmp_path, completions_file, capsys):
     from rlkit.cli import main
 
-    recipe = tmp_path / "recipe.yaml"
+    recipe, train = tmp_path / "recipe.yaml", tmp_path / "train.jsonl"  # data with the column the rewards route on
+    train.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1), "task": "math"}) + "\n"
+                             for i in range(10)))
     recipe.write_text("rewards:\n  - {verifier: math, when: {task: math}}\n  - {verifier: string_match, when: {task: text}}\n"
-                      f"output_dir: {tmp_path / 'run'}\n")
+                      f"data: {{task: null, train: {train}, eval_size: 5}}\noutput_dir: {tmp_path / 'run'}\n")
     assert main(["verify", str(recipe), str(completions_file), "--workers", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{completions_file}: 3 completions, 2 verifiers, 1 workers")

@@ -47,6 +47,15 @@ def deaf_sleep(prompts, completions, **_):
     return [1.0]
 
 
+def meet(prompts, completions, group_size, folder, **_):
+    """Returns once ``group_size`` samples have been in here (each leaves its completion as a file in
+    ``folder``): only samples scored at the same time all succeed."""
+    Path(folder, completions[0]).touch()
+    while len(list(Path(folder).iterdir())) < group_size[0]:
+        time.sleep(0.01)
+    return [1.0]
+
+
 def die(prompts, completions, **_):
     os._exit(3)
 
@@ -69,6 +78,18 @@ def test_weighted_total_abstention_and_metrics():
                               "reward/by_length/timeouts": 0.0, "reward/digits_only/mean": 1.0,
                               "reward/digits_only/failures": 0.0, "reward/digits_only/timeouts": 0.0}
     assert scores.failures == []
+
+
+def test_metric_keys_name_the_verifier_not_its_file():
+    """A file verifier is labelled by its function; labels that collide are numbered by entry (0, 1, 2)."""
+    specs = [RewardSpec(verifier=f"{HERE}:by_length"), RewardSpec(verifier="math")]
+    assert [s.label for s in RewardScorer(specs).specs] == ["by_length", "math"]
+    twice = [RewardSpec(verifier=f"{HERE}:by_length"), RewardSpec(verifier=f"{HERE}:by_length", weight=2.0),
+             RewardSpec(verifier=f"{HERE}:digits_only", name="by_length")]
+    scores = RewardScorer(twice)(["p"], ["12"], {})
+    assert scores.per_verifier == {"by_length_0": [2.0], "by_length_1": [2.0], "by_length": [1.0]}
+    assert sorted(scores.metrics) == [f"reward/{label}/{key}" for label in ("by_length", "by_length_0", "by_length_1")
+                                      for key in ("failures", "mean", "timeouts")]
 
 
 def test_all_abstaining_gives_nan():
@@ -154,3 +175,20 @@ def test_pool_survives_a_stuck_and_a_dead_worker(pooled):
     assert scores.total == [2.0 + 1 + 1 + 1 + 0, 3.0 + 1 + 1 + 1 + 0]
     again = pooled(["p"], ["ab"], {"value": [1], "seconds": [0], "hang": ["no"], "die": ["no"]})
     assert again.total == [5.0] and again.failures == []
+
+
+def test_slow_samples_overlap_instead_of_queueing(tmp_path):
+    """Three samples that only finish together, and two that time out, on two workers: one running
+    sample per worker would time out the first two meeting ones, each after the other (their 10 s limit),
+    and queue the third behind them. Slow samples are left to run beside the rest instead, so all three
+    meet; the two that hang still time out, are scored on_failure and counted."""
+    specs = [spec("meet", timeout_s=10, kwargs={"folder": str(tmp_path)}, when={"kind": "meet"}),
+             spec("sleep_for", timeout_s=1, when={"kind": "hang"})]
+    with RewardScorer(specs, workers=2) as scorer:
+        scores = scorer(["p"] * 5, ["h0", "h1", "m2", "m3", "m4"],
+                        {"kind": ["hang", "hang", "meet", "meet", "meet"], "group_size": [3] * 5, "seconds": [60] * 5})
+        assert len(scorer.pool.workers) == 2  # the set-aside workers were stopped with their sample
+    assert scores.per_verifier == {"meet": [None, None, 1.0, 1.0, 1.0], "sleep_for": [0.0, 0.0, None, None, None]}
+    assert [(f.label, f.index, f.kind) for f in scores.failures] == [("sleep_for", 0, "timeout"),
+                                                                      ("sleep_for", 1, "timeout")]
+    assert scores.metrics["reward/sleep_for/timeouts"] == 2.0 and scores.metrics["reward/meet/timeouts"] == 0.0
