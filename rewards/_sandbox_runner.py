@@ -1,15 +1,18 @@
-"""The program that runs inside the sandbox: it runs each test of one sample and reports which passed.
+"""The program that runs inside the sandbox: it runs each test of one sample and reports what happened.
 
 Standard library only, and never imported by rlkit: :mod:`rewards.sandbox` starts it as
 ``python3 -I -c <this source>`` (in fresh network, pid and mount namespaces when it can), writes one
-JSON request on its stdin and reads one JSON line ``{"passed": [bool, ...]}`` from its stdout.
+JSON request on its stdin, ``{"child": <source of rewards._sandbox_child>, "code": ..., "tests":
+[{"input": ...} or {"assert": ..., "status": n}, ...], "limits": ..., "isolate": bool}``, and reads one
+JSON line ``{"results": [{"exit": int or null, "stdout": str (stdin/stdout tests only)}, ...]}`` from
+its stdout. The runner never receives an expected output and judges nothing: the caller does.
 
-The runner itself is trusted and unlimited; model-written code runs only in a forked child per test,
-as ``nobody`` when the runner is root, after the limits are applied, with stdin/stdout/stderr pointing at files in the working directory and
-every other descriptor closed (so it cannot write on the result channel). A test passes only when the
-child reports success on a private pipe *after* the test ran, so an early ``os._exit(0)`` fails.
-This guards against accidents and against the machine being touched, not against code that
-deliberately digs through its own process to forge the report.
+The runner itself is trusted and unlimited; model-written code never runs in it. Each test is a forked
+child that becomes ``nobody`` (when the runner is root), applies the limits and execs a fresh interpreter
+(:mod:`rewards._sandbox_child`), with stdin and stdout on unnamed memory files, stderr on /dev/null and
+every other descriptor closed. So the model's code shares no memory, descriptor or file name with the
+runner: it cannot read the runner's state, write on its channels, or plant a symlink where the runner,
+as root, would write.
 """
 
 import contextlib
@@ -20,7 +23,6 @@ import resource
 import select
 import signal
 import sys
-import traceback
 
 NOBODY = 65534
 MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
@@ -58,63 +60,41 @@ def apply_limits(limits):
     for kind, value in ((resource.RLIMIT_AS, limits["memory_mb"] * mb),
                         (resource.RLIMIT_FSIZE, limits["output_bytes"]),
                         (resource.RLIMIT_NOFILE, limits["open_files"]),
-                        (resource.RLIMIT_NPROC, limits["processes"])):
+                        (resource.RLIMIT_NPROC, limits["processes"]),
+                        (resource.RLIMIT_CORE, 0)):  # exec makes the test dumpable again: no core files
         resource.setrlimit(kind, (value, value))
     cpu = max(1, int(limits["cpu_s"]))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU at the soft limit, SIGKILL one second later
 
 
-def block_network(event, args):
-    """Audit hook: a Python-level network guard, the only one where network namespaces are unavailable.
-    Code that starts another program or uses ctypes gets past it; the namespace does not have that hole."""
-    if event.startswith("socket."):
-        raise PermissionError(f"network access is disabled in the sandbox ({event})")
+def memory_file(name, data=b""):
+    """An unnamed file in memory holding ``data``, read from its start: no path that code could replace."""
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
-def run_child(code, test, ok_fd, limits):
-    """Forked per test: redirect stdio to files, apply limits, run the solution and the test."""
-    os.setpgid(0, 0)
-    stdin = os.open("stdin.txt", os.O_RDONLY) if "input" in test else os.open(os.devnull, os.O_RDONLY)
-    for fd, target in ((stdin, 0), (os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1),
-                       (os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)):
-        os.dup2(fd, target)
-        os.close(fd)
-    os.dup2(ok_fd, 3)
-    os.closerange(4, 1 << 16)
-    if os.geteuid() == 0:
-        drop_root()
-    apply_limits(limits)
-    sys.addaudithook(block_network)
-    ok = False
+def start_child(child, stdin, stdout, limits):
+    """Forked per test: stdio, nobody, limits, then a fresh interpreter; never returns to the runner."""
     try:
-        namespace = {"__name__": "__main__"}
-        exec(compile(code, "solution.py", "exec"), namespace)
-        if "assert" in test:
-            exec(compile(test["assert"], "test.py", "exec"), namespace)
-        ok = True
-    except SystemExit as stop:  # a stdin/stdout program may legitimately end with sys.exit()
-        ok = "input" in test and stop.code in (None, 0)
-    except BaseException:
-        traceback.print_exc()
-    try:
-        sys.stdout.flush()
-        if ok:
-            os.write(3, b"ok")
+        os.setpgid(0, 0)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd, target in ((stdin, 0), (stdout, 1), (devnull, 2)):
+            os.dup2(fd, target)
+        os.closerange(3, 1 << 16)  # the runner's pipes and files: the model's code gets stdio and nothing else
+        if os.geteuid() == 0:
+            drop_root()  # before the limits: setuid() over RLIMIT_NPROC would fail the exec below
+        apply_limits(limits)
+        os.execv(sys.executable, [sys.executable, "-I", "-c", child])
     finally:
-        os._exit(0)
-
-
-def same_output(produced: str, expected: str) -> bool:
-    """Compare program output ignoring trailing whitespace on each line and trailing blank lines
-    (the usual rule of APPS / CodeContests judges)."""
-    def lines(text):
-        return [line.rstrip() for line in text.rstrip().splitlines()]
-    return lines(produced) == lines(expected)
+        os._exit(127)
 
 
 def kill_test(pid, in_namespace):
     """Kill the test's process group, and in our own pid namespace everything else but us
-    (which also catches processes that left the group with setsid); then reap them all."""
+    (which also catches processes that left the group with setsid); reap them all and return
+    the wait status of the test's own process."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     if in_namespace:
@@ -122,34 +102,32 @@ def kill_test(pid, in_namespace):
             os.kill(-1, signal.SIGKILL)
     while True:
         try:
-            os.waitpid(-1, 0)
+            reaped, status = os.waitpid(-1, 0)
         except ChildProcessError:
-            return
+            return test_status
+        if reaped == pid:
+            test_status = status
 
 
-def run_test(code, test, limits, in_namespace):
-    if "input" in test:
-        with open("stdin.txt", "w") as f:
-            f.write(test["input"])
-    ok_read, ok_write = os.pipe2(os.O_NONBLOCK)  # a setsid-escaped grandchild may still hold the write end
+def run_test(child, code, test, limits, in_namespace):
+    """What one test did: its exit code (None if it ran out of time), and its stdout for a stdin/stdout test."""
+    job = {"code": code, **test}
+    header = json.dumps({k: v for k, v in job.items() if k != "input"}).encode()
+    stdin = memory_file("stdin", b"%010d" % len(header) + header + job.get("input", "").encode())
+    stdout = memory_file("stdout")
     pid = os.fork()
     if pid == 0:
-        os.close(ok_read)
-        run_child(code, test, ok_write, limits)
-    os.close(ok_write)
+        start_child(child, stdin, stdout, limits)
+    os.close(stdin)
     pidfd = os.pidfd_open(pid)
-    select.select([pidfd], [], [], limits["timeout_s"])  # returns when the child exits or at the deadline
+    finished = select.select([pidfd], [], [], limits["timeout_s"])[0]  # the child exited, or the deadline
     os.close(pidfd)
-    kill_test(pid, in_namespace)
-    try:
-        ok = os.read(ok_read, 2) == b"ok"
-    except BlockingIOError:
-        ok = False
-    os.close(ok_read)
-    if ok and "output" in test:
-        with open("stdout.txt", errors="replace") as f:
-            ok = same_output(f.read(limits["output_bytes"]), test["output"])
-    return ok
+    status = kill_test(pid, in_namespace)
+    result = {"exit": os.waitstatus_to_exitcode(status) if finished else None}
+    if "input" in test:
+        result["stdout"] = os.pread(stdout, limits["output_bytes"], 0).decode(errors="replace")
+    os.close(stdout)
+    return result
 
 
 def main():
@@ -160,8 +138,8 @@ def main():
     if os.geteuid() == 0:
         os.chown(".", NOBODY, NOBODY)  # the tests, run as nobody, may write in the working directory
     in_namespace = os.getpid() == 1
-    results = [run_test(request["code"], test, limits, in_namespace) for test in request["tests"]]
-    print(json.dumps({"passed": results}), flush=True)
+    results = [run_test(request["child"], request["code"], test, limits, in_namespace) for test in request["tests"]]
+    print(json.dumps({"results": results}), flush=True)
 
 
 main()

@@ -1,7 +1,15 @@
 """Run model-written Python against test cases without letting it touch the machine.
 
 One sample = one sandbox process, ``python3 -I`` running :mod:`rewards._sandbox_runner`, which runs
-each test in a forked child. The layers, and what each one guarantees:
+each test in a fresh interpreter of its own (:mod:`rewards._sandbox_child`). The layers, and what each
+one guarantees:
+
+- **Verdicts from outside**: expected outputs never enter the sandbox. The runner reports what each
+  test did (its exit status; its stdout, for a stdin/stdout test) and this module judges. The model's
+  code shares no memory, descriptor (only stdin, stdout and stderr are open) or file name with the
+  runner, so it can neither forge the report nor read what it will be compared with. An assert test
+  runs in the program's own process, so its verdict is that process's exit status: one drawn at random
+  per test, which code digging through its own interpreter can find (see the child's docstring).
 
 - **Namespaces** (when ``unshare --net --pid --mount`` works, i.e. as root or with user namespaces
   allowed; checked once per process): no network at all (a fresh network namespace has only a
@@ -15,8 +23,9 @@ each test in a forked child. The layers, and what each one guarantees:
   cannot write, delete or kill anything owned by another user, the runner included. Otherwise it runs
   as the calling user, and can touch that user's files and kill the runner (the sample then fails).
 - **rlimits** per test (``resource``): address space, CPU seconds, file size (which also caps captured
-  output: stdout/stderr go to files), open files, and processes (RLIMIT_NPROC counts all processes of
-  the user, ``nobody`` here, so it is shared by sandboxes running at the same time; root ignores it).
+  output: stdout goes to a file in memory), open files, processes (RLIMIT_NPROC counts all processes
+  of the user, ``nobody`` here, so it is shared by sandboxes running at the same time; root ignores
+  it), and no core dumps. The interpreter's start-up counts against each test's time and CPU limits.
 - **Wall clock**: the runner kills each test's process group (and, in its namespace, everything but
   itself) at ``timeout_s``; this module kills the whole sandbox process group (``start_new_session``)
   when the total budget runs out, or when the caller is interrupted (e.g. by a verifier timeout).
@@ -35,6 +44,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -44,6 +54,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 RUNNER = (Path(__file__).with_name("_sandbox_runner.py")).read_text()
+CHILD = (Path(__file__).with_name("_sandbox_child.py")).read_text()
+# Exit statuses an assert test's process may be told to pass with: not 0 (a normal or early exit),
+# 1 (an exception) or 2 (Python's usage error).
+PASS_STATUSES = range(3, 256)
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 NAMESPACES = ["unshare", "--net", "--pid", "--mount-proc", "--fork", "--kill-child"]
 STARTUP_S = 5.0  # budget for starting the sandbox, on top of the tests' own timeouts
@@ -87,7 +101,10 @@ def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: s
         if not (set(test) == {"assert"} or set(test) == {"input", "output"}):
             raise ValueError(f"a test is {{'assert': str}} or {{'input': str, 'output': str}}, got keys {sorted(test)}")
     isolate = namespaces_available()
-    request = json.dumps({"code": code, "tests": tests, "limits": asdict(limits), "isolate": isolate})
+    # What enters the sandbox: inputs and assert tests, never an expected output.
+    jobs = [{"input": t["input"]} if "input" in t else {"assert": t["assert"], "status": secrets.choice(PASS_STATUSES)}
+            for t in tests]
+    request = json.dumps({"child": CHILD, "code": code, "tests": jobs, "limits": asdict(limits), "isolate": isolate})
     command = [*(NAMESPACES if isolate else []), python, "-I", "-c", RUNNER]
     budget = STARTUP_S + limits.timeout_s * len(tests)
     with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as workdir:
@@ -104,6 +121,17 @@ def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: s
                 pass
             proc.wait()
     try:
-        return json.loads(out)["passed"]
+        results = json.loads(out)["results"]
     except (ValueError, KeyError):
         raise RuntimeError(f"sandbox runner failed (exit {proc.returncode}): {err[-2000:]}") from None
+    return [result["exit"] == job["status"] if "assert" in job
+            else result["exit"] == 0 and same_output(result["stdout"], test["output"])
+            for test, job, result in zip(tests, jobs, results, strict=True)]
+
+
+def same_output(produced: str, expected: str) -> bool:
+    """Compare program output ignoring trailing whitespace on each line and trailing blank lines
+    (the usual rule of APPS / CodeContests judges)."""
+    def lines(text):
+        return [line.rstrip() for line in text.rstrip().splitlines()]
+    return lines(produced) == lines(expected)

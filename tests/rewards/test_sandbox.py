@@ -5,6 +5,7 @@ import socket
 import stat
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -49,11 +50,18 @@ def nothing_left_running():
     assert nobody_processes() == []
 
 
+def host_directory(prefix: str) -> Path:
+    """A new directory, readable by all, in / when we may write there: unlike /tmp, / is visible
+    from inside the sandbox's mount namespace, so the sandbox really meets it."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/" if os.access("/", os.W_OK) else None))
+    directory.chmod(0o755)
+    return directory
+
+
 @pytest.fixture
 def victim():
-    """A root-owned directory and file in /tmp, readable by all, that model code must not change."""
-    directory = Path(tempfile.mkdtemp(prefix="rlkit-victim-"))
-    directory.chmod(0o755)
+    """A directory and file of ours, readable by all, that model code must not change."""
+    directory = host_directory("rlkit-victim-")
     (directory / "precious.txt").write_text("keep me")
     yield directory
     (directory / "precious.txt").unlink(missing_ok=True)
@@ -184,3 +192,81 @@ def test_deleting_files_is_refused(mode, victim):
     assert run_tests(code, PASS, FAST) == [False]
     assert target.read_text() == "keep me"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_no_descriptor_but_stdio_is_inherited(mode):
+    """Hole: the runner's verdict pipe was inherited as fd 3; writing "ok" on it then exiting passed."""
+    forge = "import os\nfor fd in range(3, 1024):\n    try:\n        os.write(fd, b'ok')\n    except OSError:\n        pass\nos._exit(0)\n"
+    assert run_tests(forge, [{"assert": "assert False"}, {"input": "", "output": "4"}], FAST) == [False, False]
+    census = ("import os\nopen_fds = []\nfor fd in range(3, 1024):\n    try:\n        os.fstat(fd)\n"
+              "        open_fds.append(fd)\n    except OSError:\n        pass\nprint(open_fds)\n")
+    assert run_tests(census, [{"input": "", "output": "[]"}], FAST) == [True]
+
+
+SNOOP = r'''
+import functools, gc, glob, os, re, sys
+secret = re.compile(rb"SECRET-[0-9a-f]{32}")
+def read(path, offset=0, size=1 << 20):
+    with open(path, "rb", 0) as f:
+        f.seek(offset)
+        return f.read(size)
+def regions(pid):
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            for offset in range(start, end, (1 << 20) - 64):  # overlapping pieces, for a bounded heap
+                yield functools.partial(read, f"/proc/{pid}/mem", offset, min(1 << 20, end - offset))
+places = [functools.partial(read, "/proc/self/fd/0")]  # all of stdin, whatever came before the input
+places += [functools.partial(lambda o: repr(o).encode(), o) for o in gc.get_objects() if isinstance(o, dict)]
+frame = sys._getframe()
+while frame:  # whoever called us, and their variables
+    places.append(functools.partial(lambda f: repr(f.f_locals).encode(), frame))
+    frame = frame.f_back
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        places += regions(pid)
+    except OSError:
+        pass
+    places += [functools.partial(read, f"/proc/{pid}/{name}") for name in ("cmdline", "environ")]
+    places += [functools.partial(read, fd) for fd in glob.glob(f"/proc/{pid}/fd/*")]
+for root in (".", "/tmp", "/dev/shm"):
+    places += [functools.partial(read, path) for path in glob.glob(f"{root}/**", recursive=True)]
+found = set()
+for place in places:
+    try:
+        found.update(secret.findall(place()))
+    except (OSError, OverflowError, ValueError, MemoryError):
+        pass
+print(*sorted(s.decode() for s in found))
+'''
+
+
+def test_expected_output_is_out_of_reach(mode):
+    """Hole: the child was a fork of the runner, so it found the expected output in its own memory."""
+    if mode == "fallback" and os.geteuid() != 0:
+        pytest.skip("without root the program runs as our own user and may read our memory (documented)")
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    assert run_tests(SNOOP, [{"input": "", "output": secret}], Limits(timeout_s=20, cpu_s=20)) == [False]
+
+
+def test_symlinks_in_the_work_folder_are_not_followed(mode, victim):
+    """Hole: the runner, as root, wrote the next test's stdin.txt and stdout.txt by name in a folder
+    that the program owns, so symlinks left there made it overwrite any file."""
+    target = str(victim / "precious.txt")
+    code = ("import contextlib, os\nfor name in ('stdin.txt', 'stdout.txt', 'stderr.txt'):\n"
+            "    with contextlib.suppress(OSError):\n        os.remove(name)\n"
+            f"    os.symlink({target!r}, name)\nprint(input())\n")
+    tests = [{"input": "pwned\n", "output": "pwned"}] * 2
+    passed = run_tests(code, tests, FAST)
+    assert Path(target).read_text() == "keep me"
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+    assert passed == [True, True]
+
+
+def test_core_dumps_are_off(mode):
+    """Hole: the program could raise its core-size limit and fill the disk with dumps of itself."""
+    code = ("import glob, os, resource\nif input() == 'crash':\n"
+            "    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)\n    os.abort()\n"
+            "print(glob.glob('core*'))\n")
+    assert run_tests(code, [{"input": "crash\n", "output": ""}, {"input": "look\n", "output": "[]"}], FAST) \
+        == [False, True]
