@@ -1,7 +1,7 @@
 """The program that runs inside the sandbox: it runs each test of one sample and reports what happened.
 
 Standard library only, and never imported by rlkit: :mod:`rewards.sandbox` starts it as
-``python3 -I -c <this source>`` (in fresh network, pid and mount namespaces when it can), writes one
+``python3 -I -c <this source>`` (in fresh network, pid, mount and IPC namespaces when it can), writes one
 JSON request on its stdin, ``{"child": <source of rewards._sandbox_child>, "code": ..., "tests":
 [{"input": ...} or {"assert": ..., "status": n}, ...], "limits": ..., "isolate": bool}``, and reads one
 JSON line ``{"results": [{"exit": int or null, "stdout": str (stdin/stdout tests only)}, ...]}`` from
@@ -36,9 +36,22 @@ def mount(source, target, fstype, flags, options):
         raise OSError(ctypes.get_errno(), f"mount {target}")
 
 
+def ipc_limits(disk_mb):
+    """Limits of our fresh IPC namespace (whose objects die with it): the System V defaults let one
+    program keep gigabytes of kernel memory that no rlimit counts."""
+    return {"kernel/shmall": str((disk_mb << 20) // resource.getpagesize()),  # shared memory in all, in pages
+            "kernel/msgmni": "16",               # message queues, of msgmnb = 16 KiB each
+            "kernel/sem": "250 32000 32 128",    # per array, in all, per semop call, arrays: Linux's old defaults
+            "fs/mqueue/queues_max": "16"}        # POSIX message queues, of at most 10 x 8 KiB each
+
+
 def isolate(limits):
-    """Inside the fresh namespaces, as root: give /tmp, /var/tmp, /dev/shm private size-capped tmpfs
-    mounts (so nothing written reaches the host and the total is bounded) and work in /tmp/work."""
+    """Inside the fresh namespaces, as root: bound System V IPC, give /tmp, /var/tmp, /dev/shm private
+    size-capped tmpfs mounts (so nothing written reaches the host and the total is bounded) and work
+    in /tmp/work."""
+    for name, value in ipc_limits(limits["disk_mb"]).items():
+        with open(f"/proc/sys/{name}", "w") as f:
+            f.write(value)
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # our mounts must not propagate to the host
     for path in PRIVATE_DIRS:
         if os.path.isdir(path):

@@ -11,14 +11,17 @@ one guarantees:
   runs in the program's own process, so its verdict is that process's exit status: one drawn at random
   per test, which code digging through its own interpreter can find (see the child's docstring).
 
-- **Namespaces** (when ``unshare --net --pid --mount`` works, i.e. as root or with user namespaces
-  allowed; checked once per process): no network at all (a fresh network namespace has only a
-  down loopback); a private pid namespace whose init is the runner, so model code cannot signal
-  anything outside it and every process it started dies with it, even one that called ``setsid``;
-  private size-capped tmpfs mounts on /tmp, /var/tmp and /dev/shm, so files it writes never reach
-  the host and their total is bounded. Without namespaces (a warning is logged once) the code runs in
-  a temporary directory with only the Python-level network guard below; it can write to the host's
-  world-writable directories, and a process that calls ``setsid`` escapes the final kill.
+- **Namespaces** (when ``unshare --net --pid --mount --ipc`` works, i.e. as root or with user
+  namespaces allowed; checked once per process): no network at all (a fresh network namespace has
+  only a down loopback); a private pid namespace whose init is the runner, so model code cannot
+  signal anything outside it and every process it started dies with it, even one that called
+  ``setsid``; private size-capped tmpfs mounts on /tmp, /var/tmp and /dev/shm, so files it writes
+  never reach the host and their total is bounded; a private IPC namespace, so System V shared
+  memory, message queues and semaphores and POSIX message queues die with the sandbox, within limits
+  it sets (shared memory up to ``disk_mb`` in all). Without namespaces (a warning is logged once) the code runs in a
+  temporary directory with only the Python-level network guard below; it can write to the host's
+  world-writable directories, create System V objects that outlive it, and a process that calls
+  ``setsid`` escapes the final kill.
 - **User**: when we are root, the runner stays root and each test runs as ``nobody``, so model code
   cannot write, delete or kill anything owned by another user, the runner included. Otherwise it runs
   as the calling user, and can touch that user's files and kill the runner (the sample then fails).
@@ -59,7 +62,7 @@ CHILD = (Path(__file__).with_name("_sandbox_child.py")).read_text()
 # 1 (an exception) or 2 (Python's usage error).
 PASS_STATUSES = range(3, 256)
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-NAMESPACES = ["unshare", "--net", "--pid", "--mount-proc", "--fork", "--kill-child"]
+NAMESPACES = ["unshare", "--net", "--pid", "--mount-proc", "--ipc", "--fork", "--kill-child"]
 STARTUP_S = 5.0  # budget for starting the sandbox, on top of the tests' own timeouts
 
 
@@ -73,7 +76,7 @@ class Limits:
     output_bytes: int = 1 << 20  # largest file it may write, stdout and stderr included (RLIMIT_FSIZE)
     open_files: int = 64        # RLIMIT_NOFILE
     processes: int = 32         # RLIMIT_NPROC, per user
-    disk_mb: int = 64           # size of each private tmpfs (namespaces only)
+    disk_mb: int = 64           # size of each private tmpfs, and of all System V shared memory (namespaces only)
 
 
 @functools.cache

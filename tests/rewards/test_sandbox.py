@@ -1,8 +1,10 @@
 """The code sandbox: correct verdicts, and hostile code that leaves the machine untouched and the caller alive."""
 
+import ctypes
 import os
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 import uuid
@@ -247,6 +249,41 @@ def test_expected_output_is_out_of_reach(mode):
         pytest.skip("without root the program runs as our own user and may read our memory (documented)")
     secret = f"SECRET-{uuid.uuid4().hex}"
     assert run_tests(SNOOP, [{"input": "", "output": secret}], Limits(timeout_s=20, cpu_s=20)) == [False]
+
+
+def nobodys_ipc() -> list[tuple[str, int]]:
+    """(kind, id) of the host's System V IPC objects owned by nobody."""
+    found = []
+    for kind, flag, key in (("shm", "-m", "shmid"), ("msg", "-q", "msqid"), ("sem", "-s", "semid")):
+        header, *rows = (line.split() for line in Path(f"/proc/sysvipc/{kind}").read_text().splitlines())
+        found += [(flag, int(row[header.index(key)])) for row in rows if int(row[header.index("uid")]) == NOBODY]
+    return found
+
+
+def test_system_v_ipc_stays_in_the_sandbox(mode):
+    """Hole: without an IPC namespace System V objects outlived the sandbox, their size bounded by nothing we set."""
+    if mode == "fallback":
+        pytest.skip("without an IPC namespace the host's System V limits apply (documented)")
+    small = Limits(disk_mb=8)
+    prefix = f"rlkit-{uuid.uuid4().hex}-"
+    code = ("import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]\n"
+            "IPC_CREAT, IPC_PRIVATE = 0o1000, 0\n"
+            "kept = libc.shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | 0o600)\n"
+            "huge = libc.shmget(IPC_PRIVATE, 16 << 20, IPC_CREAT | 0o600)  # twice disk_mb\n"
+            "queues = sum(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600) >= 0 for _ in range(100))\n"
+            "arrays = sum(libc.semget(IPC_PRIVATE, 250, IPC_CREAT | 0o600) >= 0 for _ in range(200))\n"
+            "rt = ctypes.CDLL('librt.so.1')\ntiny = (ctypes.c_long * 4)(0, 1, 1, 0)  # mq_attr: 1 message of 1 byte\n"
+            f"posix = sum(rt.mq_open(f'/{prefix}{{i}}'.encode(), 0o102, 0o600, tiny) >= 0 for i in range(100))\n")
+    try:
+        assert run_tests(code, [{"assert": "assert kept >= 0 and huge == -1 and queues <= 16 and arrays <= 128 "
+                                           "and posix <= 16"}], small) == [True]
+        assert nobodys_ipc() == []
+    finally:
+        for flag, ipc_id in nobodys_ipc():
+            subprocess.run(["ipcrm", flag, str(ipc_id)], check=False)
+        rt = ctypes.CDLL("librt.so.1")
+        for i in range(100):  # what the host kept without an IPC namespace
+            rt.mq_unlink(f"/{prefix}{i}".encode())
 
 
 def test_symlinks_in_the_work_folder_are_not_followed(mode, victim):
