@@ -15,13 +15,14 @@ one guarantees:
   namespaces allowed; checked once per process): no network at all (a fresh network namespace has
   only a down loopback); a private pid namespace whose init is the runner, so model code cannot
   signal anything outside it and every process it started dies with it, even one that called
-  ``setsid``; private size-capped tmpfs mounts on /tmp, /var/tmp and /dev/shm, so files it writes
+  ``setsid``; every host mount read-only (Linux 5.12 or later), and private tmpfs mounts on /tmp,
+  /var/tmp and /dev/shm, capped in size and inodes, the only places it can write, so files it writes
   never reach the host and their total is bounded; a private IPC namespace, so System V shared
-  memory, message queues and semaphores and POSIX message queues die with the sandbox, within limits
-  it sets (shared memory up to ``disk_mb`` in all). Without namespaces (a warning is logged once) the code runs in a
-  temporary directory with only the Python-level network guard below; it can write to the host's
-  world-writable directories, create System V objects that outlive it, and a process that calls
-  ``setsid`` escapes the final kill.
+  memory, message queues and semaphores, and POSIX message queues, die with the sandbox, within
+  limits it sets (shared memory up to ``disk_mb`` in all). Without namespaces (a warning is logged
+  once) the code runs in a temporary directory with only the Python-level network guard below; it
+  can write to the host's world-writable directories, create System V objects that outlive it, and
+  a process that calls ``setsid`` escapes the final kill.
 - **User**: when we are root, the runner stays root and each test runs as ``nobody``, so model code
   cannot write, delete or kill anything owned by another user, the runner included. Otherwise it runs
   as the calling user, and can touch that user's files and kill the runner (the sample then fails).

@@ -251,6 +251,36 @@ def test_expected_output_is_out_of_reach(mode):
     assert run_tests(SNOOP, [{"input": "", "output": secret}], Limits(timeout_s=20, cpu_s=20)) == [False]
 
 
+def test_no_host_directory_is_writable(mode):
+    """Hole: /run/lock (world-writable, not covered by a private mount) kept what the program wrote."""
+    if mode == "fallback":
+        pytest.skip("without a mount namespace, world-writable host directories are writable (documented)")
+    open_to_all, nobodys = host_directory("rlkit-open-"), host_directory("rlkit-nobody-")
+    open_to_all.chmod(0o1777)
+    os.chown(nobodys, NOBODY, NOBODY)
+    name = f"rlkit-escaped-{uuid.uuid4().hex}"
+    targets = ["/run/lock", "/tmp", "/var/tmp", "/dev/shm", str(open_to_all), str(nobodys)]
+    code = (f"import contextlib, os\nfor d in {targets!r} + ['.']:\n    with contextlib.suppress(OSError):\n"
+            f"        open(os.path.join(d, {name!r}), 'w').write('x')\n")
+    try:
+        assert run_tests(code, [{"assert": f"assert os.path.exists({name!r})"}]) == [True]  # cwd is writable
+        assert [d for d in targets if os.path.lexists(os.path.join(d, name))] == []
+    finally:
+        for d in targets:
+            Path(d, name).unlink(missing_ok=True)
+        open_to_all.rmdir()
+        nobodys.rmdir()
+
+
+def test_private_folders_bound_their_inodes(mode):
+    """Empty files take no space but an inode each, kernel memory that the size cap did not count."""
+    if mode == "fallback":
+        pytest.skip("without a mount namespace the program writes to the host's folders (documented)")
+    code = ("made = 0\nfor made in range(4096):\n    try:\n        open(f'empty{made}', 'w').close()\n"
+            "    except OSError:\n        break\n")
+    assert run_tests(code, [{"assert": "assert made <= 2 * 256"}], Limits(disk_mb=2)) == [True]
+
+
 def nobodys_ipc() -> list[tuple[str, int]]:
     """(kind, id) of the host's System V IPC objects owned by nobody."""
     found = []
