@@ -27,7 +27,9 @@ import sys
 NOBODY = 65534
 MS_NOSUID, MS_NODEV, MS_PRIVATE = 0x2, 0x4, 0x40000
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1  # same on every arch
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# Private, empty tmpfs mounts; /run also because it holds the host daemons' sockets, which a read-only
+# mount does not stop anyone from connecting to.
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
 
 
 class MountAttr(ctypes.Structure):
@@ -63,9 +65,9 @@ def ipc_limits(disk_mb):
 
 
 def isolate(limits):
-    """Inside the fresh namespaces, as root: bound IPC, make the host read-only, give /tmp, /var/tmp and
-    /dev/shm private size-capped tmpfs mounts (the only places anything can be written, and in all
-    bounded) and work in /tmp/work."""
+    """Inside the fresh namespaces, as root: bound IPC, make the host read-only, give the PRIVATE_DIRS
+    private size-capped tmpfs mounts (the only places anything can be written, and in all bounded)
+    and work in /tmp/work."""
     for name, value in ipc_limits(limits["disk_mb"]).items():  # before /proc is read-only
         with open(f"/proc/sys/{name}", "w") as f:
             f.write(value)

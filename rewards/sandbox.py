@@ -16,8 +16,9 @@ one guarantees:
   only a down loopback); a private pid namespace whose init is the runner, so model code cannot
   signal anything outside it and every process it started dies with it, even one that called
   ``setsid``; every host mount read-only (Linux 5.12 or later), and private tmpfs mounts on /tmp,
-  /var/tmp and /dev/shm, capped in size and inodes, the only places it can write, so files it writes
-  never reach the host and their total is bounded; a private IPC namespace, so System V shared
+  /var/tmp, /dev/shm and /run, capped in size and inodes, the only places it can write, so files it
+  writes never reach the host and their total is bounded (and the host daemons' sockets in /run are
+  out of reach; a socket elsewhere on the host, still connectable, is not); a private IPC namespace, so System V shared
   memory, message queues and semaphores, and POSIX message queues, die with the sandbox, within
   limits it sets (shared memory up to ``disk_mb`` in all). Without namespaces (a warning is logged
   once) the code runs in a temporary directory with only the Python-level network guard below; it

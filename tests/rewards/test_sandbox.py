@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -337,3 +338,32 @@ def test_core_dumps_are_off(mode):
             "print(glob.glob('core*'))\n")
     assert run_tests(code, [{"input": "crash\n", "output": ""}, {"input": "look\n", "output": "[]"}], FAST) \
         == [False, True]
+
+
+def test_host_unix_sockets_are_unreachable(mode):
+    """Hole: a subprocess (past the audit hook) could connect to the host's daemons' sockets in /run;
+    abstract sockets belong to the network namespace."""
+    if mode == "fallback":
+        pytest.skip("without namespaces only Python's own sockets are blocked (documented)")
+    run_dir = Path(tempfile.mkdtemp(prefix="rlkit-daemon-", dir="/run"))
+    run_dir.chmod(0o755)
+    listeners = []
+    for address in (str(run_dir / "socket"), f"\0rlkit-{uuid.uuid4().hex}"):
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(address)
+        if not address.startswith("\0"):
+            os.chmod(address, 0o777)
+        listener.listen()
+        listener.settimeout(0.5)
+        listeners.append((address, listener))
+    try:
+        for address, listener in listeners:
+            connect = f"import socket; socket.socket(socket.AF_UNIX).connect({address!r})"
+            code = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {connect!r}], check=True)\n"
+            assert run_tests(code, PASS, FAST) == [False]
+            with pytest.raises(TimeoutError):
+                listener.accept()
+    finally:
+        for _, listener in listeners:
+            listener.close()
+        shutil.rmtree(run_dir)
