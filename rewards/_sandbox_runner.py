@@ -26,6 +26,7 @@ import sys
 
 NOBODY = 65534
 MS_NOSUID, MS_NODEV, MS_PRIVATE = 0x2, 0x4, 0x40000
+PR_SET_NO_NEW_PRIVS = 38
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1  # same on every arch
 # Private, empty tmpfs mounts; /run also because it holds the host daemons' sockets, which a read-only
 # mount does not stop anyone from connecting to.
@@ -119,6 +120,9 @@ def start_child(child, stdin, stdout, limits):
         if os.geteuid() == 0:
             drop_root()  # before the limits: setuid() over RLIMIT_NPROC would fail the exec below
         apply_limits(limits)
+        # no_new_privs: setuid and file-capability programs (su, mount, a buggy one) run without their privileges
+        if ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError("prctl(PR_SET_NO_NEW_PRIVS)")
         os.execv(sys.executable, [sys.executable, "-I", "-c", child])
     finally:
         os._exit(127)

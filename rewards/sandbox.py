@@ -26,7 +26,9 @@ one guarantees:
   a process that calls ``setsid`` escapes the final kill.
 - **User**: when we are root, the runner stays root and each test runs as ``nobody``, so model code
   cannot write, delete or kill anything owned by another user, the runner included. Otherwise it runs
-  as the calling user, and can touch that user's files and kill the runner (the sample then fails).
+  as the calling user, and can touch that user's files and kill the runner (the sample then fails),
+  or read and change this process's memory: without root, verdicts can be forged. Either way it runs
+  with ``no_new_privs``, so setuid programs give it nothing.
 - **rlimits** per test (``resource``): address space, CPU seconds, file size (which also caps captured
   output: stdout goes to a file in memory), open files, processes (RLIMIT_NPROC counts all processes
   of the user, ``nobody`` here, so it is shared by sandboxes running at the same time; root ignores

@@ -331,6 +331,20 @@ def test_symlinks_in_the_work_folder_are_not_followed(mode, victim):
     assert passed == [True, True]
 
 
+def test_setuid_programs_give_no_privilege(mode, victim):
+    """Hole: a setuid-root program on the host (say a buggy one) still ran as root for model code."""
+    if os.geteuid() != 0:
+        pytest.skip("a setuid-root program takes root to make")
+    setuid_id = victim / "id"
+    shutil.copy(shutil.which("id"), setuid_id)
+    setuid_id.chmod(0o4755)
+    try:
+        code = f"import subprocess\nprint(subprocess.run([{str(setuid_id)!r}, '-u'], capture_output=True, text=True).stdout)"
+        assert run_tests(code, [{"input": "", "output": str(NOBODY)}], FAST) == [True]
+    finally:
+        setuid_id.unlink()
+
+
 def test_core_dumps_are_off(mode):
     """Hole: the program could raise its core-size limit and fill the disk with dumps of itself."""
     code = ("import glob, os, resource\nif input() == 'crash':\n"
