@@ -7,21 +7,23 @@ JSON request on its stdin, ``{"child": <source of rewards._sandbox_child>, "code
 JSON line ``{"results": [{"exit": int or null, "stdout": str (stdin/stdout tests only)}, ...]}`` from
 its stdout. The runner never receives an expected output and judges nothing: the caller does.
 
-The runner itself is trusted and unlimited; model-written code never runs in it. Each test is a forked
-child that becomes ``nobody`` (when the runner is root), applies the limits and execs a fresh interpreter
-(:mod:`rewards._sandbox_child`), with stdin and stdout on unnamed memory files, stderr on /dev/null and
-every other descriptor closed. So the model's code shares no memory, descriptor or file name with the
+The runner itself is trusted and unlimited; model-written code never runs in it. Each test is a fresh
+interpreter (:mod:`rewards._sandbox_child`), started as ``nobody`` (when the runner is root) under the
+limits, with stdin and stdout on unnamed memory files, stderr on /dev/null and every other descriptor
+closed. So the model's code shares no memory, descriptor or file name with the
 runner: it cannot read the runner's state, write on its channels, or plant a symlink where the runner,
 as root, would write.
 """
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import resource
 import select
 import signal
+import subprocess
 import sys
 
 NOBODY = 65534
@@ -81,13 +83,6 @@ def isolate(limits):
     os.chdir("/tmp/work")
 
 
-def drop_root():
-    """Become ``nobody``: the runner stays root (so model code cannot signal it), each test does not."""
-    os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
-
-
 def apply_limits(limits):
     """rlimits of one test's process tree (inherited by everything it forks)."""
     mb = 1 << 20
@@ -109,58 +104,52 @@ def memory_file(name, data=b""):
     return fd
 
 
-def start_child(child, stdin, stdout, limits):
-    """Forked per test: stdio, nobody, limits, then a fresh interpreter; never returns to the runner."""
-    try:
-        os.setpgid(0, 0)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd, target in ((stdin, 0), (stdout, 1), (devnull, 2)):
-            os.dup2(fd, target)
-        os.closerange(3, 1 << 16)  # the runner's pipes and files: the model's code gets stdio and nothing else
-        if os.geteuid() == 0:
-            drop_root()  # before the limits: setuid() over RLIMIT_NPROC would fail the exec below
-        apply_limits(limits)
-        # no_new_privs: setuid and file-capability programs (su, mount, a buggy one) run without their privileges
-        if ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError("prctl(PR_SET_NO_NEW_PRIVS)")
-        os.execv(sys.executable, [sys.executable, "-I", "-c", child])
-    finally:
-        os._exit(127)
+def confine(limits):
+    """Between fork and exec of a test, already as nobody (when root): its own process group, the limits
+    (after the setuid: setuid() over RLIMIT_NPROC would fail the exec) and no_new_privs, so setuid and
+    file-capability programs (su, mount, a buggy one) run without their privileges."""
+    os.setpgid(0, 0)
+    apply_limits(limits)
+    if ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-def kill_test(pid, in_namespace):
-    """Kill the test's process group, and in our own pid namespace everything else but us
-    (which also catches processes that left the group with setsid); reap them all and return
-    the wait status of the test's own process."""
+def kill_test(proc, in_namespace):
+    """Kill the test's process group, and in our own pid namespace everything else but us (which also
+    catches processes that left the group with setsid); reap them all and return the test's exit code."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     if in_namespace:
         with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)
-    while True:
+    code = proc.wait()
+    while True:  # orphans of the test, whose parent we became as the namespace's init
         try:
-            reaped, status = os.waitpid(-1, 0)
+            os.waitpid(-1, 0)
         except ChildProcessError:
-            return test_status
-        if reaped == pid:
-            test_status = status
+            return code
 
 
 def run_test(child, code, test, limits, in_namespace):
-    """What one test did: its exit code (None if it ran out of time), and its stdout for a stdin/stdout test."""
+    """What one test did: its exit code (None if it ran out of time), and its stdout for a stdin/stdout test.
+
+    The test is a fresh interpreter, as nobody when we are root, with stdin and stdout on memory files,
+    stderr on /dev/null and every other descriptor closed (``close_fds``); a failure to start it (say,
+    an interpreter that nobody may run) raises here, before any model code ran."""
     job = {"code": code, **test}
     header = json.dumps({k: v for k, v in job.items() if k != "input"}).encode()
     stdin = memory_file("stdin", b"%010d" % len(header) + header + job.get("input", "").encode())
     stdout = memory_file("stdout")
-    pid = os.fork()
-    if pid == 0:
-        start_child(child, stdin, stdout, limits)
+    nobody = NOBODY if os.geteuid() == 0 else None
+    proc = subprocess.Popen([sys.executable, "-I", "-c", child], stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL,
+                            close_fds=True, user=nobody, group=nobody, extra_groups=None if nobody is None else [],
+                            preexec_fn=functools.partial(confine, limits))
     os.close(stdin)
-    pidfd = os.pidfd_open(pid)
-    finished = select.select([pidfd], [], [], limits["timeout_s"])[0]  # the child exited, or the deadline
+    pidfd = os.pidfd_open(proc.pid)
+    finished = select.select([pidfd], [], [], limits["timeout_s"])[0]  # the test exited, or the deadline
     os.close(pidfd)
-    status = kill_test(pid, in_namespace)
-    result = {"exit": os.waitstatus_to_exitcode(status) if finished else None}
+    exit_code = kill_test(proc, in_namespace)
+    result = {"exit": exit_code if finished else None}
     if "input" in test:
         result["stdout"] = os.pread(stdout, limits["output_bytes"], 0).decode(errors="replace")
     os.close(stdout)

@@ -102,7 +102,9 @@ def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: s
     A test is ``{"assert": "assert f(2) == 4"}`` (Python run after the solution, in its namespace) or
     ``{"input": "2\\n", "output": "4\\n"}`` (the solution as a program reading stdin; output compared
     ignoring trailing whitespace). Raises ``TimeoutError`` if the sandbox exceeds its total budget and
-    ``RuntimeError`` if it fails to report.
+    ``RuntimeError`` if it fails to report, e.g. when ``python`` is one that the tests cannot start:
+    each runs it afresh, as ``nobody`` when we are root, after /tmp, /var/tmp, /dev/shm and /run were
+    replaced by private folders (so not a virtual environment under /root or /tmp).
     """
     for test in tests:
         if not (set(test) == {"assert"} or set(test) == {"input", "output"}):

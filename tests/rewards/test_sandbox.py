@@ -197,6 +197,19 @@ def test_deleting_files_is_refused(mode, victim):
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
+def test_an_interpreter_the_tests_cannot_start_is_an_error(mode):
+    if os.geteuid() != 0:
+        pytest.skip("without root the tests run as our own user, who may start it")
+    hidden = host_directory("rlkit-hidden-")
+    hidden.chmod(0o700)  # nobody cannot look inside
+    (hidden / "python3").symlink_to(shutil.which("python3", path=sandbox.CLEAN_ENV["PATH"]))
+    try:
+        with pytest.raises(RuntimeError, match="PermissionError"):
+            run_tests("pass", PASS, FAST, python=str(hidden / "python3"))
+    finally:
+        shutil.rmtree(hidden)
+
+
 def test_no_descriptor_but_stdio_is_inherited(mode):
     """Hole: the runner's verdict pipe was inherited as fd 3; writing "ok" on it then exiting passed."""
     forge = "import os\nfor fd in range(3, 1024):\n    try:\n        os.write(fd, b'ok')\n    except OSError:\n        pass\nos._exit(0)\n"
