@@ -48,9 +48,9 @@ def mount(source, target, fstype, flags, options):
 
 def read_only_host():
     """Make every mount we see read-only and private (so nothing we mount propagates to the host), in
-    one call that keeps each mount's other flags: mount_setattr, Linux 5.12. Read-only mounts, not a
-    list of writable directories, because any directory nobody may write (world-writable, or nobody's
-    own) would otherwise keep what the program wrote."""
+    one call that keeps each mount's other flags: mount_setattr, Linux 5.12. Every mount rather than a
+    tmpfs over each directory that nobody may write: those (world-writable, nobody's own) cannot all
+    be listed, and one missed keeps what the program wrote there."""
     libc = ctypes.CDLL(None, use_errno=True)
     attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY, propagation=MS_PRIVATE)
     if libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/", ctypes.c_uint(AT_RECURSIVE),

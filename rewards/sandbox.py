@@ -10,20 +10,19 @@ one guarantees:
   runner, so it can neither forge the report nor read what it will be compared with. An assert test
   runs in the program's own process, so its verdict is that process's exit status: one drawn at random
   per test, which code digging through its own interpreter can find (see the child's docstring).
-
 - **Namespaces** (when ``unshare --net --pid --mount --ipc`` works, i.e. as root or with user
   namespaces allowed; checked once per process): no network at all (a fresh network namespace has
   only a down loopback); a private pid namespace whose init is the runner, so model code cannot
   signal anything outside it and every process it started dies with it, even one that called
   ``setsid``; every host mount read-only (Linux 5.12 or later), and private tmpfs mounts on /tmp,
   /var/tmp, /dev/shm and /run, capped in size and inodes, the only places it can write, so files it
-  writes never reach the host and their total is bounded (and the host daemons' sockets in /run are
-  out of reach; a socket elsewhere on the host, still connectable, is not); a private IPC namespace, so System V shared
-  memory, message queues and semaphores, and POSIX message queues, die with the sandbox, within
-  limits it sets (shared memory up to ``disk_mb`` in all). Without namespaces (a warning is logged
-  once) the code runs in a temporary directory with only the Python-level network guard below; it
-  can write to the host's world-writable directories, create System V objects that outlive it, and
-  a process that calls ``setsid`` escapes the final kill.
+  writes never reach the host and their total is bounded (and the sockets of the host's daemons, in
+  /run, are out of reach); a private IPC namespace, so System V shared memory, message queues and
+  semaphores, and POSIX message queues, die with the sandbox, within limits it sets (shared memory up
+  to ``disk_mb`` in all). Without namespaces (a warning is logged once) the code runs in a temporary
+  directory with only the Python-level network guard below; it can write to the host's
+  world-writable directories, create System V objects that outlive it, and a process that calls
+  ``setsid`` escapes the final kill.
 - **User**: when we are root, the runner stays root and each test runs as ``nobody``, so model code
   cannot write, delete or kill anything owned by another user, the runner included. Otherwise it runs
   as the calling user, and can touch that user's files and kill the runner (the sample then fails),
@@ -42,7 +41,11 @@ one guarantees:
   starts another program or uses ctypes gets past it, so alone it is a speed bump, not a wall.
 
 Not covered: memory is limited per process, not per sandbox (a fork bomb of memory bombs can use
-``processes x memory_mb``); cgroups would be needed for that.
+``processes x memory_mb``, and memory files of up to ``output_bytes`` and pipes, outside any
+address space, in as many as ``processes x open_files`` descriptors); cgroups would be needed for that. A unix socket
+outside /run, open to all, can still be connected to (read-only mounts do not stop ``connect``). A
+crash reaches a ``kernel.core_pattern`` that pipes core dumps to a host program (the rlimit only
+stops core files).
 """
 
 from __future__ import annotations
