@@ -133,7 +133,7 @@ def test_the_merged_export_loads_with_transformers(run, tmp_path):
 def test_export_refuses_a_full_model_run(tmp_path):
     checkpoint = tmp_path / "checkpoints" / "step-000001"
     (checkpoint / "model").mkdir(parents=True)
-    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "trainer_state.json").write_text('{"step": 1}')
     with pytest.raises(ValueError, match="is a full model, not a LoRA adapter"):
         export_merged(tmp_path, tmp_path / "merged")
 

@@ -45,7 +45,7 @@ def test_deepspeed_does_not_name_its_accelerator_outside_a_deepspeed_run(monkeyp
 
 def test_transformers_bars_are_off_while_the_rl_bar_is_up(tmp_path):
     accelerator = SimpleNamespace(is_main_process=True, init_trackers=None, end_training=lambda: None)
-    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as a fresh process has it (a Trainer built and never run leaves it off)
     log = RunLog(accelerator, tmp_path, 3, [], {})
     assert not hf_logging.is_progress_bar_enabled()
     log.close()
