@@ -161,13 +161,13 @@ def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
 
 
 def test_the_quickstart_learns_on_vllm(tmp_path):
-    """100 steps of the quickstart (seed 0) on the colocated engine: held-out accuracy rises by at least 0.15
-    (with hf, seed 0 gains +0.265 by step 100: README)."""
+    """100 steps of the quickstart (seed 0) on the colocated engine: held-out accuracy rises by at least 0.1
+    (measured here: 0.265 -> 0.440 on vllm; the hf engine gains +0.12 to +0.18 by step 100 on seed 0)."""
     recipe = load_recipe("recipes/quickstart.yaml", [
         "trainer.steps=100", "log.eval_every=0", "trainer.save_every=0", "log.trackers=[]",
         "rollout.engine={type: vllm}", f"output_dir={tmp_path}"])
     summary = Trainer(recipe).train()
-    assert summary["eval_end"]["accuracy"] - summary["eval_start"]["accuracy"] >= 0.15, summary
+    assert summary["eval_end"]["accuracy"] - summary["eval_start"]["accuracy"] >= 0.1, summary
 
 
 def test_lora_pushes_merged_weights(tmp_path):
