@@ -88,3 +88,19 @@ def test_a_server_that_is_not_there_is_named(free_port):
     url = f"http://127.0.0.1:{free_port}"
     with pytest.raises(EngineUnavailable, match=rf"the vLLM server at {url} did not answer GET /v1/models"):
         VLLMServerEngine(VLLMServerOptions(type="vllm_server", url=url, timeout_s=5), setup=None)
+
+
+def test_completions_from_lists_stop_at_the_first_eos_and_pad():
+    """What a server returns (token lists, log-prob lists) as padded tensors: the row ends at its first EOS
+    (anything after is dropped), a row without one is truncated."""
+    from rlkit.rollout import Completions
+
+    out = Completions.from_lists([[5, 2, 7, 2], [5, 6, 8], [3]], [[-0.5, -1.0, -2.0, -3.0], [-0.1, -0.2, -0.3], [-4.0]],
+                                 eos_token_ids=[2, 9], pad_id=0, version=3, device=torch.device("cpu"))
+    assert out.ids.tolist() == [[5, 2, 0], [5, 6, 8], [3, 0, 0]]
+    assert out.mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert out.truncated.tolist() == [False, True, True]
+    assert torch.equal(out.logp, torch.tensor([[-0.5, -1.0, 0.0], [-0.1, -0.2, -0.3], [-4.0, 0.0, 0.0]]))
+    assert out.version == 3
+    greedy = Completions.from_lists([[9]], None, eos_token_ids=[2, 9], pad_id=0, version=0, device=torch.device("cpu"))
+    assert greedy.ids.tolist() == [[9]] and greedy.logp is None and greedy.truncated.tolist() == [False]
