@@ -150,9 +150,13 @@ def repack_cpu_output_layer(worker) -> None:
 def _launcher_environment() -> None:
     """``external_launcher`` reads the launcher's variables; a single process started without a launcher
     gets those of a world of one (a free port for vLLM's own process group)."""
-    if "RANK" in os.environ:
-        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return s.getsockname()[1]

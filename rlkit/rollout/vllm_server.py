@@ -38,7 +38,7 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
-from rlkit.rollout.vllm import INSTALL, checkpoint_state, repack_cpu_output_layer
+from rlkit.rollout.vllm import INSTALL, checkpoint_state, free_port, repack_cpu_output_layer
 
 
 class EngineUnavailable(RuntimeError):
@@ -184,11 +184,7 @@ class VLLMServerEngine(Engine):
 
     def _start_server(self) -> str:
         """A server for this run on a free local port, its output in a log file; the URL once it answers."""
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         s, o = self.setup, self.options
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", s.model_path,
                    "--host", "127.0.0.1", "--port", str(port), "--dtype", s.dtype, "--seed", str(s.seed),

@@ -117,16 +117,8 @@ def test_stopped_rank_ends_the_job_after_the_collective_timeout(start_job, tmp_p
             "died or stalled") in stderr, [line for line in stderr.splitlines() if "rror" in line]
 
 
-def stalled_collectives(rank: int, port: int, out: str) -> None:
-    """Rank 0 runs collectives that rank 1 never joins: four at once (as DDP's gradient buckets are), then
-    one more, and records each error's text; rank 1 stays silent until rank 0 is done. Both leave with
-    ``os._exit``, as rlkit's ranks do: destroying a group whose pairs gloo closed can abort."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=2))
-    if rank == 1:
-        while not Path(out).exists():
-            time.sleep(0.1)
-        os._exit(0)
+def record_collective_errors(out: str) -> None:
+    """Run four collectives at once and one more, write each one's error text to ``out``, and exit."""
     errors = []
     for work in [dist.all_reduce(torch.ones(4), async_op=True) for _ in range(4)]:
         try:
@@ -139,6 +131,19 @@ def stalled_collectives(rank: int, port: int, out: str) -> None:
         errors.append(str(e))
     Path(out).write_text(json.dumps(errors))
     os._exit(0)
+
+
+def stalled_collectives(rank: int, port: int, out: str) -> None:
+    """Rank 0 runs collectives that rank 1 never joins: four at once (as DDP's gradient buckets are), then
+    one more, and records each error's text; rank 1 stays silent until rank 0 is done. Both leave with
+    ``os._exit``, as rlkit's ranks do: destroying a group whose pairs gloo closed can abort."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=2))
+    if rank == 1:
+        while not Path(out).exists():
+            time.sleep(0.1)
+        os._exit(0)
+    record_collective_errors(out)
 
 
 def test_every_error_of_a_gloo_timeout_is_recognised(tmp_path, free_port):
@@ -162,18 +167,7 @@ def killed_peer(rank: int, port: int, out: str) -> None:
     dist.all_reduce(torch.ones(4))
     if rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-    errors = []
-    for work in [dist.all_reduce(torch.ones(4), async_op=True) for _ in range(4)]:
-        try:
-            work.wait()
-        except RuntimeError as e:
-            errors.append(str(e))
-    try:
-        dist.all_reduce(torch.ones(4))
-    except RuntimeError as e:
-        errors.append(str(e))
-    Path(out).write_text(json.dumps(errors))
-    os._exit(0)
+    record_collective_errors(out)
 
 
 def test_every_error_of_a_killed_peer_is_recognised(tmp_path, free_port):
