@@ -23,7 +23,9 @@ PRESETS = ("opd", "opd_tip", "opd_q3")
 
 def teacher_accuracy(out: Path, seed: int | None) -> float:
     """Held-out greedy accuracy of the recipe's teacher, evaluated as the trainer evaluates a policy."""
-    overrides = [f"output_dir={out / 'teacher'}", "log.trackers=[]"] + ([] if seed is None else [f"trainer.seed={seed}"])
+    overrides = [f"output_dir={out / 'teacher'}", "log.trackers=[]"] + (
+        [] if seed is None else [f"trainer.seed={seed}"]
+    )
     recipe = load_recipe(preset_runs.RECIPES.parent / "distill.yaml", overrides)
     teacher = recipe.teacher
     recipe.model = ModelConfig(path=teacher.path, dtype=teacher.dtype, warm_start=teacher.warm_start)
@@ -48,25 +50,30 @@ def main(argv: list[str] | None = None) -> int:
     teacher = teacher_accuracy(out, args.seed)
     print(f"teacher held-out accuracy: {teacher:.3f}", flush=True)
     presets = args.presets.split(",")
-    status = preset_runs.main(["--presets", args.presets, "--out", str(out)]
-                              + ([] if args.steps is None else ["--steps", str(args.steps)])
-                              + ([] if args.seed is None else ["--seed", str(args.seed)]))
+    status = preset_runs.main(
+        ["--presets", args.presets, "--out", str(out)]
+        + ([] if args.steps is None else ["--steps", str(args.steps)])
+        + ([] if args.seed is None else ["--seed", str(args.seed)])
+    )
     gains = {}
     for preset in presets:
         summary = out / preset / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
             gains[preset] = (s["eval_start"]["accuracy"], s["eval_end"]["accuracy"])
-    lines = ["| preset | student start | student end | teacher | gain | gain / opd's gain |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| preset | student start | student end | teacher | gain | gain / opd's gain |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     base = gains["opd"][1] - gains["opd"][0] if "opd" in gains else None
     for preset, (start, end) in gains.items():
         ratio = f"{(end - start) / base:.2f}" if base else "n/a"
         lines.append(f"| {preset} | {start:.3f} | {end:.3f} | {teacher:.3f} | {end - start:+.3f} | {ratio} |")
     table = "\n".join(lines)
     command = " ".join(["python -m benchmarks.distill", *(argv if argv is not None else sys.argv[1:])])
-    (out / "distill.md").write_text(f"# On-policy distillation\n\n`{command}`\n\n{table}\n\n"
-                                    "![learning curves](presets.png)\n")
+    (out / "distill.md").write_text(
+        f"# On-policy distillation\n\n`{command}`\n\n{table}\n\n![learning curves](presets.png)\n"
+    )
     print(table)
     return status
 

@@ -33,8 +33,15 @@ PROMPT = 16
 
 def model(vocab: int, hidden: int, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -45,20 +52,28 @@ def measure(preset: str, vocab: int, rows: int, tokens: int, device: str) -> dic
     prompt_ids = torch.randint(vocab, (rows, PROMPT), generator=gen).to(device)
     completion_ids = torch.randint(vocab, (rows, tokens), generator=gen).to(device)
     ones = lambda n: torch.ones(rows, n, dtype=torch.long, device=device)  # noqa: E731
-    batch = StepBatch(mask=ones(tokens).float(), advantages=torch.zeros(rows, device=device),
-                      group_ids=torch.zeros(rows, dtype=torch.long, device=device), prompt_ids=prompt_ids,
-                      prompt_mask=ones(PROMPT), completion_ids=completion_ids)
+    batch = StepBatch(
+        mask=ones(tokens).float(),
+        advantages=torch.zeros(rows, device=device),
+        group_ids=torch.zeros(rows, dtype=torch.long, device=device),
+        prompt_ids=prompt_ids,
+        prompt_mask=ones(PROMPT),
+        completion_ids=completion_ids,
+    )
     objective = build_objective({"preset": preset})
-    forward = lambda m, b, **kw: completion_scores(m, b.prompt_ids, b.prompt_mask, b.completion_ids,  # noqa: E731
-                                                   b.mask, 1.0, **kw)
+
+    def forward(m, b, **kw):
+        return completion_scores(m, b.prompt_ids, b.prompt_mask, b.completion_ids, b.mask, 1.0, **kw)
+
     extras = []
     with torch.no_grad():  # the scoring pass, one row at a time
         for i in range(rows):
             row = batch.rows(slice(i, i + 1))
             if "logits" in objective.needs:
                 s, t = forward(student, row, with_logits=True), forward(teacher, row, with_logits=True)
-                extras.append(objective.on_logits(s.logits, row.completion_ids, row.mask, row.group_ids,
-                                                  teacher_logits=t.logits))
+                extras.append(
+                    objective.on_logits(s.logits, row.completion_ids, row.mask, row.group_ids, teacher_logits=t.logits)
+                )
     batch.extras = {k: torch.cat([e[k] for e in extras]) for k in extras[0]} if extras and extras[0] else {}
     metrics = Metrics()
     weights = objective.prepare(batch, metrics)
@@ -68,8 +83,12 @@ def measure(preset: str, vocab: int, rows: int, tokens: int, device: str) -> dic
         t = forward(teacher, batch, with_logits=True, positions=positions)
         loss = objective.loss(s.logp, batch, weights, metrics, logits=s.logits, teacher_logits=t.logits)
         loss.backward()
-    return {"preset": preset, "kept_token_frac": float(positions.float().mean()), "peak_mib": peak["mib"],
-            "loss": float(loss)}
+    return {
+        "preset": preset,
+        "kept_token_frac": float(positions.float().mean()),
+        "peak_mib": peak["mib"],
+        "loss": float(loss),
+    }
 
 
 def main() -> None:
@@ -85,14 +104,29 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.vocab, args.rows, args.tokens, args.device)))
         return
-    title = (f"one distillation update: {args.rows} rows x {args.tokens} tokens, vocabulary {args.vocab}, "
-             f"device {args.device}")
+    title = (
+        f"one distillation update: {args.rows} rows x {args.tokens} tokens, vocabulary {args.vocab}, "
+        f"device {args.device}"
+    )
     lines = ["| preset | kept tokens | peak memory of the update (MiB) |", "|---|---:|---:|"]
     print(title, *lines, sep="\n", flush=True)
     results = []
     for preset in args.presets.split(","):
-        command = [sys.executable, "-m", "benchmarks.distill_memory", "--one", preset, "--vocab", str(args.vocab),
-                   "--rows", str(args.rows), "--tokens", str(args.tokens), "--device", args.device]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.distill_memory",
+            "--one",
+            preset,
+            "--vocab",
+            str(args.vocab),
+            "--rows",
+            str(args.rows),
+            "--tokens",
+            str(args.tokens),
+            "--device",
+            args.device,
+        ]
         result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         results.append(result)
         lines.append(f"| {preset} | {result['kept_token_frac']:.2f} | {result['peak_mib']:.0f} |")
@@ -110,8 +144,9 @@ def write(out: Path, title: str, lines: list[str], results: list[dict]) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m benchmarks.distill_memory", *sys.argv[1:]])
-    (out / "distill_memory.md").write_text(f"`{command}`: {title}\n\n" + "\n".join(lines)
-                                           + "\n\n![peak memory](distill_memory.png)\n")
+    (out / "distill_memory.md").write_text(
+        f"`{command}`: {title}\n\n" + "\n".join(lines) + "\n\n![peak memory](distill_memory.png)\n"
+    )
     fig, ax = plt.subplots(figsize=(5, 3))
     names = [f"{r['preset']}\n({r['kept_token_frac']:.0%} of tokens)" for r in results]
     ax.bar(names, [r["peak_mib"] for r in results], color="tab:blue")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.vs_trl import G, SIZES, prompt_rows, start_checkpoint
+from benchmarks.vs_trl import SIZES, G, prompt_rows, start_checkpoint
 from rlkit.data import tokenize_prompts
 from rlkit.models import eos_token_ids, load_model, load_tokenizer
 from rlkit.rollout import EngineSetup, Sampling, build_engine
@@ -46,8 +46,15 @@ def run_size(size: str, repeats: int, workdir: Path) -> dict[str, dict]:
     prompt_ids = tokenize_prompts(list(prompt_rows(spec["prompts"])["prompt"]), tokenizer)
     sampling = Sampling(n=G, max_new_tokens=spec["max_new_tokens"])
     results = {"hf": measure(HFEngine.on(model, tokenizer, eos), prompt_ids, sampling, repeats)}
-    setup = EngineSetup(model_path=str(path), tokenizer=tokenizer, eos_token_ids=eos, dtype="float32",
-                        device=torch.device("cpu"), seed=0, max_model_len=128)
+    setup = EngineSetup(
+        model_path=str(path),
+        tokenizer=tokenizer,
+        eos_token_ids=eos,
+        dtype="float32",
+        device=torch.device("cpu"),
+        seed=0,
+        max_model_len=128,
+    )
     vllm = build_engine({"type": "vllm"}, setup)
     try:
         results["vllm"] = measure(vllm, prompt_ids, sampling, repeats)

@@ -41,8 +41,11 @@ def naive_token_scores(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.L
     return logp_all.gather(-1, ids[:, None]).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
 
 
-PASSES = {"nograd": "forward, no gradient", "hidden": "forward and backward, head frozen",
-          "all": "forward and backward, head trained"}
+PASSES = {
+    "nograd": "forward, no gradient",
+    "hidden": "forward and backward, head frozen",
+    "all": "forward and backward, head trained",
+}
 
 
 def measure(variant: str, mode: str, vocab: int, hidden_size: int, tokens: int, dtype: str, device: str) -> dict:
@@ -59,8 +62,13 @@ def measure(variant: str, mode: str, vocab: int, hidden_size: int, tokens: int, 
             logp, entropy = chunked_token_scores(hidden, ids, head, TEMPERATURE, with_entropy=True)
         if mode != "nograd":
             (logp.sum() + entropy.sum()).backward()
-    return {"variant": variant, "mode": mode, "peak_mib": peak["mib"],
-            "logp_sum": float(logp.sum()), "entropy_sum": float(entropy.sum())}
+    return {
+        "variant": variant,
+        "mode": mode,
+        "peak_mib": peak["mib"],
+        "logp_sum": float(logp.sum()),
+        "entropy_sum": float(entropy.sum()),
+    }
 
 
 def main() -> None:
@@ -77,16 +85,32 @@ def main() -> None:
         variant, mode = args.one.split(",")
         print(json.dumps(measure(variant, mode, *sizes)))
         return
-    print(f"log-prob + entropy of {args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, "
-          f"{args.dtype} on {args.device}: peak memory above the inputs (MiB)")
+    print(
+        f"log-prob + entropy of {args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, "
+        f"{args.dtype} on {args.device}: peak memory above the inputs (MiB)"
+    )
     print("| pass | naive | chunked | chunked / naive |\n|---|---:|---:|---:|", flush=True)
     ratios = {}
     for mode, name in PASSES.items():
         peaks = {}
         for variant in ("naive", "chunked"):
-            command = [sys.executable, "-m", "benchmarks.logprob_memory", "--one", f"{variant},{mode}",
-                       "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--tokens", str(args.tokens),
-                       "--dtype", args.dtype, "--device", args.device]
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.logprob_memory",
+                "--one",
+                f"{variant},{mode}",
+                "--vocab",
+                str(args.vocab),
+                "--hidden",
+                str(args.hidden),
+                "--tokens",
+                str(args.tokens),
+                "--dtype",
+                args.dtype,
+                "--device",
+                args.device,
+            ]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
             peaks[variant] = json.loads(out)["peak_mib"]
         ratios[mode] = peaks["chunked"] / peaks["naive"]

@@ -33,4 +33,4 @@ def peak_above_start(device: str):
         peak = torch.cuda.max_memory_allocated() - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    result["mib"] = peak / 2 ** 20
+    result["mib"] = peak / 2**20

@@ -19,8 +19,7 @@ from rlkit.objectives.presets import PRESETS
 from rlkit.plot import plot_runs
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "presets"
-HEADER = ("| preset | accuracy at start | accuracy at end | change | wall s |\n"
-          "|---|---:|---:|---:|---:|")
+HEADER = "| preset | accuracy at start | accuracy at end | change | wall s |\n|---|---:|---:|---:|---:|"
 
 
 def train(preset: str, steps: int | None, seed: int | None, run_dir: Path) -> int:
@@ -66,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             finished.append(out / preset)
     table = "\n".join([HEADER, *rows])
     command = " ".join(["python -m benchmarks.presets", *(argv if argv is not None else sys.argv[1:])])
-    (out / "presets.md").write_text(f"# Objective presets\n\n`{command}`: recipes/presets/<preset>.yaml, held-out "
-                                    f"accuracy (eval/accuracy) at the start and at the end of RL.\n\n{table}\n\n"
-                                    "![learning curves](presets.png)\n")
+    (out / "presets.md").write_text(
+        f"# Objective presets\n\n`{command}`: recipes/presets/<preset>.yaml, held-out "
+        f"accuracy (eval/accuracy) at the start and at the end of RL.\n\n{table}\n\n"
+        "![learning curves](presets.png)\n"
+    )
     if finished:
         plot_runs(finished, out / "presets.png")
     print(table)

@@ -58,8 +58,13 @@ G = 8
 SIZES = {  # prompts per rollout batch, max new tokens, model (None: the quickstart's warm-started tiny),
     # DAPO's overlong penalty (max_length, cache_length) added to the reward, or None; learning rate
     "quickstart": {"prompts": 32, "max_new_tokens": 5, "model": None, "overlong": None, "lr": 2e-4},
-    "large": {"prompts": 8, "max_new_tokens": 64, "model": {"hidden": 256, "layers": 10}, "overlong": (64, 64),
-              "lr": 1e-6},
+    "large": {
+        "prompts": 8,
+        "max_new_tokens": 64,
+        "model": {"hidden": 256, "layers": 10},
+        "overlong": (64, 64),
+        "lr": 1e-6,
+    },
 }
 SEED = 0
 RLKIT_SYSTEMS = {"rlkit": [], "rlkit_bf16": ["trainer.mixed_precision=bf16"]}  # recipe overrides
@@ -67,8 +72,8 @@ RLKIT_SYSTEMS = {"rlkit": [], "rlkit_bf16": ["trainer.mixed_precision=bf16"]}  #
 
 @dataclass(frozen=True)
 class TRLSettings:
-    config: dict                 # GRPOConfig fields over TRL's defaults
-    attention: str = "sdpa"      # the model's attn_implementation (transformers' default: sdpa)
+    config: dict  # GRPOConfig fields over TRL's defaults
+    attention: str = "sdpa"  # the model's attn_implementation (transformers' default: sdpa)
 
 
 TRL_SYSTEMS = {
@@ -113,25 +118,38 @@ def rewards_spec(size: str) -> str:
     spec = "[{verifier: exact_number, weight: 1.0}"
     if SIZES[size]["overlong"]:
         max_length, cache_length = SIZES[size]["overlong"]
-        spec += (f", {{verifier: overlong, weight: 1.0, kwargs: {{max_length: {max_length}, "
-                 f"cache_length: {cache_length}}}}}")
+        spec += (
+            f", {{verifier: overlong, weight: 1.0, kwargs: {{max_length: {max_length}, cache_length: {cache_length}}}}}"
+        )
     return spec + "]"
 
 
-def run_rlkit(model: Path, size: str, cycles: int, workdir: Path, overrides: list[str]
-              ) -> tuple[list[float], list[int], object]:
+def run_rlkit(
+    model: Path, size: str, cycles: int, workdir: Path, overrides: list[str]
+) -> tuple[list[float], list[int], object]:
     from rlkit.recipe import load_recipe
     from rlkit.trainer import Trainer
 
     spec = SIZES[size]
-    recipe = load_recipe(ROOT / "recipes/quickstart.yaml", [
-        f"model.path={model}", "model.warm_start=null", f"trainer.prompts_per_step={spec['prompts']}",
-        "trainer.mini_batches=2", f"trainer.micro_batch_size={spec['prompts'] * G // 2}", f"trainer.lr={spec['lr']}",
-        f"rollout.max_new_tokens={spec['max_new_tokens']}", "objective={preset: grpo, kl: {beta: 0.0}, "
-        "aggregation: {type: token_mean}}", f"trainer.seed={SEED}", "log.trackers=[]",
-        f"trainer.steps={cycles + 1}", f"output_dir={workdir / 'rlkit'}", f"rewards={rewards_spec(size)}",
-        *overrides,
-    ])
+    recipe = load_recipe(
+        ROOT / "recipes/quickstart.yaml",
+        [
+            f"model.path={model}",
+            "model.warm_start=null",
+            f"trainer.prompts_per_step={spec['prompts']}",
+            "trainer.mini_batches=2",
+            f"trainer.micro_batch_size={spec['prompts'] * G // 2}",
+            f"trainer.lr={spec['lr']}",
+            f"rollout.max_new_tokens={spec['max_new_tokens']}",
+            "objective={preset: grpo, kl: {beta: 0.0}, aggregation: {type: token_mean}}",
+            f"trainer.seed={SEED}",
+            "log.trackers=[]",
+            f"trainer.steps={cycles + 1}",
+            f"output_dir={workdir / 'rlkit'}",
+            f"rewards={rewards_spec(size)}",
+            *overrides,
+        ],
+    )
     trainer = Trainer(recipe)
     times, tokens = [], []
     for step in range(1, cycles + 2):
@@ -164,8 +182,11 @@ def update_rate(trainer, step: int) -> dict:
     config = trainer.accelerator.unwrap_model(trainer.model).config
     gflop = counter.get_total_flops() / 1e9
     dtype = {"no": torch.float32, "bf16": torch.bfloat16}[trainer.recipe.trainer.mixed_precision]
-    return {"update_gflop": gflop, "update_gflop_per_s": gflop / seconds[0],
-            "matmul_gflop_per_s": matmul_rate(config.hidden_size, config.intermediate_size, dtype)}
+    return {
+        "update_gflop": gflop,
+        "update_gflop_per_s": gflop / seconds[0],
+        "matmul_gflop_per_s": matmul_rate(config.hidden_size, config.intermediate_size, dtype),
+    }
 
 
 def matmul_rate(hidden: int, intermediate: int, dtype, rows: int = 4096, repeats: int = 20) -> float:
@@ -180,8 +201,7 @@ def matmul_rate(hidden: int, intermediate: int, dtype, rows: int = 4096, repeats
     return 2 * rows * hidden * intermediate * repeats / (time.perf_counter() - t) / 1e9
 
 
-def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSettings
-            ) -> tuple[list[float], list[int]]:
+def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSettings) -> tuple[list[float], list[int]]:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -191,12 +211,32 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSet
 
     spec = SIZES[size]
     config = GRPOConfig(
-        output_dir=str(workdir / "trl"), use_cpu=True, seed=SEED, report_to="none", save_strategy="no",
-        logging_steps=10 ** 6, disable_tqdm=True, max_steps=2 * (cycles + 1), shuffle_dataset=False,
-        per_device_train_batch_size=spec["prompts"] * G // 2, steps_per_generation=2, num_generations=G,
-        gradient_accumulation_steps=1, max_completion_length=spec["max_new_tokens"], temperature=1.0,
-        top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=spec["lr"],
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, **settings.config,
+        output_dir=str(workdir / "trl"),
+        use_cpu=True,
+        seed=SEED,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        max_steps=2 * (cycles + 1),
+        shuffle_dataset=False,
+        per_device_train_batch_size=spec["prompts"] * G // 2,
+        steps_per_generation=2,
+        num_generations=G,
+        gradient_accumulation_steps=1,
+        max_completion_length=spec["max_new_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        **settings.config,
     )
     ends: list[float] = []
     tokens: list[int] = []
@@ -209,14 +249,26 @@ def run_trl(model: Path, size: str, cycles: int, workdir: Path, settings: TRLSet
         tokens.append(sum(len(c) for c in completion_ids))
         total = exact_number(prompts, completions, answer)
         if spec["overlong"]:  # TRL's completion_ids end at the EOS, included, as rlkit's completion_tokens
-            total = [r + p for r, p in zip(total, overlong(prompts, completions, *spec["overlong"],
-                                                            completion_tokens=[len(c) for c in completion_ids]))]
+            total = [
+                r + p
+                for r, p in zip(
+                    total,
+                    overlong(
+                        prompts, completions, *spec["overlong"], completion_tokens=[len(c) for c in completion_ids]
+                    ),
+                )
+            ]
         return total
 
     policy = AutoModelForCausalLM.from_pretrained(model, attn_implementation=settings.attention)
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=config,
-                          train_dataset=prompt_rows(spec["prompts"] * (cycles + 1)),
-                          processing_class=load_tokenizer(model), callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=prompt_rows(spec["prompts"] * (cycles + 1)),
+        processing_class=load_tokenizer(model),
+        callbacks=[Clock()],
+    )
     start = time.perf_counter()
     trainer.train()
     cycle_ends = [start, *ends[1::2]]  # a rollout batch is generated at every other optimizer step
@@ -258,17 +310,32 @@ def main() -> None:
         results: dict[str, list[dict]] = {s: [] for s in systems}
         for r in range(args.rounds):
             for system in systems:
-                command = [sys.executable, "-m", "benchmarks.vs_trl", "--one", system, "--model", str(model),
-                           "--size", args.size, "--cycles", str(args.cycles), "--core", str(args.core)]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.vs_trl",
+                    "--one",
+                    system,
+                    "--model",
+                    str(model),
+                    "--size",
+                    args.size,
+                    "--cycles",
+                    str(args.cycles),
+                    "--core",
+                    str(args.core),
+                ]
                 out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
                 if out.returncode:
                     sys.exit(f"{system} failed:\n{out.stderr[-3000:]}")
                 results[system].append(json.loads(out.stdout.splitlines()[-1]))
                 print(f"round {r + 1}/{args.rounds}: {system} done", file=sys.stderr, flush=True)
     spec = SIZES[args.size]
-    print(f"size {args.size}: {spec['prompts']} prompts x G={G} per rollout batch, 2 optimizer steps each, at most "
-          f"{spec['max_new_tokens']} new tokens; {args.rounds} rounds x {args.cycles} timed rollout batches; "
-          f"one core, one thread per system")
+    print(
+        f"size {args.size}: {spec['prompts']} prompts x G={G} per rollout batch, 2 optimizer steps each, at most "
+        f"{spec['max_new_tokens']} new tokens; {args.rounds} rounds x {args.cycles} timed rollout batches; "
+        f"one core, one thread per system"
+    )
     print("| system | s / optimizer step (median) | completion tokens / s | peak RSS (MiB) |\n|---|---:|---:|---:|")
     summary = {}
     for system, runs in results.items():
@@ -278,13 +345,17 @@ def main() -> None:
         summary[system] = (step_s, max(run["peak_rss_mib"] for run in runs))
         print(f"| {system} | {step_s:.3f} | {sum(tokens) / sum(cycles):.0f} | {summary[system][1]:.0f} |")
     for system in [s for s in results if s in RLKIT_SYSTEMS]:
-        rates = {k: statistics.median(run[k] for run in results[system])
-                 for k in ("update_gflop", "update_gflop_per_s", "matmul_gflop_per_s")}
-        print(f"{system}'s update (forward + backward of a rollout batch's 2 optimizer steps): "
-              f"{rates['update_gflop']:.1f} GFLOP at >= {rates['update_gflop_per_s']:.1f} GFLOP/s, "
-              f"{rates['update_gflop_per_s'] / rates['matmul_gflop_per_s']:.0%} of this core's dense matmul "
-              f"rate in its precision at the model's MLP shape ({rates['matmul_gflop_per_s']:.1f} GFLOP/s; "
-              f"medians over rounds)")
+        rates = {
+            k: statistics.median(run[k] for run in results[system])
+            for k in ("update_gflop", "update_gflop_per_s", "matmul_gflop_per_s")
+        }
+        print(
+            f"{system}'s update (forward + backward of a rollout batch's 2 optimizer steps): "
+            f"{rates['update_gflop']:.1f} GFLOP at >= {rates['update_gflop_per_s']:.1f} GFLOP/s, "
+            f"{rates['update_gflop_per_s'] / rates['matmul_gflop_per_s']:.0%} of this core's dense matmul "
+            f"rate in its precision at the model's MLP shape ({rates['matmul_gflop_per_s']:.1f} GFLOP/s; "
+            f"medians over rounds)"
+        )
     rlkit = min((s for s in summary if s in RLKIT_SYSTEMS), key=lambda s: summary[s][0], default=None)
     trl = min((s for s in summary if s in TRL_SYSTEMS), key=lambda s: summary[s][0], default=None)
     if rlkit and trl:

@@ -13,8 +13,8 @@ Built-in: ``exact_number``, ``string_match``, ``math``, ``multiple_choice``, ``r
 ``think_format``, ``overlong`` and ``code``.
 """
 
-from rewards.registry import VERIFIERS, get_verifier, register
 from rewards import choice, coding, exact, maths, shaping  # noqa: F401  (register the built-in verifiers)
+from rewards.registry import VERIFIERS, get_verifier, register
 from rewards.scoring import Failure, RewardScorer, RewardSpec, Scores
 
 __all__ = ["VERIFIERS", "Failure", "RewardScorer", "RewardSpec", "Scores", "get_verifier", "register"]

@@ -53,18 +53,29 @@ def read_only_host():
     be listed, and one missed keeps what the program wrote there."""
     libc = ctypes.CDLL(None, use_errno=True)
     attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY, propagation=MS_PRIVATE)
-    if libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/", ctypes.c_uint(AT_RECURSIVE),
-                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))) != 0:
+    if (
+        libc.syscall(
+            ctypes.c_long(SYS_MOUNT_SETATTR),
+            ctypes.c_int(AT_FDCWD),
+            b"/",
+            ctypes.c_uint(AT_RECURSIVE),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+        != 0
+    ):
         raise OSError(ctypes.get_errno(), "mount_setattr / read-only (needs Linux 5.12)")
 
 
 def ipc_limits(disk_mb):
     """Limits of our fresh IPC namespace (whose objects die with it): the System V defaults let one
     program keep gigabytes of kernel memory that no rlimit counts."""
-    return {"kernel/shmall": str((disk_mb << 20) // resource.getpagesize()),  # shared memory in all, in pages
-            "kernel/msgmni": "16",               # message queues, of msgmnb = 16 KiB each
-            "kernel/sem": "250 32000 32 128",    # per array, in all, per semop call, arrays: Linux's old defaults
-            "fs/mqueue/queues_max": "16"}        # POSIX message queues, of at most 10 x 8 KiB each
+    return {
+        "kernel/shmall": str((disk_mb << 20) // resource.getpagesize()),  # shared memory in all, in pages
+        "kernel/msgmni": "16",  # message queues, of msgmnb = 16 KiB each
+        "kernel/sem": "250 32000 32 128",  # per array, in all, per semop call, arrays: Linux's old defaults
+        "fs/mqueue/queues_max": "16",
+    }  # POSIX message queues, of at most 10 x 8 KiB each
 
 
 def isolate(limits):
@@ -86,11 +97,13 @@ def isolate(limits):
 def apply_limits(limits):
     """rlimits of one test's process tree (inherited by everything it forks)."""
     mb = 1 << 20
-    for kind, value in ((resource.RLIMIT_AS, limits["memory_mb"] * mb),
-                        (resource.RLIMIT_FSIZE, limits["output_bytes"]),
-                        (resource.RLIMIT_NOFILE, limits["open_files"]),
-                        (resource.RLIMIT_NPROC, limits["processes"]),
-                        (resource.RLIMIT_CORE, 0)):  # exec makes the test dumpable again: no core files
+    for kind, value in (
+        (resource.RLIMIT_AS, limits["memory_mb"] * mb),
+        (resource.RLIMIT_FSIZE, limits["output_bytes"]),
+        (resource.RLIMIT_NOFILE, limits["open_files"]),
+        (resource.RLIMIT_NPROC, limits["processes"]),
+        (resource.RLIMIT_CORE, 0),
+    ):  # exec makes the test dumpable again: no core files
         resource.setrlimit(kind, (value, value))
     cpu = max(1, int(limits["cpu_s"]))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU at the soft limit, SIGKILL one second later
@@ -141,9 +154,17 @@ def run_test(child, code, test, limits, in_namespace):
     stdin = memory_file("stdin", b"%010d" % len(header) + header + job.get("input", "").encode())
     stdout = memory_file("stdout")
     nobody = NOBODY if os.geteuid() == 0 else None
-    proc = subprocess.Popen([sys.executable, "-I", "-c", child], stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL,
-                            close_fds=True, user=nobody, group=nobody, extra_groups=None if nobody is None else [],
-                            preexec_fn=functools.partial(confine, limits))
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", child],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        user=nobody,
+        group=nobody,
+        extra_groups=None if nobody is None else [],
+        preexec_fn=functools.partial(confine, limits),
+    )
     os.close(stdin)
     pidfd = os.pidfd_open(proc.pid)
     finished = select.select([pidfd], [], [], limits["timeout_s"])[0]  # the test exited, or the deadline

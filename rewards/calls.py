@@ -18,17 +18,17 @@ from rewards.registry import Verifier
 class Task:
     """One verifier applied to one sample (picklable: it travels to pool workers)."""
 
-    spec: int            # index of the verifier in the scorer's spec list
+    spec: int  # index of the verifier in the scorer's spec list
     prompt: str
     completion: str
-    row: dict            # this sample's dataset columns, one value each
+    row: dict  # this sample's dataset columns, one value each
     timeout_s: float
 
 
 @dataclass(frozen=True)
 class Outcome:
     score: float | None
-    failure: str | None = None   # None, "error" or "timeout"
+    failure: str | None = None  # None, "error" or "timeout"
     message: str = ""
 
 

@@ -28,14 +28,18 @@ def read_completions(path: str | Path) -> tuple[list[str], list[str], dict[str, 
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: not valid JSON: {e}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("completion"), str):
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("prompt"), str)
+                or not isinstance(row.get("completion"), str)
+            ):
                 raise ValueError(f"{path}:{number}: a line needs string 'prompt' and 'completion' fields")
             prompts.append(row.pop("prompt"))
             completions.append(row.pop("completion"))
             if rows and row.keys() != rows[0].keys():
-                raise ValueError(f"{path}:{number}: columns {sorted(row)} differ from the first line's "
-                                 f"{sorted(rows[0])}")
+                raise ValueError(
+                    f"{path}:{number}: columns {sorted(row)} differ from the first line's {sorted(rows[0])}"
+                )
             rows.append(row)
             numbers.append(number)
     if not rows:
@@ -45,18 +49,23 @@ def read_completions(path: str | Path) -> tuple[list[str], list[str], dict[str, 
 
 def report(specs: list[RewardSpec], scores: Scores, line_numbers: list[int]) -> str:
     """A per-verifier table (mean over the samples it scored), the total, then each failure by line."""
-    lines = [f"{'verifier':<24} {'weight':>7} {'mean':>7} {'scored':>7} {'abstained':>9} {'failures':>8} "
-             f"{'timeouts':>8}"]
+    lines = [
+        f"{'verifier':<24} {'weight':>7} {'mean':>7} {'scored':>7} {'abstained':>9} {'failures':>8} {'timeouts':>8}"
+    ]
     for spec in specs:
         values = scores.per_verifier[spec.label]
         scored = sum(v is not None for v in values)
         m = scores.metrics
-        lines.append(f"{spec.label:<24} {spec.weight:>7.2f} {m[f'reward/{spec.label}/mean']:>7.3f} {scored:>7} "
-                     f"{len(values) - scored:>9} {m[f'reward/{spec.label}/failures']:>8.0f} "
-                     f"{m[f'reward/{spec.label}/timeouts']:>8.0f}")
+        lines.append(
+            f"{spec.label:<24} {spec.weight:>7.2f} {m[f'reward/{spec.label}/mean']:>7.3f} {scored:>7} "
+            f"{len(values) - scored:>9} {m[f'reward/{spec.label}/failures']:>8.0f} "
+            f"{m[f'reward/{spec.label}/timeouts']:>8.0f}"
+        )
     totals = [t for t in scores.total if not math.isnan(t)]
-    lines.append(f"{'total':<24} {'':>7} {sum(totals) / len(totals) if totals else math.nan:>7.3f} {len(totals):>7}"
-                 f" {len(scores.total) - len(totals):>9}")
+    lines.append(
+        f"{'total':<24} {'':>7} {sum(totals) / len(totals) if totals else math.nan:>7.3f} {len(totals):>7}"
+        f" {len(scores.total) - len(totals):>9}"
+    )
     lines += [f"line {line_numbers[f.index]}: {f.label} {f.kind}: {f.message}" for f in scores.failures]
     return "\n".join(lines)
 
@@ -71,7 +80,9 @@ def verify_file(specs: list[RewardSpec], path: str | Path, workers: int = 2) -> 
     start = time.perf_counter()
     with RewardScorer(specs, workers=workers) as scorer:
         scores = scorer(prompts, completions, columns)
-    print(f"{path}: {len(completions)} completions, {len(specs)} verifiers, {workers} workers, "
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+        f"{path}: {len(completions)} completions, {len(specs)} verifiers, {workers} workers, "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     print(report(scorer.specs, scores, line_numbers))
     return 0

@@ -29,10 +29,10 @@ from multiprocessing.connection import Connection, wait
 
 from rewards.calls import Outcome, Task
 
-GRACE_S = 2.0    # a worker gets this long after a task's own timeout before it is killed
+GRACE_S = 2.0  # a worker gets this long after a task's own timeout before it is killed
 QUEUE_DEPTH = 4  # tasks sent ahead to each worker
-PATIENCE = 0.1   # fraction of its timeout after which a running task no longer holds its worker's queue
-MAX_ASIDE = 4    # set-aside workers per worker: bounds the processes (and memory) slow samples take
+PATIENCE = 0.1  # fraction of its timeout after which a running task no longer holds its worker's queue
+MAX_ASIDE = 4  # set-aside workers per worker: bounds the processes (and memory) slow samples take
 
 
 class _Worker:
@@ -40,15 +40,19 @@ class _Worker:
         ours, theirs = socket.socketpair()
         # Same interpreter and import path as this process, so user verifiers resolve the same way there.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-m", "rewards.worker", str(theirs.fileno())],
-                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rewards.worker", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
         theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send(specs)
         self.ready = False
         self.jobs: deque[int] = deque()  # indices of the tasks sent, oldest (the one running) first
-        self.started = math.inf          # when jobs[0] started: when it was sent or the previous outcome arrived
-        self.aside = False               # set aside: it only finishes jobs[0], then it is stopped
+        self.started = math.inf  # when jobs[0] started: when it was sent or the previous outcome arrived
+        self.aside = False  # set aside: it only finishes jobs[0], then it is stopped
 
     def kill(self):
         self.process.kill()
@@ -115,8 +119,10 @@ class VerifierPool:
                 message = conn.recv()
             except EOFError:  # the worker died (os._exit, segfault, OOM kill)
                 if not worker.ready:
-                    raise RuntimeError(f"a verifier worker failed to start (exit code {worker.process.wait()}); "
-                                       "see its traceback above") from None
+                    raise RuntimeError(
+                        f"a verifier worker failed to start (exit code {worker.process.wait()}); "
+                        "see its traceback above"
+                    ) from None
                 self._fail(worker, Outcome(None, "error", "verifier worker process died"))
                 continue
             if message == "ready":

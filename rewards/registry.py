@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Verifier = Callable[..., list]
 
@@ -35,8 +35,11 @@ def get_verifier(spec: str) -> Verifier:
         return VERIFIERS[spec]
     if ":" not in spec:
         close = difflib.get_close_matches(spec, list(VERIFIERS), n=1)
-        hint = (f"did you mean '{close[0]}'?" if close else
-                f"registered: {sorted(VERIFIERS)} (or give 'module:function' / 'file.py:function')")
+        hint = (
+            f"did you mean '{close[0]}'?"
+            if close
+            else f"registered: {sorted(VERIFIERS)} (or give 'module:function' / 'file.py:function')"
+        )
         raise KeyError(f"unknown verifier {spec!r}; {hint}")
     target, attr = spec.rsplit(":", 1)
     module = _import(target)
@@ -54,8 +57,9 @@ def _import(target: str):
     every failure becomes one ImportError saying which module and why."""
     path = Path(target)
     if target.endswith(".py") and not path.is_file():
-        raise FileNotFoundError(f"verifier file {target!r} does not exist "
-                                "(relative paths are from the working directory)")
+        raise FileNotFoundError(
+            f"verifier file {target!r} does not exist (relative paths are from the working directory)"
+        )
     try:
         return _exec_file(path) if target.endswith(".py") else importlib.import_module(target)
     except Exception as e:

@@ -50,6 +50,7 @@ stops core files).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -77,13 +78,13 @@ STARTUP_S = 5.0  # budget for starting the sandbox, on top of the tests' own tim
 class Limits:
     """Resource limits of one test of a sandboxed sample."""
 
-    timeout_s: float = 2.0      # wall clock per test
-    cpu_s: float = 2.0          # CPU seconds per process (RLIMIT_CPU, whole seconds, at least 1)
-    memory_mb: int = 512        # address space per process (RLIMIT_AS)
+    timeout_s: float = 2.0  # wall clock per test
+    cpu_s: float = 2.0  # CPU seconds per process (RLIMIT_CPU, whole seconds, at least 1)
+    memory_mb: int = 512  # address space per process (RLIMIT_AS)
     output_bytes: int = 1 << 20  # largest file it may write, stdout and stderr included (RLIMIT_FSIZE)
-    open_files: int = 64        # RLIMIT_NOFILE
-    processes: int = 32         # RLIMIT_NPROC, per user
-    disk_mb: int = 64           # size of each private tmpfs, and of all System V shared memory (namespaces only)
+    open_files: int = 64  # RLIMIT_NOFILE
+    processes: int = 32  # RLIMIT_NPROC, per user
+    disk_mb: int = 64  # size of each private tmpfs, and of all System V shared memory (namespaces only)
 
 
 @functools.cache
@@ -94,8 +95,10 @@ def namespaces_available() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     if not ok:
-        log.warning("code sandbox: cannot create namespaces (not root?); model code runs as this user "
-                    "with rlimits and a Python-level network guard only")
+        log.warning(
+            "code sandbox: cannot create namespaces (not root?); model code runs as this user "
+            "with rlimits and a Python-level network guard only"
+        )
     return ok
 
 
@@ -114,36 +117,49 @@ def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: s
             raise ValueError(f"a test is {{'assert': str}} or {{'input': str, 'output': str}}, got keys {sorted(test)}")
     isolate = namespaces_available()
     # What enters the sandbox: inputs and assert tests, never an expected output.
-    jobs = [{"input": t["input"]} if "input" in t else {"assert": t["assert"], "status": secrets.choice(PASS_STATUSES)}
-            for t in tests]
+    jobs = [
+        {"input": t["input"]} if "input" in t else {"assert": t["assert"], "status": secrets.choice(PASS_STATUSES)}
+        for t in tests
+    ]
     request = json.dumps({"child": CHILD, "code": code, "tests": jobs, "limits": asdict(limits), "isolate": isolate})
     command = [*(NAMESPACES if isolate else []), python, "-I", "-c", RUNNER]
     budget = STARTUP_S + limits.timeout_s * len(tests)
     with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as workdir:
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=workdir, env=CLEAN_ENV, start_new_session=True, text=True)
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=CLEAN_ENV,
+            start_new_session=True,
+            text=True,
+        )
         try:
             out, err = proc.communicate(request, timeout=budget)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"sandbox did not finish {len(tests)} tests in {budget:.0f} s") from None
         finally:  # also when the caller is interrupted: nothing may outlive this call
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
     try:
         results = json.loads(out)["results"]
     except (ValueError, KeyError):
         raise RuntimeError(f"sandbox runner failed (exit {proc.returncode}): {err[-2000:]}") from None
-    return [result["exit"] == job["status"] if "assert" in job
-            else result["exit"] == 0 and same_output(result["stdout"], test["output"])
-            for test, job, result in zip(tests, jobs, results, strict=True)]
+    return [
+        result["exit"] == job["status"]
+        if "assert" in job
+        else result["exit"] == 0 and same_output(result["stdout"], test["output"])
+        for test, job, result in zip(tests, jobs, results, strict=True)
+    ]
 
 
 def same_output(produced: str, expected: str) -> bool:
     """Compare program output ignoring trailing whitespace on each line and trailing blank lines
     (the usual rule of APPS / CodeContests judges)."""
+
     def lines(text):
         return [line.rstrip() for line in text.rstrip().splitlines()]
+
     return lines(produced) == lines(expected)

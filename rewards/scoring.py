@@ -22,17 +22,22 @@ class RewardSpec(BaseModel):
 
     verifier: str = Field(description="registered name, 'module:function' or 'file.py:function'")
     weight: float = Field(1.0, description="weight of this verifier in the total reward")
-    name: str | None = Field(None, description="label in metrics (default: the verifier's name: a registered "
-                                                "name, or the function of 'module:function' / 'file.py:function')")
+    name: str | None = Field(
+        None,
+        description="label in metrics (default: the verifier's name: a registered "
+        "name, or the function of 'module:function' / 'file.py:function')",
+    )
     kwargs: dict = Field(default_factory=dict, description="extra keyword arguments for the verifier")
     when: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="apply only to samples whose dataset column equals this value (or one of these values), "
-                    "e.g. {task: math} in a multi-task mix; other samples abstain (None) without a call")
+        "e.g. {task: math} in a multi-task mix; other samples abstain (None) without a call",
+    )
     timeout_s: float = Field(10.0, gt=0, description="time limit for scoring one sample; past it the sample fails")
     on_failure: float | None = Field(
-        0.0, description="score recorded when the verifier raises or times out on a sample: a number, or null "
-                         "to abstain")
+        0.0,
+        description="score recorded when the verifier raises or times out on a sample: a number, or null to abstain",
+    )
 
     @property
     def label(self) -> str:
@@ -43,8 +48,10 @@ class RewardSpec(BaseModel):
         """Routing: whether this verifier scores the sample with dataset columns ``row``."""
         for column, wanted in self.when.items():
             if column not in row:
-                raise ValueError(f"reward {self.label!r} routes on column {column!r}, which the dataset lacks "
-                                 f"(columns: {sorted(row)})")
+                raise ValueError(
+                    f"reward {self.label!r} routes on column {column!r}, which the dataset lacks "
+                    f"(columns: {sorted(row)})"
+                )
             if str(row[column]) not in ([wanted] if isinstance(wanted, str) else wanted):
                 return False
         return True
@@ -55,9 +62,10 @@ def with_labels(specs: list[RewardSpec]) -> list[RewardSpec]:
     files' ``score``, one verifier twice) is numbered by its entry's position: ``score_0``, ``score_1``.
     A ``name`` given twice is left as it is, for the caller to refuse."""
     labels = [s.label for s in specs]
-    return [s if s.name else s.model_copy(update={"name": s.label if labels.count(s.label) == 1 else
-                                                  f"{s.label}_{i}"})
-            for i, s in enumerate(specs)]
+    return [
+        s if s.name else s.model_copy(update={"name": s.label if labels.count(s.label) == 1 else f"{s.label}_{i}"})
+        for i, s in enumerate(specs)
+    ]
 
 
 @dataclass(frozen=True)
@@ -65,16 +73,16 @@ class Failure:
     """A verifier that raised or timed out on one sample: log it next to that sample."""
 
     label: str
-    index: int      # position of the sample in the batch
-    kind: str       # "error" or "timeout"
+    index: int  # position of the sample in the batch
+    kind: str  # "error" or "timeout"
     message: str
 
 
 @dataclass
 class Scores:
-    total: list[float]                          # [B] sum_k w_k * r_k over non-abstaining verifiers; NaN if all abstain
+    total: list[float]  # [B] sum_k w_k * r_k over non-abstaining verifiers; NaN if all abstain
     per_verifier: dict[str, list[float | None]]  # label -> [B]; failures hold the spec's on_failure value
-    metrics: dict[str, float]                   # reward/<label>/{mean, failures, timeouts}
+    metrics: dict[str, float]  # reward/<label>/{mean, failures, timeouts}
     failures: list[Failure] = field(default_factory=list)  # one per failed (verifier, sample), to log with it
 
 
@@ -113,10 +121,20 @@ class RewardScorer:
             per_verifier[spec.label][i] = spec.on_failure if outcome.failure else outcome.score
             if outcome.failure:
                 failures.append(Failure(spec.label, i, outcome.failure, outcome.message))
-                log.warning("reward %s: %s on sample %d: %s; completion: %.300r", spec.label, outcome.failure, i,
-                            outcome.message, completions[i])
-        return Scores(_totals(self.specs, per_verifier, len(rows)), per_verifier,
-                      _metrics(self.specs, per_verifier, failures), failures)
+                log.warning(
+                    "reward %s: %s on sample %d: %s; completion: %.300r",
+                    spec.label,
+                    outcome.failure,
+                    i,
+                    outcome.message,
+                    completions[i],
+                )
+        return Scores(
+            _totals(self.specs, per_verifier, len(rows)),
+            per_verifier,
+            _metrics(self.specs, per_verifier, failures),
+            failures,
+        )
 
     def close(self) -> None:
         if self.pool:
@@ -155,6 +173,7 @@ def _metrics(specs: list[RewardSpec], per_verifier: dict[str, list], failures: l
         given = [s for s in per_verifier[spec.label] if s is not None]
         metrics[f"reward/{spec.label}/mean"] = sum(given) / len(given) if given else math.nan
         for kind, key in (("error", "failures"), ("timeout", "timeouts")):
-            metrics[f"reward/{spec.label}/{key}"] = float(sum(f.label == spec.label and f.kind == kind
-                                                            for f in failures))
+            metrics[f"reward/{spec.label}/{key}"] = float(
+                sum(f.label == spec.label and f.kind == kind for f in failures)
+            )
     return metrics

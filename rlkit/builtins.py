@@ -1,7 +1,7 @@
 """Names of the built-in resources a recipe can refer to (kept free of heavy imports for `rlkit check`)."""
 
-BUILTIN_TINY = "builtin:tiny"              # the embedded ~1M-parameter model (rlkit.models)
-BUILTIN_TINY_BPE = "builtin:tiny-bpe"      # a small Llama-3-like model: BPE, BOS, two EOS, no pad, bf16
+BUILTIN_TINY = "builtin:tiny"  # the embedded ~1M-parameter model (rlkit.models)
+BUILTIN_TINY_BPE = "builtin:tiny-bpe"  # a small Llama-3-like model: BPE, BOS, two EOS, no pad, bf16
 BUILTIN_TINY_TEACHER = "builtin:tiny-teacher"  # a larger model with builtin:tiny's tokenizer (a teacher for OPD)
 BUILTIN_MODELS = (BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER)
 # built-in models that share a tokenizer (a student and its teacher must)

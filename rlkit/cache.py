@@ -28,8 +28,17 @@ import psutil
 
 MARKER = ".rlkit-complete"
 # Set by `accelerate launch`/torchrun; a build must not see them (see run_alone).
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def cache_dir() -> Path:
@@ -71,7 +80,7 @@ def _remove_leftovers(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     prefix = _tmp_prefix(folder)
     for tmp in folder.parent.glob(prefix + "*"):
-        pid = tmp.name[len(prefix):]  # not a number: another host whose name starts like this one's
+        pid = tmp.name[len(prefix) :]  # not a number: another host whose name starts like this one's
         if pid.isdigit() and (int(pid) == os.getpid() or not psutil.pid_exists(int(pid))):
             shutil.rmtree(tmp, ignore_errors=True)
 

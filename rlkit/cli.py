@@ -25,15 +25,24 @@ def cmd_train(args) -> int:
         return _leave(1, f"error: training stopped: {e}")
     except RuntimeError as e:
         if peer_lost(e):
-            return _leave(1, f"error: another rank died: a collective lost its connection to it (the launcher's "
-                             f"report names the rank; {e})")
+            return _leave(
+                1,
+                f"error: another rank died: a collective lost its connection to it (the launcher's "
+                f"report names the rank; {e})",
+            )
         if not collective_timed_out(e):
             raise
-        return _leave(1, f"error: a collective waited longer than trainer.collective_timeout_s="
-                         f"{recipe.trainer.collective_timeout_s:g} s: another rank died or stalled ({e})")
-    return _leave(0, f"held-out accuracy: {summary['eval_start']['accuracy']:.3f} at the start of RL -> "
-                     f"{summary['eval_end']['accuracy']:.3f} after {summary['steps']} steps "
-                     f"({summary['wall_seconds']:.0f} s); run in {recipe.output_dir}")
+        return _leave(
+            1,
+            f"error: a collective waited longer than trainer.collective_timeout_s="
+            f"{recipe.trainer.collective_timeout_s:g} s: another rank died or stalled ({e})",
+        )
+    return _leave(
+        0,
+        f"held-out accuracy: {summary['eval_start']['accuracy']:.3f} at the start of RL -> "
+        f"{summary['eval_end']['accuracy']:.3f} after {summary['steps']} steps "
+        f"({summary['wall_seconds']:.0f} s); run in {recipe.output_dir}",
+    )
 
 
 def _leave(code: int, message: str) -> int:
@@ -60,12 +69,20 @@ def cmd_launch(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe fails here, not in N processes
     import torch
 
-    layout = {k: getattr(args, k) for k in ("num_processes", "num_machines", "machine_rank", "main_process_ip",
-                                            "main_process_port")}
+    layout = {
+        k: getattr(args, k)
+        for k in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port")
+    }
     try:
-        command, env = accelerate_command(resolve_config(args.config), [args.recipe, *args.overrides],
-                                          recipe.trainer.mixed_precision, torch.cuda.device_count(), layout,
-                                          args.accelerate_flags, dict(os.environ))
+        command, env = accelerate_command(
+            resolve_config(args.config),
+            [args.recipe, *args.overrides],
+            recipe.trainer.mixed_precision,
+            torch.cuda.device_count(),
+            layout,
+            args.accelerate_flags,
+            dict(os.environ),
+        )
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,8 +91,10 @@ def cmd_launch(args) -> int:
 
 def cmd_check(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    print(f"{args.recipe}: ok (objective {recipe.objective.get('preset', 'grpo')}, "
-          f"{recipe.trainer.steps} steps, output_dir {recipe.output_dir})")
+    print(
+        f"{args.recipe}: ok (objective {recipe.objective.get('preset', 'grpo')}, "
+        f"{recipe.trainer.steps} steps, output_dir {recipe.output_dir})"
+    )
     return 0
 
 
@@ -120,20 +139,31 @@ def cmd_plot(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlkit", description="RL post-training for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn, text in (("train", cmd_train, "run a recipe"),
-                           ("check", cmd_check, "validate a recipe without loading a model")):
+    for name, fn, text in (
+        ("train", cmd_train, "run a recipe"),
+        ("check", cmd_check, "validate a recipe without loading a model"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("recipe", help="a recipe YAML file")
         p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.steps=50")
         p.set_defaults(fn=fn)
-    p = sub.add_parser("launch", help="run a recipe on several processes or machines (accelerate launch)",
-                       description="accelerate launch with a config from launch/; extra accelerate flags after --")
-    p.add_argument("config", help="ddp, zero2, zero3, zero3_offload, fsdp2, multinode_zero3 (launch/NAME.yaml), "
-                                  "or an accelerate config file")
+    p = sub.add_parser(
+        "launch",
+        help="run a recipe on several processes or machines (accelerate launch)",
+        description="accelerate launch with a config from launch/; extra accelerate flags after --",
+    )
+    p.add_argument(
+        "config",
+        help="ddp, zero2, zero3, zero3_offload, fsdp2, multinode_zero3 (launch/NAME.yaml), "
+        "or an accelerate config file",
+    )
     p.add_argument("recipe", help="a recipe YAML file")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.steps=50")
-    p.add_argument("--num_processes", type=int, help="over all machines (default: one per GPU, or 2 on a machine "
-                                                     "without CUDA, times the machines)")
+    p.add_argument(
+        "--num_processes",
+        type=int,
+        help="over all machines (default: one per GPU, or 2 on a machine without CUDA, times the machines)",
+    )
     p.add_argument("--num_machines", type=int, help="default: the config's")
     p.add_argument("--machine_rank", type=int, help="this machine's rank (several machines)")
     p.add_argument("--main_process_ip", help="the rank-0 machine's address (several machines)")
@@ -161,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     cut = argv.index("--") if "--" in argv else len(argv)  # `rlkit launch ... -- FLAGS`: FLAGS go to accelerate
     parser = build_parser()
     args = parser.parse_args(argv[:cut])
-    args.accelerate_flags = argv[cut + 1:]
+    args.accelerate_flags = argv[cut + 1 :]
     if args.accelerate_flags and args.command != "launch":
         parser.error(f"flags after -- are for rlkit launch, not rlkit {args.command}")
     try:

@@ -73,8 +73,7 @@ def tokenize_prompts(prompts: list, tokenizer) -> list[list[int]]:
     """
     if isinstance(prompts[0], str):
         return tokenizer(prompts).input_ids
-    return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
-                                         return_dict=True).input_ids
+    return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True).input_ids
 
 
 class PromptTooLong(ValueError):
@@ -85,9 +84,14 @@ class PromptTooLong(ValueError):
 def prompt_lengths(data: TaskData, tokenizer, batch_size: int = 1024) -> dict[str, list[int]]:
     """Tokens of every prompt of each split, ``{"train": [...], "eval": [...]}``, counted as
     :func:`tokenize_prompts` makes them."""
-    return {split: [len(ids) for start in range(0, len(dataset), batch_size)
-                    for ids in tokenize_prompts(dataset[start:start + batch_size]["prompt"], tokenizer)]
-            for split, dataset in (("train", data.train), ("eval", data.eval))}
+    return {
+        split: [
+            len(ids)
+            for start in range(0, len(dataset), batch_size)
+            for ids in tokenize_prompts(dataset[start : start + batch_size]["prompt"], tokenizer)
+        ]
+        for split, dataset in (("train", data.train), ("eval", data.eval))
+    }
 
 
 def check_prompt_lengths(lengths: dict[str, list[int]], limit: int) -> None:
@@ -99,11 +103,13 @@ def check_prompt_lengths(lengths: dict[str, list[int]], limit: int) -> None:
             raise PromptTooLong(
                 f"{split} data, row {over[0]}: the prompt is {counts[over[0]]} tokens, over "
                 f"rollout.max_prompt_tokens={limit} ({len(over)} of {len(counts)} {split} prompts are over); "
-                f"raise the limit, shorten the prompts, or set rollout.prompt_overflow: truncate_left")
+                f"raise the limit, shorten the prompts, or set rollout.prompt_overflow: truncate_left"
+            )
 
 
-def check_room(lengths: dict[str, list[int]], max_prompt_tokens: int, max_new_tokens: int, positions: int | None,
-               model: str) -> None:
+def check_room(
+    lengths: dict[str, list[int]], max_prompt_tokens: int, max_new_tokens: int, positions: int | None, model: str
+) -> None:
     """Raise :class:`PromptTooLong` naming the first row whose prompt (cut to ``max_prompt_tokens``, as the
     rollout worker cuts it) and ``max_new_tokens`` do not fit in the ``positions`` of ``model`` (a recipe
     key): past them a model with learned positions fails and one with rotary positions extrapolates."""
@@ -117,4 +123,5 @@ def check_room(lengths: dict[str, list[int]], max_prompt_tokens: int, max_new_to
                 f"{split} data, row {over[0]}: the prompt's {n} tokens and rollout.max_new_tokens={max_new_tokens} "
                 f"are {n + max_new_tokens} positions, over the {positions} of {model} (max_position_embeddings; "
                 f"{len(over)} of {len(counts)} {split} prompts are over); lower rollout.max_new_tokens or "
-                f"rollout.max_prompt_tokens")
+                f"rollout.max_prompt_tokens"
+            )

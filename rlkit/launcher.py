@@ -36,9 +36,15 @@ def resolve_config(name: str) -> Path:
     return path
 
 
-def accelerate_command(config: Path, recipe_args: list[str], mixed_precision: str, gpus: int,
-                       layout: dict[str, int | str | None], extra: list[str],
-                       env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def accelerate_command(
+    config: Path,
+    recipe_args: list[str],
+    mixed_precision: str,
+    gpus: int,
+    layout: dict[str, int | str | None],
+    extra: list[str],
+    env: dict[str, str],
+) -> tuple[list[str], dict[str, str]]:
     """The ``accelerate launch`` command line and environment that run ``rlkit train *recipe_args``.
 
     ``gpus``: CUDA devices on this machine (0: a CPU run). ``layout``: accelerate's ``num_processes``,
@@ -49,8 +55,10 @@ def accelerate_command(config: Path, recipe_args: list[str], mixed_precision: st
     settings = yaml.safe_load(config.read_text())
     engine = settings.get("distributed_type")
     if not gpus and engine == "FSDP":
-        raise LaunchError(f"{config}: accelerate's FSDP on a CPU neither shards nor synchronises gradients "
-                          "(docs/architecture.md); use a GPU machine, or ddp/zero3 here")
+        raise LaunchError(
+            f"{config}: accelerate's FSDP on a CPU neither shards nor synchronises gradients "
+            "(docs/architecture.md); use a GPU machine, or ddp/zero3 here"
+        )
     machines = layout.get("num_machines") or settings.get("num_machines", 1)
     layout = {**layout, "num_processes": layout.get("num_processes") or (gpus or CPU_PROCESSES) * machines}
     flags = [f for key, value in layout.items() if value is not None for f in (f"--{key}", str(value))]
@@ -61,8 +69,19 @@ def accelerate_command(config: Path, recipe_args: list[str], mixed_precision: st
         if engine != "DEEPSPEED":  # DeepSpeed picks its CPU accelerator (and gloo) by itself
             flags.append("--multi_gpu")  # `--cpu` (or MULTI_CPU) would silently start one process
             env["ACCELERATE_USE_CPU"] = "true"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *flags, *extra,
-               "-m", "rlkit.cli", "train", *recipe_args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        *flags,
+        *extra,
+        "-m",
+        "rlkit.cli",
+        "train",
+        *recipe_args,
+    ]
     return command, env
 
 

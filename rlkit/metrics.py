@@ -53,8 +53,12 @@ class Metrics:
         """Plain floats (one device sync), ready to be gathered from every rank."""
         floats = lambda d: {k: float(v) for k, v in d.items()}  # noqa: E731
         finite = lambda d: {k: v for k, v in floats(d).items() if math.isfinite(v)}  # noqa: E731
-        return {"sum": floats(self._sum), "count": floats(self._count), "max": finite(self._max),
-                "min": finite(self._min)}
+        return {
+            "sum": floats(self._sum),
+            "count": floats(self._count),
+            "max": finite(self._max),
+            "min": finite(self._min),
+        }
 
     @staticmethod
     def combine(states: list[dict]) -> dict[str, float]:

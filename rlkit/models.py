@@ -20,8 +20,15 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 from transformers.utils import is_bitsandbytes_available
 
 from rlkit.builtins import BUILTIN_POSITIONS, BUILTIN_TINY, BUILTIN_TINY_BPE, BUILTIN_TINY_TEACHER
@@ -60,13 +67,21 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden: int = 128,
-                     layers: int = 4) -> LlamaForCausalLM:
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden: int = 128, layers: int = 4
+) -> LlamaForCausalLM:
     positions = BUILTIN_POSITIONS[BUILTIN_TINY]  # builtin:tiny-teacher's too
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
@@ -81,8 +96,34 @@ def bpe_corpus() -> Iterator[str]:
             yield f"{a}+{b}={a + b}\n"
     for role in ("system", "user", "assistant"):
         yield f"{role}\n\n" * 50
-    words = ("the quick brown fox jumps over a lazy dog while we add two numbers and write the answer "
-             "below in one line because every step counts").split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "we",
+        "add",
+        "two",
+        "numbers",
+        "and",
+        "write",
+        "the",
+        "answer",
+        "below",
+        "in",
+        "one",
+        "line",
+        "because",
+        "every",
+        "step",
+        "counts",
+    ]
     for i in range(2000):  # a deterministic stream of sentences
         yield " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(8)).capitalize() + ".\n"
     yield string.printable
@@ -94,12 +135,17 @@ def build_bpe_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, special_tokens=BPE_SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        special_tokens=BPE_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(bpe_corpus(), trainer)
     bos = (BOS, backend.token_to_id(BOS))
-    backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1",
-                                                           special_tokens=[bos])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1", special_tokens=[bos]
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=END_OF_TURN)
     tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
     return tokenizer
@@ -111,15 +157,22 @@ def build_tiny_bpe_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> L
     top-p 0.9), which rlkit's rollouts must override."""
     eos = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TEXT, END_OF_TURN)]
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=BUILTIN_POSITIONS[BUILTIN_TINY_BPE],
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=BUILTIN_POSITIONS[BUILTIN_TINY_BPE],
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-                                               do_sample=True, temperature=0.6, top_p=0.9)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, do_sample=True, temperature=0.6, top_p=0.9
+    )
     return model
 
 
@@ -167,8 +220,11 @@ def builtin_tiny_bpe_path() -> Path:
 
 def resolve_model_path(path: str) -> Path:
     """A built-in model's folder (built on first use), or a local Hugging Face folder."""
-    builtins = {BUILTIN_TINY: builtin_tiny_path, BUILTIN_TINY_BPE: builtin_tiny_bpe_path,
-                BUILTIN_TINY_TEACHER: builtin_tiny_teacher_path}
+    builtins = {
+        BUILTIN_TINY: builtin_tiny_path,
+        BUILTIN_TINY_BPE: builtin_tiny_bpe_path,
+        BUILTIN_TINY_TEACHER: builtin_tiny_teacher_path,
+    }
     return builtins[path]() if path in builtins else Path(path)
 
 
@@ -203,8 +259,9 @@ def attention_for(device: torch.device | None) -> str | None:
 def load_model(path: str | Path, dtype: str = "float32", device: torch.device | None = None):
     """The model at ``path`` in ``dtype``, with the attention implementation for ``device``
     (:func:`attention_for`; None: transformers' default)."""
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                attn_implementation=attention_for(device))
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), attn_implementation=attention_for(device)
+    )
 
 
 def check_quantization_support(lora: LoraSettings | None) -> None:
@@ -226,8 +283,9 @@ def load_policy(path: str | Path, model_cfg: ModelConfig, device: torch.device):
     dtype = getattr(torch, model_cfg.dtype)
     if lora.load_in_4bit:
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization,
-                                                    device_map={"": device})
+        base = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, quantization_config=quantization, device_map={"": device}
+        )
     else:
         base = load_model(path, model_cfg.dtype, device)
     config = LoraConfig(task_type="CAUSAL_LM", **lora.model_dump(exclude={"load_in_4bit"}))

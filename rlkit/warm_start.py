@@ -50,9 +50,18 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
     DeepSpeed), so the same settings give the same weights. Concurrent calls are safe; the trainer
     makes one process per node build it (``local_main_process_first``) while the others wait.
     """
-    key = json.dumps({"v": CACHE_VERSION, "model": _fingerprint(model_path), "data": train._fingerprint,
-                      "cfg": cfg.model_dump(), "seed": seed, "transformers": transformers.__version__,
-                      "trl": trl.__version__}, sort_keys=True)
+    key = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "model": _fingerprint(model_path),
+            "data": train._fingerprint,
+            "cfg": cfg.model_dump(),
+            "seed": seed,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+        sort_keys=True,
+    )
     out = cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if is_complete(out):
         if log:
@@ -63,8 +72,10 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
     if len(train) <= cfg.val_size:
         raise ValueError(f"model.warm_start.val_size ({cfg.val_size}) leaves no training rows ({len(train)} in all)")
     if log:
-        print(f"warm start: supervised steps until validation accuracy >= {cfg.target_accuracy} "
-              f"(at most {cfg.max_steps}) -> {out}")
+        print(
+            f"warm start: supervised steps until validation accuracy >= {cfg.target_accuracy} "
+            f"(at most {cfg.max_steps}) -> {out}"
+        )
 
     def build(tmp: Path) -> None:
         train.save_to_disk(tmp / "data")
@@ -81,22 +92,51 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
     """TRL's SFTConfig with every field that changes the trained model set explicitly (not inherited
     from the installed TRL/transformers defaults, which moved between releases)."""
     # transformers renamed gradient_checkpointing in 5.20; vLLM's virtualenv pins an earlier release
-    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
-                     else "gradient_checkpointing")
+    checkpointing = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+        else "gradient_checkpointing"
+    )
     return SFTConfig(
-        output_dir=str(output_dir), max_steps=cfg["max_steps"], per_device_train_batch_size=cfg["batch_size"],
-        gradient_accumulation_steps=1, learning_rate=cfg["lr"], lr_scheduler_type=cfg["lr_schedule"],
-        warmup_steps=0, weight_decay=0.0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        max_grad_norm=1.0, seed=seed, data_seed=seed,
+        output_dir=str(output_dir),
+        max_steps=cfg["max_steps"],
+        per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=cfg["lr"],
+        lr_scheduler_type=cfg["lr_schedule"],
+        warmup_steps=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        seed=seed,
+        data_seed=seed,
         # precision and memory: plain fp32 training, no recomputation (TRL 1.16 defaults: bf16, checkpointing)
-        bf16=False, fp16=False, **{checkpointing: False}, activation_offloading=False,
-        torch_compile=False, use_liger_kernel=False,
+        bf16=False,
+        fp16=False,
+        **{checkpointing: False},
+        activation_offloading=False,
+        torch_compile=False,
+        use_liger_kernel=False,
         # what the loss sees: prompt-completion pairs, loss on the completion (the answer + EOS) only
-        packing=False, padding_free=False, completion_only_loss=True, assistant_only_loss=False, loss_type="nll",
-        max_length=1024, neftune_noise_alpha=None, label_smoothing_factor=0.0,
+        packing=False,
+        padding_free=False,
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        loss_type="nll",
+        max_length=1024,
+        neftune_noise_alpha=None,
+        label_smoothing_factor=0.0,
         dataloader_drop_last=False,
-        save_strategy="no", eval_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-        logging_steps=cfg["eval_every"], disable_tqdm=True, log_level="warning" if log else "error",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=cfg["eval_every"],
+        disable_tqdm=True,
+        log_level="warning" if log else "error",
     )
 
 
@@ -137,18 +177,33 @@ def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool
     tokenizer, model = load_tokenizer(model_path), load_model(model_path)
     data = load_from_disk(str(out / "data"))
     validation, train = data.select(range(cfg["val_size"])), data.select(range(cfg["val_size"], len(data)))
-    pairs = train.map(lambda row: {"prompt": row["prompt"], "completion": completion(row)},
-                      remove_columns=[c for c in train.column_names if c != "prompt"])
+    pairs = train.map(
+        lambda row: {"prompt": row["prompt"], "completion": completion(row)},
+        remove_columns=[c for c in train.column_names if c != "prompt"],
+    )
     target = AccuracyTarget(tokenizer, model, validation, cfg["eval_every"], cfg["target_accuracy"], log)
-    SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", seed, log), train_dataset=pairs,
-               processing_class=tokenizer, callbacks=[target]).train()
+    SFTTrainer(
+        model=model,
+        args=sft_config(cfg, out / "trainer", seed, log),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        callbacks=[target],
+    ).train()
     shutil.rmtree(out / "trainer")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     steps, accuracy = target.history[-1]
-    (out / REPORT).write_text(json.dumps({"steps": steps, "validation_accuracy": accuracy,
-                                          "reached_target": accuracy >= cfg["target_accuracy"],
-                                          "history": target.history}, indent=1))
+    (out / REPORT).write_text(
+        json.dumps(
+            {
+                "steps": steps,
+                "validation_accuracy": accuracy,
+                "reached_target": accuracy >= cfg["target_accuracy"],
+                "history": target.history,
+            },
+            indent=1,
+        )
+    )
 
 
 def completion(row: dict):
@@ -166,8 +221,9 @@ def _describe(out: Path) -> str:
 def _fingerprint(path: Path) -> str:
     """Cheap identity of a model folder: file names, sizes and modification times."""
     files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps([(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                                      for p in files]).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps([(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
+    ).hexdigest()
 
 
 if __name__ == "__main__":

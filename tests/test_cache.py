@@ -48,12 +48,14 @@ def test_half_written_model_and_dead_build_are_rebuilt_not_used(tmp_path, monkey
 
 def fake_stage(barrier):
     """Stands in for the supervised child process: waits until both builders are inside their builds."""
+
     def run_alone(module_args):
         barrier.wait(timeout=60)
         tmp = module_args[2]
         report = {"steps": 1, "validation_accuracy": 0.0, "reached_target": False, "history": [[1, 0.0]]}
         with open(os.path.join(tmp, REPORT), "w") as f:
             json.dump(report, f)
+
     return run_alone
 
 

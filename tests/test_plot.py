@@ -23,14 +23,18 @@ def write_run(path, lines, objective=None):
 
 @pytest.fixture
 def run(tmp_path):
-    return write_run(tmp_path / "run_a", [
-        {"step": 0, "eval/accuracy": 0.25, "eval/reward": 0.25},
-        {"step": 10, "reward/mean": 0.5, "objective/kl": 0.01},
-        "",
-        {"step": 20, "reward/mean": 0.625},
-        {"step": 20, "eval/accuracy": 0.5, "eval/reward": 0.5},
-        '{"step": 30, "reward/me',  # a line still being written
-    ], objective="ctpo")
+    return write_run(
+        tmp_path / "run_a",
+        [
+            {"step": 0, "eval/accuracy": 0.25, "eval/reward": 0.25},
+            {"step": 10, "reward/mean": 0.5, "objective/kl": 0.01},
+            "",
+            {"step": 20, "reward/mean": 0.625},
+            {"step": 20, "eval/accuracy": 0.5, "eval/reward": 0.5},
+            '{"step": 30, "reward/me',  # a line still being written
+        ],
+        objective="ctpo",
+    )
 
 
 def test_read_series_returns_the_written_values(run):
@@ -52,7 +56,9 @@ def test_runs_are_labelled_by_folder(run, tmp_path):
     assert run_labels([run]) == ["run_a (ctpo)"]
     (tmp_path / "seed0").mkdir()
     (tmp_path / "seed1").mkdir()
-    twins = [write_run(tmp_path / seed / "quickstart", [{"step": 0, "reward/mean": 0.1}]) for seed in ("seed0", "seed1")]
+    twins = [
+        write_run(tmp_path / seed / "quickstart", [{"step": 0, "reward/mean": 0.1}]) for seed in ("seed0", "seed1")
+    ]
     assert run_labels(twins) == ["seed0/quickstart", "seed1/quickstart"]
 
 

@@ -14,10 +14,24 @@ from datasets import Dataset
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from rlkit.data import (PromptTooLong, TaskData, check_prompt_lengths, check_room, load_task, prompt_lengths,
-                        render_prompt, tokenize_prompts)
-from rlkit.models import (build_char_tokenizer, build_tiny_model, builtin_tiny_bpe_path, eos_token_ids, load_model,
-                          load_tokenizer)
+from rlkit.data import (
+    PromptTooLong,
+    TaskData,
+    check_prompt_lengths,
+    check_room,
+    load_task,
+    prompt_lengths,
+    render_prompt,
+    tokenize_prompts,
+)
+from rlkit.models import (
+    build_char_tokenizer,
+    build_tiny_model,
+    builtin_tiny_bpe_path,
+    eos_token_ids,
+    load_model,
+    load_tokenizer,
+)
 from rlkit.recipe import load_recipe
 from rlkit.rollout import HFEngine, Sampling, sample
 from rlkit.rollout.hf import mask_after_eos
@@ -26,8 +40,10 @@ from rlkit.trainer.logprobs import completion_scores
 
 ROOT = Path(__file__).parents[1]
 CHAT = [{"role": "user", "content": "37+45="}]
-CHAT_TEXT = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n37+45=<|eot_id|>"
-             "<|start_header_id|>assistant<|end_header_id|>\n\n")
+CHAT_TEXT = (
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n37+45=<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +81,7 @@ def test_tiny_bpe_is_a_llama3_shaped_bf16_checkpoint(bpe_path):
     assert model.config.model_type == "llama" and len(tok) == model.config.vocab_size == 512
     assert model.config.dtype == torch.bfloat16 and model.dtype == torch.bfloat16
     with safe_open(bpe_path / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118 (safe_open is not iterable)
     assert tok.pad_token is None and tok.bos_token == "<|begin_of_text|>" and tok.eos_token == "<|eot_id|>"
     assert model.generation_config.eos_token_id == ids_of(tok, "<|end_of_text|>", "<|eot_id|>")
 
@@ -147,6 +163,7 @@ def test_mask_stops_at_the_first_token_of_any_eos_id():
 
 def scripted(model, first: int, then: int):
     """``model`` now puts all its mass on ``then`` after the token ``first``, and on ``first`` after any other."""
+
     def hook(module, args, kwargs, output):
         nxt = torch.where(kwargs["input_ids"][:, -1] == first, then, first)
         last = torch.full_like(output.logits[:, -1], -1e4)
@@ -176,13 +193,37 @@ def test_generation_stops_and_masks_at_the_second_eos_id(tok, model, greedy):
 def test_generation_config_holds_rlkits_settings_only(tok, model):
     eos = ids_of(tok, "<|eot_id|>", "<|end_of_text|>")
     engine = HFEngine.on(model, tok, eos)
-    common = dict(max_new_tokens=7, min_new_tokens=0, typical_p=1.0, repetition_penalty=1.0,
-                  no_repeat_ngram_size=0, num_beams=1, eos_token_id=eos, pad_token_id=eos[0])
-    unset = ("min_p", "top_h", "epsilon_cutoff", "eta_cutoff", "suppress_tokens", "begin_suppress_tokens",
-             "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "max_length",
-             "exponential_decay_length_penalty", "guidance_scale", "watermarking_config", "stop_strings")
-    for greedy, expected in ((False, dict(do_sample=True, temperature=0.7, top_p=0.95, top_k=0)),
-                             (True, dict(do_sample=False, temperature=None, top_p=None, top_k=None))):
+    common = dict(
+        max_new_tokens=7,
+        min_new_tokens=0,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=eos[0],
+    )
+    unset = (
+        "min_p",
+        "top_h",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "bad_words_ids",
+        "sequence_bias",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "max_length",
+        "exponential_decay_length_penalty",
+        "guidance_scale",
+        "watermarking_config",
+        "stop_strings",
+    )
+    for greedy, expected in (
+        (False, dict(do_sample=True, temperature=0.7, top_p=0.95, top_k=0)),
+        (True, dict(do_sample=False, temperature=None, top_p=None, top_k=None)),
+    ):
         config = engine.generation_config(Sampling(n=1, max_new_tokens=7, temperature=0.7, top_p=0.95, greedy=greedy))
         assert {k: getattr(config, k) for k in {**common, **expected}} == {**common, **expected}
         assert all(getattr(config, k) in (None, 0.0) for k in unset), {k: getattr(config, k) for k in unset}
@@ -203,8 +244,9 @@ def peaked(model):
     return model
 
 
-@pytest.mark.parametrize("leak,greedy", [(leak, greedy) for leak in LEAKS for greedy in (False, True)
-                                         if not (greedy and leak == "top_k")])  # no top-k in greedy decoding
+@pytest.mark.parametrize(
+    "leak,greedy", [(leak, greedy) for leak in LEAKS for greedy in (False, True) if not (greedy and leak == "top_k")]
+)  # no top-k in greedy decoding
 def test_checkpoint_generation_config_does_not_reach_sampling(bpe_path, tok, leak, greedy):
     plain, polluted = peaked(load_model(bpe_path, "bfloat16")), peaked(load_model(bpe_path, "bfloat16"))
     plain.generation_config = GenerationConfig()
@@ -234,11 +276,16 @@ def test_checkpoint_generation_config_does_not_reach_sampling(bpe_path, tok, lea
 
 def test_prompt_over_the_limit_fails_naming_split_row_length_and_limit():
     char = build_char_tokenizer()
-    data = TaskData(train=Dataset.from_dict({"prompt": ["1+1=", "12+34="]}),
-                    eval=Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "123+456=", "1234+5678="]}))
+    data = TaskData(
+        train=Dataset.from_dict({"prompt": ["1+1=", "12+34="]}),
+        eval=Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "123+456=", "1234+5678="]}),
+    )
     check_prompt_lengths(prompt_lengths(data, char), limit=10)
-    with pytest.raises(PromptTooLong, match=r"^eval data, row 3: the prompt is 8 tokens, over "
-                                            r"rollout.max_prompt_tokens=6 \(2 of 5 eval prompts are over\)"):
+    with pytest.raises(
+        PromptTooLong,
+        match=r"^eval data, row 3: the prompt is 8 tokens, over "
+        r"rollout.max_prompt_tokens=6 \(2 of 5 eval prompts are over\)",
+    ):
         check_prompt_lengths(prompt_lengths(data, char), limit=6)
 
 
@@ -253,38 +300,66 @@ def test_chat_prompt_length_counts_bos_and_template(tok):
 def test_truncate_left_keeps_the_last_tokens(tok, model):
     char = build_char_tokenizer()
     two = Sampling(n=1, max_new_tokens=2)
-    batch = sample(HFEngine.on(build_tiny_model(char), char, [char.eos_token_id]), ["123+456=", "1+1="], {}, two,
-                   max_prompt_tokens=4)
+    batch = sample(
+        HFEngine.on(build_tiny_model(char), char, [char.eos_token_id]),
+        ["123+456=", "1+1="],
+        {},
+        two,
+        max_prompt_tokens=4,
+    )
     assert [char.decode(r[m.bool()]) for r, m in zip(batch.prompt_ids, batch.prompt_mask)] == ["456=", "1+1="]
     assert batch.prompts == ["123+456=", "1+1="]  # verifiers see the whole prompt
     batch = sample(HFEngine.on(model, tok, eos_token_ids(tok, model)), [CHAT], {}, two, max_prompt_tokens=5)
     assert batch.prompt_ids[0].tolist() == tokenize_prompts([CHAT], tok)[0][-5:]
 
 
-@pytest.mark.parametrize("overrides, error, message", [
-    (["rollout.max_prompt_tokens=15"], PromptTooLong,
-     r"^train data, row 7: the prompt is 16 tokens, over rollout.max_prompt_tokens=15 \(1 of 10"),
-    # builtin:tiny has 256 positions: 16 + 245 = 261 are too many, 4 + 245 = 249 fit
-    (["rollout.max_new_tokens=245"], PromptTooLong,
-     r"^train data, row 7: the prompt's 16 tokens and rollout.max_new_tokens=245 are 261 positions, over the 256 "
-     r"of model.path \(max_position_embeddings; 1 of 10 train prompts are over\)"),
-    # cut to its last 8 tokens, the long prompt fits too (8 + 245 = 253): the trainer goes on to the warm start
-    (["rollout.max_new_tokens=245", "rollout.max_prompt_tokens=8", "rollout.prompt_overflow=truncate_left"],
-     AssertionError, "the warm start ran"),
-], ids=["over max_prompt_tokens", "over the model's positions", "cut to fit"])
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (
+            ["rollout.max_prompt_tokens=15"],
+            PromptTooLong,
+            r"^train data, row 7: the prompt is 16 tokens, over rollout.max_prompt_tokens=15 \(1 of 10",
+        ),
+        # builtin:tiny has 256 positions: 16 + 245 = 261 are too many, 4 + 245 = 249 fit
+        (
+            ["rollout.max_new_tokens=245"],
+            PromptTooLong,
+            r"^train data, row 7: the prompt's 16 tokens and rollout.max_new_tokens=245 are 261 positions, over the 256 "
+            r"of model.path \(max_position_embeddings; 1 of 10 train prompts are over\)",
+        ),
+        # cut to its last 8 tokens, the long prompt fits too (8 + 245 = 253): the trainer goes on to the warm start
+        (
+            ["rollout.max_new_tokens=245", "rollout.max_prompt_tokens=8", "rollout.prompt_overflow=truncate_left"],
+            AssertionError,
+            "the warm start ran",
+        ),
+    ],
+    ids=["over max_prompt_tokens", "over the model's positions", "cut to fit"],
+)
 def test_trainer_stops_on_a_long_prompt_before_any_training(overrides, error, message, tmp_path, monkeypatch, cache):
     monkeypatch.setenv("RLKIT_CACHE", str(cache))
     train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"prompt": "1+1=" * (1 + 3 * (i == 7)), "answer": "2"}) + "\n"
-                             for i in range(10)))
+    train.write_text(
+        "".join(json.dumps({"prompt": "1+1=" * (1 + 3 * (i == 7)), "answer": "2"}) + "\n" for i in range(10))
+    )
 
     def no_training(*args, **kwargs):
         raise AssertionError("the warm start ran")
 
     monkeypatch.setattr("rlkit.trainer.loop.warm_start", no_training)
-    recipe = load_recipe(ROOT / "recipes/quickstart.yaml",
-                         [f"output_dir={tmp_path / 'run'}", "data.task=null", f"data.train={train}",
-                          f"data.eval={train}", "model.warm_start.val_size=5", "log.trackers=[]", *overrides])
+    recipe = load_recipe(
+        ROOT / "recipes/quickstart.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "data.task=null",
+            f"data.train={train}",
+            f"data.eval={train}",
+            "model.warm_start.val_size=5",
+            "log.trackers=[]",
+            *overrides,
+        ],
+    )
     with pytest.raises(error, match=message):
         Trainer(recipe)
 
@@ -294,9 +369,12 @@ def test_room_to_generate_counts_the_prompt_as_it_is_cut():
     check_room(lengths, max_prompt_tokens=16, max_new_tokens=240, positions=256, model="model.path")  # 16 + 240
     check_room(lengths, max_prompt_tokens=16, max_new_tokens=10**6, positions=None, model="model.path")
     # the 16-token prompt cut to 10: 10 + 5 = 15 positions, one over
-    with pytest.raises(PromptTooLong, match=r"^train data, row 1: the prompt's 10 tokens and rollout.max_new_tokens=5 "
-                                            r"are 15 positions, over the 14 of teacher.path \(max_position_embeddings; "
-                                            r"1 of 2 train prompts"):
+    with pytest.raises(
+        PromptTooLong,
+        match=r"^train data, row 1: the prompt's 10 tokens and rollout.max_new_tokens=5 "
+        r"are 15 positions, over the 14 of teacher.path \(max_position_embeddings; "
+        r"1 of 2 train prompts",
+    ):
         check_room(lengths, max_prompt_tokens=10, max_new_tokens=5, positions=14, model="teacher.path")
 
 
@@ -307,12 +385,13 @@ def test_bf16_model_gives_fp32_logprobs_of_its_bf16_logits(tok, model):
     engine = HFEngine.on(model, tok, eos_token_ids(tok, model))
     torch.manual_seed(0)
     b = sample(engine, ["37+45=", "the quick brown fox"], {}, Sampling(n=2, max_new_tokens=6))
-    s = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 1.0,
-                          with_logits=True)
+    s = completion_scores(
+        model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 1.0, with_logits=True
+    )
     assert s.logits.dtype == torch.bfloat16 and s.logp.dtype == torch.float32 and torch.isfinite(s.logp).all()
     reference = torch.log_softmax(s.logits.float(), -1).gather(-1, b.completion_ids[..., None]).squeeze(-1)
     # the same logits, log-softmax in fp32: equal up to rounding the result to bf16 (relative 2^-9)
-    torch.testing.assert_close(s.logp, reference, rtol=2 ** -7, atol=0)
+    torch.testing.assert_close(s.logp, reference, rtol=2**-7, atol=0)
 
 
 def test_packed_positions_give_the_logits_and_logprobs_of_those_positions(tok, model):
@@ -323,18 +402,35 @@ def test_packed_positions_give_the_logits_and_logprobs_of_those_positions(tok, m
     b = sample(engine, ["37+45=", "the quick brown fox"], {}, Sampling(n=2, max_new_tokens=6))
     positions = (b.completion_mask > 0) & (torch.rand(b.completion_mask.shape) < 0.5)
     positions[0, 0] = True
-    full = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7,
-                             with_entropy=True, with_logits=True)
-    packed = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7,
-                               with_entropy=True, with_logits=True, positions=positions)
+    full = completion_scores(
+        model,
+        b.prompt_ids,
+        b.prompt_mask,
+        b.completion_ids,
+        b.completion_mask,
+        0.7,
+        with_entropy=True,
+        with_logits=True,
+    )
+    packed = completion_scores(
+        model,
+        b.prompt_ids,
+        b.prompt_mask,
+        b.completion_ids,
+        b.completion_mask,
+        0.7,
+        with_entropy=True,
+        with_logits=True,
+        positions=positions,
+    )
     assert packed.logits.shape == (int(positions.sum()), full.logits.shape[-1])
     # the two forwards pack their rows differently (only the chosen positions are read), so bf16 sums run
     # in another order: logits below 4 in magnitude differ by at most one bf16 step there (2^-6), and
     # log-probs and entropies (a logit minus a log-sum-exp of logits) by at most twice that
     assert full.logits.abs().max() < 4
-    torch.testing.assert_close(packed.logits, full.logits[positions], rtol=0, atol=2 ** -6)
-    torch.testing.assert_close(packed.logp, torch.where(positions, full.logp, 0.0), rtol=0, atol=2 ** -5)
-    torch.testing.assert_close(packed.entropy, torch.where(positions, full.entropy, 0.0), rtol=0, atol=2 ** -5)
+    torch.testing.assert_close(packed.logits, full.logits[positions], rtol=0, atol=2**-6)
+    torch.testing.assert_close(packed.logp, torch.where(positions, full.logp, 0.0), rtol=0, atol=2**-5)
+    torch.testing.assert_close(packed.entropy, torch.where(positions, full.entropy, 0.0), rtol=0, atol=2**-5)
     packed.logits.float().sum().backward()
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
@@ -345,11 +441,23 @@ def test_packed_positions_give_the_logits_and_logprobs_of_those_positions(tok, m
 
 def test_tiny_bpe_recipe_runs_end_to_end_and_saves_a_loadable_checkpoint(tmp_path, cache):
     # a short warm start: TRL's SFT on chat prompts with assistant-turn completions, then RL
-    command = [sys.executable, "-m", "rlkit.cli", "train", "recipes/tiny_bpe.yaml", f"output_dir={tmp_path}",
-               "model.warm_start={max_steps: 10, eval_every: 5, batch_size: 16, val_size: 16}", "trainer.steps=2", "trainer.prompts_per_step=4",
-               "rollout.samples_per_prompt=2", "data.eval_size=8", "log.trackers=[]"]
-    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "RLKIT_CACHE": str(cache)}, capture_output=True,
-                            text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "rlkit.cli",
+        "train",
+        "recipes/tiny_bpe.yaml",
+        f"output_dir={tmp_path}",
+        "model.warm_start={max_steps: 10, eval_every: 5, batch_size: 16, val_size: 16}",
+        "trainer.steps=2",
+        "trainer.prompts_per_step=4",
+        "rollout.samples_per_prompt=2",
+        "data.eval_size=8",
+        "log.trackers=[]",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "RLKIT_CACHE": str(cache)}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
     saved = tmp_path / "checkpoints" / "step-000002" / "model"

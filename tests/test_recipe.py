@@ -110,7 +110,11 @@ def test_bare_no_is_mixed_precision_no(tmp_path):
 
 
 def test_cli_check_exits_non_zero_with_the_message():
-    result = subprocess.run([sys.executable, "-m", "rlkit.cli", "check", "recipes/quickstart.yaml", "trainer.lrr=1"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlkit.cli", "check", "recipes/quickstart.yaml", "trainer.lrr=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "override 'trainer.lrr=1': trainer.lrr: unknown key; did you mean 'lr'?" in result.stderr

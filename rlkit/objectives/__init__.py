@@ -7,5 +7,16 @@ from rlkit.objectives.objective import Objective
 from rlkit.objectives.presets import PRESETS, build_objective, describe, resolve_spec
 from rlkit.objectives.registry import KINDS, PARTS, Part, build_part, register_part
 
-__all__ = ["KINDS", "PARTS", "PRESETS", "Objective", "Part", "StepBatch", "build_objective", "build_part",
-           "describe", "register_part", "resolve_spec"]
+__all__ = [
+    "KINDS",
+    "PARTS",
+    "PRESETS",
+    "Objective",
+    "Part",
+    "StepBatch",
+    "build_objective",
+    "build_part",
+    "describe",
+    "register_part",
+    "resolve_spec",
+]

@@ -13,32 +13,35 @@ import torch
 
 @dataclass
 class StepBatch:
-    mask: torch.Tensor                      # [B,T] float, 1 on completion tokens that may count in the loss
-    advantages: torch.Tensor                # [B] one advantage per completion (outcome rewards)
-    group_ids: torch.Tensor                 # [B] long, 0..n_groups-1 on this rank
-    logp_old: torch.Tensor | None = None    # [B,T] proximal log-probs log pi_old: the policy at the start of
+    mask: torch.Tensor  # [B,T] float, 1 on completion tokens that may count in the loss
+    advantages: torch.Tensor  # [B] one advantage per completion (outcome rewards)
+    group_ids: torch.Tensor  # [B] long, 0..n_groups-1 on this rank
+    logp_old: torch.Tensor | None = None  # [B,T] proximal log-probs log pi_old: the policy at the start of
     # the step, when several optimizer steps share a rollout batch; None = on-policy (pi_old = sg(pi_theta))
     logp_behaviour: torch.Tensor | None = None  # [B,T] log mu: the sampler's log-probs of the sampled tokens
-    logp_ref: torch.Tensor | None = None    # [B,T] frozen reference model log-probs
+    logp_ref: torch.Tensor | None = None  # [B,T] frozen reference model log-probs
     logp_teacher: torch.Tensor | None = None  # [B,T] frozen teacher log-probs of the sampled tokens
-    entropy: torch.Tensor | None = None     # [B,T] policy entropy at rollout time (nats)
-    truncated: torch.Tensor | None = None   # [B] bool, the completion hit max_new_tokens without EOS
-    progress: float = 0.0                   # training progress in [0,1] (schedules, e.g. D3S)
+    entropy: torch.Tensor | None = None  # [B,T] policy entropy at rollout time (nats)
+    truncated: torch.Tensor | None = None  # [B] bool, the completion hit max_new_tokens without EOS
+    progress: float = 0.0  # training progress in [0,1] (schedules, e.g. D3S)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # part-specific [B,T] statistics
     # token ids, for the trainer's forward passes (prompt left-padded to P tokens)
-    prompt_ids: torch.Tensor | None = None        # [B,P] long
-    prompt_mask: torch.Tensor | None = None       # [B,P] long, 1 on prompt tokens
-    completion_ids: torch.Tensor | None = None    # [B,T] long, the sampled tokens
+    prompt_ids: torch.Tensor | None = None  # [B,P] long
+    prompt_mask: torch.Tensor | None = None  # [B,P] long, 1 on prompt tokens
+    completion_ids: torch.Tensor | None = None  # [B,T] long, the sampled tokens
 
     @property
     def n_rows(self) -> int:
         return self.mask.shape[0]
 
-    def rows(self, index) -> "StepBatch":
+    def rows(self, index) -> StepBatch:
         """The sub-batch of rows ``index`` (a slice, index tensor or boolean mask)."""
         cut = lambda t: None if t is None else t[index]  # noqa: E731
-        changes = {f.name: cut(getattr(self, f.name)) for f in fields(self)
-                   if torch.is_tensor(getattr(self, f.name)) or getattr(self, f.name) is None}
+        changes = {
+            f.name: cut(getattr(self, f.name))
+            for f in fields(self)
+            if torch.is_tensor(getattr(self, f.name)) or getattr(self, f.name) is None
+        }
         changes["extras"] = {k: v[index] for k, v in self.extras.items()}
         return replace(self, **changes)
 

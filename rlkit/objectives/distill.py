@@ -53,8 +53,14 @@ def _chunk_jsd(student: torch.Tensor, teacher: torch.Tensor, beta: float, temper
     return jsd(s, t, beta)
 
 
-def token_divergence(student: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor, beta: float,
-                     temperature: float = 1.0, chunk: int = 512) -> torch.Tensor:
+def token_divergence(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    keep: torch.Tensor,
+    beta: float,
+    temperature: float = 1.0,
+    chunk: int = 512,
+) -> torch.Tensor:
     """JSD_beta per token [b,T] (fp32, 0 where ``keep`` is False) from packed logits [n,V] of both models
     at the n True positions of ``keep`` [b,T] (row-major order).
 
@@ -64,9 +70,12 @@ def token_divergence(student: torch.Tensor, teacher: torch.Tensor, keep: torch.T
     ``student`` only.
     """
     out = student.new_zeros(keep.shape, dtype=torch.float32)
-    pieces = [checkpoint(_chunk_jsd, s, t, beta, temperature, use_reentrant=False) if s.requires_grad
-              else _chunk_jsd(s, t, beta, temperature)
-              for s, t in zip(student.split(chunk), teacher.detach().split(chunk))]
+    pieces = [
+        checkpoint(_chunk_jsd, s, t, beta, temperature, use_reentrant=False)
+        if s.requires_grad
+        else _chunk_jsd(s, t, beta, temperature)
+        for s, t in zip(student.split(chunk), teacher.detach().split(chunk))
+    ]
     if not pieces:  # no active token: still a graph to the student (every rank's backward reaches every parameter)
         return out + 0 * student.sum()
     return out.index_put(keep.nonzero(as_tuple=True), torch.cat(pieces))
@@ -189,11 +198,13 @@ def top_per_row(score: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Te
     rows over ranks.
     """
     valid = mask > 0
-    k = torch.tensor([max(1, math.floor(decimal(rho) * m)) if m else 0 for m in valid.sum(-1).tolist()],
-                     device=mask.device)
+    k = torch.tensor(
+        [max(1, math.floor(decimal(rho) * m)) if m else 0 for m in valid.sum(-1).tolist()], device=mask.device
+    )
     order = torch.where(valid, score, -torch.inf).sort(dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
-                                            .expand_as(order).contiguous())
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order).contiguous()
+    )
     return torch.where(valid & (rank < k[:, None]), mask, 0.0)
 
 
@@ -264,8 +275,18 @@ class TIP(Selection):
         high_h, high_d = h_hat > 0.5, d_hat > 0.5
         quadrants = (high_h & high_d, high_h & ~high_d, ~high_h & high_d, ~high_h & ~high_d)
         m = mask
-        stats = all_sum(torch.stack([m.sum(), kept.sum(), (rkl * m).sum(), (rkl * kept).sum(), (agree * m).sum(),
-                                     *[(q * m).sum() for q in quadrants]]).double())
+        stats = all_sum(
+            torch.stack(
+                [
+                    m.sum(),
+                    kept.sum(),
+                    (rkl * m).sum(),
+                    (rkl * kept).sum(),
+                    (agree * m).sum(),
+                    *[(q * m).sum() for q in quadrants],
+                ]
+            ).double()
+        )
         n, n_kept = stats[0].clamp(min=1), stats[1].clamp(min=1)
         metrics.mean("objective/tip_kept_token_frac", float(stats[1] / n))
         metrics.mean("objective/tip_rkl_all", float(stats[2] / n))

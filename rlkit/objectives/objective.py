@@ -74,8 +74,14 @@ class Objective:
             raise ValueError("at most one objective part may filter rollouts")
         return filters[0] if filters else None
 
-    def on_logits(self, logits: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
-                  group_ids: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def on_logits(
+        self,
+        logits: torch.Tensor,
+        completion_ids: torch.Tensor,
+        mask: torch.Tensor,
+        group_ids: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Every part's statistics from the no-grad scoring pass of a chunk of whole groups
         (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b], and the teacher's logits
         [b,T,V] when a part needs "teacher_logits") -> name -> [b,T]."""
@@ -111,15 +117,25 @@ class Objective:
         kl_weights = self.kl.token_weights(mask)
         if kl_weights is not None:  # travels with the rows of the batch to each micro-batch's loss
             batch.extras[KL_WEIGHTS] = kl_weights
-        counts = all_sum(torch.stack([mask.sum(), batch.mask.sum(), (mask.sum(-1) > 0).sum(),
-                                      (batch.mask.sum(-1) > 0).sum()]).double())
+        counts = all_sum(
+            torch.stack(
+                [mask.sum(), batch.mask.sum(), (mask.sum(-1) > 0).sum(), (batch.mask.sum(-1) > 0).sum()]
+            ).double()
+        )
         metrics.mean("objective/kept_token_frac", float(counts[0] / counts[1].clamp(min=1)))
         metrics.mean("objective/kept_seq_frac", float(counts[2] / counts[3].clamp(min=1)))
         return weights
 
-    def loss(self, logp: torch.Tensor, batch: StepBatch, weights: torch.Tensor, metrics: Metrics,
-             entropy: torch.Tensor | None = None, logits: torch.Tensor | None = None,
-             teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        logp: torch.Tensor,
+        batch: StepBatch,
+        weights: torch.Tensor,
+        metrics: Metrics,
+        entropy: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scalar loss of a micro-batch: world_size * sum(W * l), l = surrogate + KL - bonus * entropy.
 
         ``logp``, ``weights``: [b,T]; ``entropy``: [b,T] current policy entropy (with gradient; needed
@@ -157,8 +173,7 @@ class Objective:
         with W (no KL sharing W, no entropy bonus): the trainer skips its forward and backward, and the
         gradient is exactly the same (W, computed over the whole step, keeps every normaliser)."""
         active = weights != 0
-        if self.surrogate.vanishes_at_zero_advantage and not self.kl.weighted_with_surrogate \
-                and not self.entropy_bonus:
+        if self.surrogate.vanishes_at_zero_advantage and not self.kl.weighted_with_surrogate and not self.entropy_bonus:
             active = active & (batch.advantages != 0)[:, None]
         if KL_WEIGHTS in batch.extras:
             active = active | (batch.extras[KL_WEIGHTS] != 0)

@@ -20,7 +20,7 @@ NO_KL = {"type": "kl", "beta": 0.0}
 PRESETS: dict[str, dict[str, Any]] = {
     "grpo": {
         "description": "GRPO (DeepSeekMath 2402.03300): z-score advantages, PPO-clip 0.2, k3 KL beta 0.04, "
-                       "seq-mean-token-mean",
+        "seq-mean-token-mean",
         "advantage": {"type": "group_zscore"},
         "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
         "aggregation": {"type": "seq_mean_token_mean"},
@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "dr_grpo": {
         "description": "Dr. GRPO (2503.20783): mean-centred advantages (no std), token sums over a constant "
-                       "(set aggregation.norm to max_new_tokens), no KL",
+        "(set aggregation.norm to max_new_tokens), no KL",
         "advantage": {"type": "group_mean"},
         "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
         "aggregation": {"type": "seq_mean_token_sum_norm"},
@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # recipe (L_max, L_cache); truncated completions can also be dropped with {type: mask_truncated}.
     "dapo": {
         "description": "DAPO (2503.14476): clip-higher 0.2/0.28, token-mean, dynamic sampling (refill), no KL; "
-                       "add the soft-overlong reward in rewards:",
+        "add the soft-overlong reward in rewards:",
         "advantage": {"type": "group_zscore"},
         "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28},
         "aggregation": {"type": "token_mean"},
@@ -56,10 +56,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # docs/objectives.md §9.2)
     "ctpo": {
         "description": "CTPO (2605.07331): cumulative token ratio, log-space window 0.025/0.05 * sqrt(t), "
-                       "dual clip, token-mean, no KL",
+        "dual clip, token-mean, no KL",
         "advantage": {"type": "group_zscore"},
-        "surrogate": {"type": "ctpo", "mode": "cumprod", "eps_low": 0.025, "eps_high": 0.05, "eps_c": 0.05,
-                      "power": 0.5},
+        "surrogate": {
+            "type": "ctpo",
+            "mode": "cumprod",
+            "eps_low": 0.025,
+            "eps_high": 0.05,
+            "eps_c": 0.05,
+            "power": 0.5,
+        },
         "aggregation": {"type": "token_mean"},
         "kl": NO_KL,
     },
@@ -74,17 +80,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "d3s": {
         "description": "D3S (2509.22115): max-variance samples across the batch, then top-K tokens by |A|*H, "
-                       "both on a schedule; token-mean, no KL",
+        "both on a schedule; token-mean, no KL",
         "advantage": {"type": "group_zscore"},
         "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2},
         "aggregation": {"type": "token_mean"},
-        "selection": [{"type": "d3s_sample", "keep_init": 0.25, "keep_final": 0.75, "cross_group": True},
-                      {"type": "d3s_token", "k_init": 0.2, "k_final": 0.6}],
+        "selection": [
+            {"type": "d3s_sample", "keep_init": 0.25, "keep_final": 0.75, "cross_group": True},
+            {"type": "d3s_token", "k_init": 0.2, "k_final": 0.6},
+        ],
         "kl": NO_KL,
     },
     "tw_grpo": {
         "description": "TW-GRPO (2505.24718): token weights from intra-group divergence (alpha 1.7), "
-                       "clip 0.2/0.28, token-mean, std eps 1e-4, no KL",
+        "clip 0.2/0.28, token-mean, std eps 1e-4, no KL",
         "advantage": {"type": "group_zscore", "eps": 1e-4},
         "surrogate": {"type": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28},
         "aggregation": {"type": "token_mean"},
@@ -95,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # for metrics and for an optional mix into opd_sampled); docs/objectives.md §5
     "opd": {
         "description": "On-policy distillation: full-vocabulary reverse KL to the teacher on every student "
-                       "token, token-mean (needs teacher:)",
+        "token, token-mean (needs teacher:)",
         "advantage": {"type": "group_zscore"},
         "surrogate": {"type": "distill", "beta": 1.0},
         "aggregation": {"type": "token_mean"},
@@ -103,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "opd_tip": {
         "description": "OPD with TIP (2604.14084): each rollout keeps its top 50% of tokens by the Soft-OR "
-                       "of student entropy and reverse KL, token-mean (needs teacher:)",
+        "of student entropy and reverse KL, token-mean (needs teacher:)",
         "advantage": {"type": "group_zscore"},
         "surrogate": {"type": "distill", "beta": 1.0},
         "aggregation": {"type": "token_mean"},
@@ -112,7 +120,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "opd_q3": {
         "description": "OPD with TIP's Q3 rule (2604.14084): top 20% per rollout by forward KL x (1 - entropy), "
-                       "reverse-KL loss, token-mean (needs teacher:)",
+        "reverse-KL loss, token-mean (needs teacher:)",
         "advantage": {"type": "group_zscore"},
         "surrogate": {"type": "distill", "beta": 1.0},
         "aggregation": {"type": "token_mean"},
@@ -148,8 +156,9 @@ def resolve_spec(config: dict[str, Any]) -> dict[str, Any]:
         spec[slot] = list(config.pop(slot, preset.get(slot, [])))
     spec["entropy_bonus"] = config.pop("entropy_bonus", preset.get("entropy_bonus", 0.0))
     if config:
-        raise KeyError(f"unknown objective keys {sorted(config)}; allowed: preset, {', '.join(SLOTS + LIST_SLOTS)}, "
-                       "entropy_bonus")
+        raise KeyError(
+            f"unknown objective keys {sorted(config)}; allowed: preset, {', '.join(SLOTS + LIST_SLOTS)}, entropy_bonus"
+        )
     return spec
 
 
@@ -179,7 +188,10 @@ def describe() -> str:
             if options:
                 lines.append(f"  {'':<24} options: {options}")
         lines.append("")
-    lines += ["entropy_bonus: a float; the loss subtracts it times the policy entropy per token", "",
-              "Presets (recipe: objective.preset: NAME; any part can be overridden)"]
+    lines += [
+        "entropy_bonus: a float; the loss subtracts it times the policy entropy per token",
+        "",
+        "Presets (recipe: objective.preset: NAME; any part can be overridden)",
+    ]
     lines += [f"  {name:<10} {preset['description']}" for name, preset in PRESETS.items()]
     return "\n".join(lines)

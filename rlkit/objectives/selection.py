@@ -137,7 +137,7 @@ def max_var_subset(values: torch.Tensor, n: int) -> torch.Tensor:
         return n * subset_sum(c2, a) - subset_sum(c1, a) ** 2, subset_sum(c_abs, a), -a
 
     best = max(range(n + 1), key=rank)
-    return torch.cat([order[:best], order[m - n + best:]])
+    return torch.cat([order[:best], order[m - n + best :]])
 
 
 def subset_size(fraction: float, m: int) -> int:
@@ -166,8 +166,11 @@ class D3SSample(Selection):
     def select(self, mask, batch, metrics):
         fraction = linear_schedule(self.keep_init, self.keep_final, batch.progress)
         candidate = mask.sum(-1) > 0
-        keep = self.cross_group_keep(batch.advantages, candidate, fraction) if self.cross_group \
+        keep = (
+            self.cross_group_keep(batch.advantages, candidate, fraction)
+            if self.cross_group
             else self.in_group_keep(batch.advantages, candidate, batch.group_ids, fraction)
+        )
         keep &= batch.advantages != 0
         metrics.mean("objective/d3s_sample_frac", fraction)
         self.log_variance(batch.advantages, candidate, keep, metrics)
@@ -195,8 +198,11 @@ class D3SSample(Selection):
     @staticmethod
     def log_variance(adv, candidate, keep, metrics):
         a = adv.double()
-        stats = all_sum(torch.stack([s for rows in (candidate, keep)
-                                     for s in (rows.sum(), (a * rows).sum(), (a * a * rows).sum())]).double())
+        stats = all_sum(
+            torch.stack(
+                [s for rows in (candidate, keep) for s in (rows.sum(), (a * rows).sum(), (a * a * rows).sum())]
+            ).double()
+        )
         for name, (n, s1, s2) in zip(("all", "kept"), stats.view(2, 3).tolist()):
             if n:
                 metrics.mean(f"objective/d3s_adv_var_{name}", s2 / n - (s1 / n) ** 2)

@@ -29,7 +29,7 @@ from rlkit.objectives.batch import StepBatch, fp32
 from rlkit.objectives.registry import Part, register_part
 
 LOG_RATIO_LIMIT = 20.0  # verl's per-token guard: exp() of a larger log-ratio overflows in fp16/bf16
-LOG_RHO_MAX = 10.0      # verl/CTPO guard on sequence and cumulative log-ratios (ratio <= e^10 ~ 22026)
+LOG_RHO_MAX = 10.0  # verl/CTPO guard on sequence and cumulative log-ratios (ratio <= e^10 ~ 22026)
 
 
 class Surrogate(Part):
@@ -61,8 +61,9 @@ def with_token_gradient(log_value: torch.Tensor, logp: torch.Tensor) -> torch.Te
     return log_value.detach() + fp32(logp) - fp32(logp).detach()
 
 
-def clipped_pg(log_rho: torch.Tensor, adv: torch.Tensor, lo, hi, log_dual, mask: torch.Tensor,
-               metrics: Metrics) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_pg(
+    log_rho: torch.Tensor, adv: torch.Tensor, lo, hi, log_dual, mask: torch.Tensor, metrics: Metrics
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared clipped policy-gradient loss, with its metrics.
 
     log_rho [b,T] or [b,1] (fp32); adv broadcastable to it; lo, hi: window in log space (floats or
@@ -202,10 +203,11 @@ class CTPO(Surrogate):
         log_rho = with_token_gradient(cum, logp)
         metrics.mean("objective/ratio_at_cap_frac", (log_rho > LOG_RHO_MAX).float(), m)
         log_rho = log_rho.clamp(max=LOG_RHO_MAX)
-        scale = position ** self.power
+        scale = position**self.power
         log_dual = None if self.eps_c is None else self.eps_c * scale
-        loss, clipped = clipped_pg(log_rho, batch.advantages[:, None], -self.eps_low * scale,
-                                   self.eps_high * scale, log_dual, m, metrics)
+        loss, clipped = clipped_pg(
+            log_rho, batch.advantages[:, None], -self.eps_low * scale, self.eps_high * scale, log_dual, m, metrics
+        )
         self.log_by_position(clipped, position, m, metrics)
         return loss
 

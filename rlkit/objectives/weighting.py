@@ -23,7 +23,7 @@ def chunked_log_normaliser(logits: torch.Tensor, chunk: int) -> torch.Tensor:
     the whole [b,T,V] logits)."""
     out = None
     for v0 in range(0, logits.shape[-1], chunk):
-        part = torch.logsumexp(logits[..., v0:v0 + chunk].float(), -1, keepdim=True)
+        part = torch.logsumexp(logits[..., v0 : v0 + chunk].float(), -1, keepdim=True)
         out = part if out is None else torch.logaddexp(out, part)
     return out
 
@@ -44,7 +44,7 @@ def group_divergence(logits: torch.Tensor, mask: torch.Tensor, group_ids: torch.
     uniform = -math.log(logits.shape[-1])
     divergence = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     for v0 in range(0, logits.shape[-1], chunk):
-        lp = torch.where(valid, logits[..., v0:v0 + chunk].float() - lse, uniform)
+        lp = torch.where(valid, logits[..., v0 : v0 + chunk].float() - lse, uniform)
         mean = group_sum(lp, index, n_groups) / size[:, None, None]
         x = (mean[index] - lp).clamp(-11, 11)
         divergence += (x.exp() - x - 1).sum(-1)

@@ -53,8 +53,11 @@ def verifier_columns(fn: Callable, kwargs: dict) -> tuple[str, ...]:
     except (TypeError, ValueError):  # a callable without a signature Python can read
         return ()
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return tuple(p.name for p in parameters if p.kind in named and p.default is p.empty
-                 and p.name not in kwargs and p.name not in TRAINER_COLUMNS)
+    return tuple(
+        p.name
+        for p in parameters
+        if p.kind in named and p.default is p.empty and p.name not in kwargs and p.name not in TRAINER_COLUMNS
+    )
 
 
 def check_columns(source: str, columns: list[str], readers: list[Reader]) -> None:
@@ -64,8 +67,9 @@ def check_columns(source: str, columns: list[str], readers: list[Reader]) -> Non
     for reader in readers:
         for column in reader.routes_on + reader.columns:
             if column not in columns:
-                raise DataFileError(f"{source}: no {column!r} column, which {_reads(reader, column)} "
-                                    f"(columns: {columns})", reader.index)
+                raise DataFileError(
+                    f"{source}: no {column!r} column, which {_reads(reader, column)} (columns: {columns})", reader.index
+                )
 
 
 def check_data_file(path: str, readers: list[Reader]) -> int:
@@ -79,8 +83,10 @@ def check_data_file(path: str, readers: list[Reader]) -> int:
         kind = prompt_kind(row, where)
         first = first or (place, kind)
         if kind != first[1]:
-            raise DataFileError(f"{where}: the prompt is {kind}, but {first[0]}'s is {first[1]}: the prompts of a "
-                                f"file are all strings or all chat messages")
+            raise DataFileError(
+                f"{where}: the prompt is {kind}, but {first[0]}'s is {first[1]}: the prompts of a "
+                f"file are all strings or all chat messages"
+            )
         if columns is None:  # JSON: each row has its own keys
             _check_keys(row, where, readers)
         count += 1
@@ -99,8 +105,10 @@ def prompt_kind(row: Row, where: str) -> str:
     elif isinstance(prompt, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in prompt):
         kind = "chat messages"
     else:
-        raise DataFileError(f"{where}: the prompt should be a string or a list of chat messages "
-                            f"({{role, content}} each), got {_shown(prompt)}")
+        raise DataFileError(
+            f"{where}: the prompt should be a string or a list of chat messages "
+            f"({{role, content}} each), got {_shown(prompt)}"
+        )
     if not prompt:
         raise DataFileError(f"{where}: the prompt is empty")
     return kind
@@ -150,8 +158,9 @@ def _text_lines(path: str) -> Iterator[tuple[int, str]]:
             try:
                 yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise DataFileError(f"{path} line {number}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte "
-                                    f"offset {offset + e.start}") from None
+                raise DataFileError(
+                    f"{path} line {number}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start}"
+                ) from None
             offset += len(raw)
 
 
@@ -211,8 +220,9 @@ def _csv_rows(path: str, reader, header: list[str]) -> Iterator[tuple[str, Row]]
     for fields in reader:
         if fields and len(fields) != len(header):
             spans = f" (a quoted field runs from there to line {reader.line_num})" if reader.line_num > first else ""
-            raise DataFileError(f"{path} line {first}: {plural(len(fields), 'field')}, the header has "
-                                f"{len(header)}{spans}")
+            raise DataFileError(
+                f"{path} line {first}: {plural(len(fields), 'field')}, the header has {len(header)}{spans}"
+            )
         if fields:
             # pandas reads an empty field as a null
             yield f"line {first}", {k: v if v != "" else None for k, v in zip(header, fields)}
@@ -238,5 +248,9 @@ def _parquet(path: str) -> tuple[list[str], Iterator[tuple[str, Row]]]:
 
 
 # file suffix -> reader; the types rlkit.data.load_local loads
-READERS = {".jsonl": lambda path: (None, _json(path)), ".json": lambda path: (None, _json(path)), ".csv": _csv,
-           ".parquet": _parquet}
+READERS = {
+    ".jsonl": lambda path: (None, _json(path)),
+    ".json": lambda path: (None, _json(path)),
+    ".csv": _csv,
+    ".parquet": _parquet,
+}

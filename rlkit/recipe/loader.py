@@ -21,8 +21,7 @@ from rewards.scoring import RewardSpec, with_labels
 from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASK_COLUMNS, BUILTIN_TASK_ROWS, BUILTIN_TOKENIZERS
 from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
-from rlkit.recipe.data_check import (DataFileError, Reader, check_columns, check_data_file, plural,
-                                     verifier_columns)
+from rlkit.recipe.data_check import DataFileError, Reader, check_columns, check_data_file, plural, verifier_columns
 from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
 from rlkit.recipe.schema import Recipe
 from rlkit.rollout.engine import engine_class
@@ -75,8 +74,10 @@ def key_locations(text: str, source: str) -> dict[tuple, str]:
                 sub = path + (key_node.value,)
                 line = f"{source}:{key_node.start_mark.line + 1}"
                 if sub in where:
-                    raise RecipeError(f"{line}: {'.'.join(map(str, sub))}: duplicate key (also on line "
-                                      f"{where[sub].rsplit(':', 1)[1]})")
+                    raise RecipeError(
+                        f"{line}: {'.'.join(map(str, sub))}: duplicate key (also on line "
+                        f"{where[sub].rsplit(':', 1)[1]})"
+                    )
                 where[sub] = line
                 walk(value_node, sub)
         elif isinstance(node, yaml.SequenceNode):
@@ -103,8 +104,7 @@ class Locator:
         given = next((o for path in (loc, *related) for o in reversed(self.overrides) if _overlaps(o, path)), None)
         if given is not None:
             return f"override {given!r}"
-        return next((self.locations[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.locations),
-                    self.source)
+        return next((self.locations[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.locations), self.source)
 
 
 def _overlaps(override: str, loc: tuple) -> bool:
@@ -187,8 +187,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def describe_errors(error: ValidationError, where: Locator, prefix: tuple = (),
-                    model: type[BaseModel] | None = None) -> str:
+def describe_errors(
+    error: ValidationError, where: Locator, prefix: tuple = (), model: type[BaseModel] | None = None
+) -> str:
     """One line per problem; ``prefix`` is the key path of the validated model (default: the recipe),
     ``model`` the class whose fields are suggested for an unknown key (default: found from the path)."""
     out = []
@@ -251,8 +252,10 @@ def check_teacher(recipe: Recipe, where: Locator) -> None:
     needs = build_objective(recipe.objective).needs
     if recipe.teacher is None:
         if needs & TEACHER_NEEDS:
-            raise RecipeError(f"{where(('objective',))}: objective: it distills from a teacher; add a teacher: "
-                              "section (e.g. teacher: {path: builtin:tiny-teacher})")
+            raise RecipeError(
+                f"{where(('objective',))}: objective: it distills from a teacher; add a teacher: "
+                "section (e.g. teacher: {path: builtin:tiny-teacher})"
+            )
         return
     student, teacher = recipe.model.path, recipe.teacher.path
     loc = where(("teacher", "path"))
@@ -277,8 +280,12 @@ def check_objective(recipe: Recipe, where: Locator) -> None:
         raise RecipeError(f"{where(('objective',))}: objective: {e.args[0]}") from None
     bonus = spec["entropy_bonus"]
     if isinstance(bonus, bool) or not isinstance(bonus, (int, float)) or bonus < 0:
-        raise _error(where, ("objective", "entropy_bonus"), f"should be a number >= 0, got {bonus!r}: the loss "
-                     "subtracts it times the policy's entropy, so a negative one would drive the entropy down")
+        raise _error(
+            where,
+            ("objective", "entropy_bonus"),
+            f"should be a number >= 0, got {bonus!r}: the loss "
+            "subtracts it times the policy's entropy, so a negative one would drive the entropy down",
+        )
     for kind in KINDS:
         entries = spec[kind] if isinstance(spec.get(kind), list) else [spec.get(kind)]
         for i, entry in enumerate(entries):
@@ -317,8 +324,10 @@ def check_rewards(recipe: Recipe, where: Locator) -> None:
         except (KeyError, FileNotFoundError, ImportError, TypeError) as e:
             raise RecipeError(f"{where(('rewards', i, 'verifier'))}: rewards.{i}.verifier: {e.args[0]}") from None
         if labels[i] in labels[:i]:  # metrics are keyed by label; the scorer refuses duplicates
-            raise RecipeError(f"{where(('rewards', i))}: rewards.{i}: same label {labels[i]!r} as rewards."
-                              f"{labels.index(labels[i])}; set 'name' to tell them apart")
+            raise RecipeError(
+                f"{where(('rewards', i))}: rewards.{i}: same label {labels[i]!r} as rewards."
+                f"{labels.index(labels[i])}; set 'name' to tell them apart"
+            )
 
 
 def check_training(recipe: Recipe, where: Locator) -> None:
@@ -326,16 +335,25 @@ def check_training(recipe: Recipe, where: Locator) -> None:
     objective = build_objective(recipe.objective)
     if recipe.rollout.samples_per_prompt == 1 and objective.surrogate.reads_advantages():
         # a group of one has no signal: Objective.advantages gives it exactly 0, whatever the estimator
-        raise _error(where, ("rollout", "samples_per_prompt"), f"1 sample per prompt makes every advantage 0 (the "
-                     f"{objective.advantage.name} advantage compares each completion with the others of its "
-                     f"prompt), so the policy gets no gradient at any step; sample at least 2",
-                     ("objective",))
+        raise _error(
+            where,
+            ("rollout", "samples_per_prompt"),
+            f"1 sample per prompt makes every advantage 0 (the "
+            f"{objective.advantage.name} advantage compares each completion with the others of its "
+            f"prompt), so the policy gets no gradient at any step; sample at least 2",
+            ("objective",),
+        )
     positions, model_key = position_limit(recipe)
     new = recipe.rollout.max_new_tokens
     if positions is not None and new >= positions:
-        raise _error(where, ("rollout", "max_new_tokens"), f"{new} new tokens leave no room for a prompt in the "
-                     f"{positions} positions of {model_key}={_value(recipe, model_key)} (max_position_embeddings "
-                     f"in its config.json)", tuple(model_key.split(".")))
+        raise _error(
+            where,
+            ("rollout", "max_new_tokens"),
+            f"{new} new tokens leave no room for a prompt in the "
+            f"{positions} positions of {model_key}={_value(recipe, model_key)} (max_position_embeddings "
+            f"in its config.json)",
+            tuple(model_key.split(".")),
+        )
 
 
 def position_limit(recipe: Recipe) -> tuple[int | None, str]:
@@ -390,24 +408,44 @@ def check_splits(recipe: Recipe, where: Locator, rows: int) -> None:
     if data.task is not None:  # the first eval_size problems; an eval file is not read
         held_out = data.eval_size
         if held_out >= rows:
-            raise _error(where, ("data", "eval_size"), f"{held_out} held-out problems leave none of the {rows} of "
-                         f"{data.task} to train on", ("data", "task"))
+            raise _error(
+                where,
+                ("data", "eval_size"),
+                f"{held_out} held-out problems leave none of the {rows} of {data.task} to train on",
+                ("data", "task"),
+            )
     elif data.eval is not None:  # the eval file is the held-out set
         held_out = 0
     else:  # a slice of the train file, at most a fifth of it
         if rows < data.eval_size:
-            raise _error(where, ("data", "train"), f"{data.train} has {plural(rows, 'row')}, fewer than the "
-                         f"data.eval_size={data.eval_size} held out for evaluation; lower data.eval_size or give a "
-                         "data.eval file", ("data", "eval_size"))
+            raise _error(
+                where,
+                ("data", "train"),
+                f"{data.train} has {plural(rows, 'row')}, fewer than the "
+                f"data.eval_size={data.eval_size} held out for evaluation; lower data.eval_size or give a "
+                "data.eval file",
+                ("data", "eval_size"),
+            )
         held_out = min(data.eval_size, rows // 5)
         if held_out == 0:
-            raise _error(where, ("data", "train"), f"{data.train} has {plural(rows, 'row')}: the slice held out "
-                         "for evaluation, a fifth of them, would be empty; give at least 5 rows or a data.eval file")
-    for key, warm in (("model", recipe.model.warm_start),
-                      ("teacher", recipe.teacher.warm_start if _teacher_runs(recipe) else None)):
+            raise _error(
+                where,
+                ("data", "train"),
+                f"{data.train} has {plural(rows, 'row')}: the slice held out "
+                "for evaluation, a fifth of them, would be empty; give at least 5 rows or a data.eval file",
+            )
+    for key, warm in (
+        ("model", recipe.model.warm_start),
+        ("teacher", recipe.teacher.warm_start if _teacher_runs(recipe) else None),
+    ):
         if warm is not None and warm.val_size >= rows - held_out:
-            raise _error(where, (key, "warm_start", "val_size"), f"{warm.val_size} validation rows leave none of "
-                         f"the {rows - held_out} training rows for the warm start to train on", ("data",))
+            raise _error(
+                where,
+                (key, "warm_start", "val_size"),
+                f"{warm.val_size} validation rows leave none of "
+                f"the {rows - held_out} training rows for the warm start to train on",
+                ("data",),
+            )
 
 
 def check_output_dir(recipe: Recipe, where: Locator, keep: bool) -> None:

@@ -34,8 +34,10 @@ def check_model_folder(path: str | Path) -> None:
         return
     token, largest = max(ids.items(), key=lambda item: item[1])
     if largest >= size:
-        raise ValueError(f"the tokenizer of {folder} has token {token!r} with id {largest}, but config.json's "
-                         f"vocab_size is {size}: the model has no embedding for ids >= {size}")
+        raise ValueError(
+            f"the tokenizer of {folder} has token {token!r} with id {largest}, but config.json's "
+            f"vocab_size is {size}: the model has no embedding for ids >= {size}"
+        )
 
 
 def same_tokenizer(path_a: str | Path, path_b: str | Path) -> str | None:

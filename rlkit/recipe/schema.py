@@ -29,12 +29,20 @@ class WarmStartConfig(Section):
     """A short supervised stage on the task's answers before RL, stopped once greedy accuracy on a
     validation slice of the training prompts reaches a target; cached by its settings (rlkit/warm_start.py)."""
 
-    target_accuracy: float = Field(0.2, gt=0, le=1, description="stop once validation exact-match accuracy "
-                                                               "reaches this (checked every eval_every steps)")
+    target_accuracy: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="stop once validation exact-match accuracy reaches this (checked every eval_every steps)",
+    )
     max_steps: int = Field(2000, gt=0, description="upper bound on optimizer steps if the target is not reached")
     eval_every: int = Field(10, gt=0, description="optimizer steps between validation checks")
-    val_size: int = Field(200, gt=0, description="first rows of the training data used for validation "
-                                                 "(not trained on by this stage; never the held-out eval set)")
+    val_size: int = Field(
+        200,
+        gt=0,
+        description="first rows of the training data used for validation "
+        "(not trained on by this stage; never the held-out eval set)",
+    )
     lr: float = Field(2e-3, gt=0, description="learning rate (AdamW)")
     lr_schedule: Literal["constant", "linear"] = Field("constant", description="see rlkit/warm_start.py")
     batch_size: int = Field(128, gt=0, description="examples per step")
@@ -49,13 +57,24 @@ class LoraSettings(Section):
 
     r: int = Field(16, gt=0, description="rank of the adapters")
     lora_alpha: float = Field(32.0, gt=0, description="scale: the update B A is multiplied by lora_alpha / r")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input; it makes every forward "
-                                                            "random, so importance ratios are no longer 1 on-policy")
+    lora_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout on the adapters' input; it makes every forward "
+        "random, so importance ratios are no longer 1 on-policy",
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", min_length=1, description="names (or name suffixes) of the linear layers given adapters; "
-                                                "'all-linear': every linear layer but the output head")
-    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base weights in 4-bit NF4 (bitsandbytes, on a "
-                                                  "CUDA device), computing in model.dtype")
+        "all-linear",
+        min_length=1,
+        description="names (or name suffixes) of the linear layers given adapters; "
+        "'all-linear': every linear layer but the output head",
+    )
+    load_in_4bit: bool = Field(
+        False,
+        description="QLoRA: the frozen base weights in 4-bit NF4 (bitsandbytes, on a "
+        "CUDA device), computing in model.dtype",
+    )
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -66,8 +85,11 @@ class LoraSettings(Section):
 
 
 class ModelConfig(Section):
-    path: str = Field(BUILTIN_TINY, description=f"built-in model, one of {BUILTIN_MODELS} (see rlkit/models.py), "
-                                                 "or a local Hugging Face model folder")
+    path: str = Field(
+        BUILTIN_TINY,
+        description=f"built-in model, one of {BUILTIN_MODELS} (see rlkit/models.py), "
+        "or a local Hugging Face model folder",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
     warm_start: WarmStartConfig | None = Field(None, description="supervised stage before RL (cached)")
     lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of every weight (peft)")
@@ -83,12 +105,17 @@ class TeacherConfig(Section):
     gradients and placed like the reference model (sharded under ZeRO-3). It must share the model's
     tokenizer, which `rlkit check` verifies from the tokenizer files, before any weights load."""
 
-    path: str = Field(BUILTIN_TINY_TEACHER, description=f"built-in model, one of {BUILTIN_MODELS}, or a local "
-                                                         "Hugging Face model folder")
+    path: str = Field(
+        BUILTIN_TINY_TEACHER,
+        description=f"built-in model, one of {BUILTIN_MODELS}, or a local Hugging Face model folder",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
-    warm_start: WarmStartConfig | None = Field(None, description="supervised stage on the task before use, as "
-                                                                 "model.warm_start (cached); trains a built-in "
-                                                                 "teacher to high accuracy")
+    warm_start: WarmStartConfig | None = Field(
+        None,
+        description="supervised stage on the task before use, as "
+        "model.warm_start (cached); trains a built-in "
+        "teacher to high accuracy",
+    )
 
     @field_validator("path")
     @classmethod
@@ -97,13 +124,18 @@ class TeacherConfig(Section):
 
 
 class DataConfig(Section):
-    task: str | None = Field("builtin:addition", description=f"built-in task, one of {BUILTIN_TASKS}; "
-                                                              "null to use train/eval files")
+    task: str | None = Field(
+        "builtin:addition", description=f"built-in task, one of {BUILTIN_TASKS}; null to use train/eval files"
+    )
     train: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv with a 'prompt' column")
     eval: str | None = Field(None, description="held-out file (default: a slice of train)")
-    eval_size: int = Field(200, gt=0, description="held-out prompts used for evaluation: the first of the "
-                                                  "built-in task's; without an eval file, a slice of the train file "
-                                                  "of at most a fifth of it (it must have eval_size rows)")
+    eval_size: int = Field(
+        200,
+        gt=0,
+        description="held-out prompts used for evaluation: the first of the "
+        "built-in task's; without an eval file, a slice of the train file "
+        "of at most a fifth of it (it must have eval_size rows)",
+    )
 
     @field_validator("task")
     @classmethod
@@ -128,55 +160,75 @@ class RolloutConfig(Section):
     engine: dict[str, Any] = Field(
         default_factory=lambda: {"type": "hf"},
         description="the rollout engine: {type: hf | vllm | vllm_server | module:Class, ...its options} "
-                    "(docs/engines.md); 'hf' generates with the trainer's own model")
+        "(docs/engines.md); 'hf' generates with the trainer's own model",
+    )
     samples_per_prompt: int = Field(8, ge=1, description="G: completions sampled per prompt (one group)")
     max_new_tokens: int = Field(16, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (also applied to training log-probs)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
-    max_prompt_tokens: int = Field(512, gt=0, description="prompt length limit in tokens, BOS and chat template "
-                                                          "included")
+    max_prompt_tokens: int = Field(
+        512, gt=0, description="prompt length limit in tokens, BOS and chat template included"
+    )
     prompt_overflow: Literal["error", "truncate_left"] = Field(
-        "error", description="a prompt over max_prompt_tokens: 'error' stops the run at start-up naming the split "
-                             "and row (all prompts are checked); 'truncate_left' keeps its last max_prompt_tokens "
-                             "tokens")
+        "error",
+        description="a prompt over max_prompt_tokens: 'error' stops the run at start-up naming the split "
+        "and row (all prompts are checked); 'truncate_left' keeps its last max_prompt_tokens "
+        "tokens",
+    )
     logp_old: Literal["sampler", "recompute"] = Field(
-        "sampler", description="where the proximal (old) policy's log-probs come from when a rollout batch makes "
-                               "several optimizer steps: 'sampler', the engine's behaviour log-probs at the "
-                               "sampling temperature, before top-p (no extra forward pass; exact with the hf "
-                               "engine); 'recompute', a no-grad forward of the policy before the update")
+        "sampler",
+        description="where the proximal (old) policy's log-probs come from when a rollout batch makes "
+        "several optimizer steps: 'sampler', the engine's behaviour log-probs at the "
+        "sampling temperature, before top-p (no extra forward pass; exact with the hf "
+        "engine); 'recompute', a no-grad forward of the policy before the update",
+    )
 
 
 class TrainerConfig(Section):
     steps: int = Field(100, gt=0, description="RL steps; each samples one rollout batch")
     prompts_per_step: int = Field(8, gt=0, description="prompts per rollout batch, over all processes")
-    mini_batches: int = Field(1, gt=0, description="optimizer steps per pass over a rollout batch "
-                                                     "(whole groups per mini-batch)")
+    mini_batches: int = Field(
+        1, gt=0, description="optimizer steps per pass over a rollout batch (whole groups per mini-batch)"
+    )
     epochs_per_rollout: int = Field(1, gt=0, description="passes over each rollout batch")
-    micro_batch_size: int = Field(16, gt=0, description="completions per forward/backward (memory only: "
-                                                         "the update does not depend on it)")
+    micro_batch_size: int = Field(
+        16, gt=0, description="completions per forward/backward (memory only: the update does not depend on it)"
+    )
     micro_batch_tokens: int | None = Field(
-        None, gt=0, description="instead of micro_batch_size in the update: completions per forward/backward "
-                                "by token budget, longest first, as many as fit in this many prompt + "
-                                "completion tokens (one at least), so memory follows the lengths (memory only)")
+        None,
+        gt=0,
+        description="instead of micro_batch_size in the update: completions per forward/backward "
+        "by token budget, longest first, as many as fit in this many prompt + "
+        "completion tokens (one at least), so memory follows the lengths (memory only)",
+    )
     reward_workers: int = Field(0, ge=0, description="processes running the verifiers (0 = in the trainer)")
     lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="after warmup")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, ge=0, description="gradient clipping by global norm; null or 0 = off "
-                                                               "(also DeepSpeed's gradient_clipping, set from "
-                                                               "here); a negative norm would reverse the gradient")
+    max_grad_norm: float | None = Field(
+        1.0,
+        ge=0,
+        description="gradient clipping by global norm; null or 0 = off "
+        "(also DeepSpeed's gradient_clipping, set from "
+        "here); a negative norm would reverse the gradient",
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="autocast precision of forward and backward, fp32 master weights (accelerate's "
-                          "mixed_precision; DeepSpeed's bf16/fp16); `rlkit launch` passes it, and a launch "
-                          "asking for another is refused at start-up. 'bf16' on recent GPUs; on CPUs with "
-                          "AVX512-BF16 or AMX 1.4-2.4x faster per step (benchmarks/vs_trl.py), at a higher "
-                          "peak memory (oneDNN keeps a kernel per matmul shape); without them torch emulates "
-                          "bf16, which can be slower")
+        "no",
+        description="autocast precision of forward and backward, fp32 master weights (accelerate's "
+        "mixed_precision; DeepSpeed's bf16/fp16); `rlkit launch` passes it, and a launch "
+        "asking for another is refused at start-up. 'bf16' on recent GPUs; on CPUs with "
+        "AVX512-BF16 or AMX 1.4-2.4x faster per step (benchmarks/vs_trl.py), at a higher "
+        "peak memory (oneDNN keeps a kernel per matmul shape); without them torch emulates "
+        "bf16, which can be slower",
+    )
     collective_timeout_s: float = Field(
-        600.0, gt=0, description="longest wait of one rank for the others in a collective, and so for "
-                                 "the main process building a cache (warm start); a rank that died or stalled "
-                                 "ends the job within this bound plus ~30 s (torchrun's grace before SIGKILL)")
+        600.0,
+        gt=0,
+        description="longest wait of one rank for the others in a collective, and so for "
+        "the main process building a cache (warm start); a rank that died or stalled "
+        "ends the job within this bound plus ~30 s (torchrun's grace before SIGKILL)",
+    )
     seed: int = Field(0, description="seeds data order, sampling and initialisation")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="most recent checkpoints kept on disk")
@@ -190,8 +242,10 @@ class TrainerConfig(Section):
     @model_validator(mode="after")
     def _divisible(self):
         if self.prompts_per_step % self.mini_batches:
-            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be divisible by "
-                             f"mini_batches ({self.mini_batches}): mini-batches hold whole groups")
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be divisible by "
+                f"mini_batches ({self.mini_batches}): mini-batches hold whole groups"
+            )
         return self
 
 
@@ -207,10 +261,15 @@ class Recipe(Section):
     teacher: TeacherConfig | None = Field(None, description="teacher model, for objectives that distill from one")
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(verifier="exact_number")],
-                                      min_length=1, description="verifiers and their weights")
-    objective: dict[str, Any] = Field(default_factory=lambda: {"preset": "grpo"},
-                                      description="preset name plus part overrides (see `rlkit objectives`)")
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(verifier="exact_number")],
+        min_length=1,
+        description="verifiers and their weights",
+    )
+    objective: dict[str, Any] = Field(
+        default_factory=lambda: {"preset": "grpo"},
+        description="preset name plus part overrides (see `rlkit objectives`)",
+    )
     trainer: TrainerConfig = TrainerConfig()
     log: LogConfig = LogConfig()
     output_dir: str = Field(description="where the run writes metrics, samples, checkpoints and summary.json")

@@ -1,11 +1,34 @@
 """Rollouts: the engine boundary (:mod:`rlkit.rollout.engine`), the engines, and the batch they fill."""
 
 from rlkit.rollout.batch import RolloutBatch, sample
-from rlkit.rollout.engine import (ENGINES, Completions, Engine, EngineOptions, EngineSetup, Sampling, build_engine,
-                                  engine_class, engine_options)
+from rlkit.rollout.engine import (
+    ENGINES,
+    Completions,
+    Engine,
+    EngineOptions,
+    EngineSetup,
+    Sampling,
+    build_engine,
+    engine_class,
+    engine_options,
+)
 from rlkit.rollout.hf import HFEngine
 from rlkit.rollout.sync import EngineOutOfSync, check_sync, default_tolerance
 
-__all__ = ["ENGINES", "Completions", "Engine", "EngineOptions", "EngineOutOfSync", "EngineSetup", "HFEngine",
-           "RolloutBatch", "Sampling", "build_engine", "check_sync", "default_tolerance", "engine_class",
-           "engine_options", "sample"]
+__all__ = [
+    "ENGINES",
+    "Completions",
+    "Engine",
+    "EngineOptions",
+    "EngineOutOfSync",
+    "EngineSetup",
+    "HFEngine",
+    "RolloutBatch",
+    "Sampling",
+    "build_engine",
+    "check_sync",
+    "default_tolerance",
+    "engine_class",
+    "engine_options",
+    "sample",
+]

@@ -18,19 +18,19 @@ class RolloutBatch:
     Rows of one prompt are consecutive and share a ``group_ids`` value (0..n_groups-1, in order).
     """
 
-    prompt_ids: torch.Tensor        # [B,P] long, left-padded with the pad token
-    prompt_mask: torch.Tensor       # [B,P] long, 1 on real prompt tokens
-    completion_ids: torch.Tensor    # [B,T] long, right-padded after EOS
-    completion_mask: torch.Tensor   # [B,T] float, 1 on generated tokens up to and including EOS
-    loss_mask: torch.Tensor         # [B,T] float, 1 on the tokens the loss may train (the model's own;
+    prompt_ids: torch.Tensor  # [B,P] long, left-padded with the pad token
+    prompt_mask: torch.Tensor  # [B,P] long, 1 on real prompt tokens
+    completion_ids: torch.Tensor  # [B,T] long, right-padded after EOS
+    completion_mask: torch.Tensor  # [B,T] float, 1 on generated tokens up to and including EOS
+    loss_mask: torch.Tensor  # [B,T] float, 1 on the tokens the loss may train (the model's own;
     # equal to completion_mask for single-turn rollouts, 0 on tool output in multi-turn episodes)
-    group_ids: torch.Tensor         # [B] long, 0..n_prompts-1
-    truncated: torch.Tensor         # [B] bool, stopped by max_new_tokens before EOS
-    prompts: list[str]              # [B] prompt text (chat messages rendered by the template)
-    completions: list[str]          # [B] decoded completion, special tokens removed
-    columns: dict[str, list]        # dataset columns, one value per row (for verifiers)
-    policy_version: torch.Tensor    # [B] long, the policy version of the weights that sampled each row
-    logp: torch.Tensor | None = None     # [B,T] fp32 behaviour log-probs log mu(y_t): each sampled token's
+    group_ids: torch.Tensor  # [B] long, 0..n_prompts-1
+    truncated: torch.Tensor  # [B] bool, stopped by max_new_tokens before EOS
+    prompts: list[str]  # [B] prompt text (chat messages rendered by the template)
+    completions: list[str]  # [B] decoded completion, special tokens removed
+    columns: dict[str, list]  # dataset columns, one value per row (for verifiers)
+    policy_version: torch.Tensor  # [B] long, the policy version of the weights that sampled each row
+    logp: torch.Tensor | None = None  # [B,T] fp32 behaviour log-probs log mu(y_t): each sampled token's
     # log-prob under softmax(logits / temperature) as the engine computed it, 0 after EOS; None if greedy
     rewards: torch.Tensor | None = None  # [B] total reward, once the verifiers ran (NaN = all abstained)
 
@@ -38,8 +38,9 @@ class RolloutBatch:
         return self.completion_ids.shape[0]
 
     @staticmethod
-    def from_completions(prompts: list, columns: dict[str, list], prompt_ids: list[list[int]],
-                         out: Completions, tokenizer) -> "RolloutBatch":
+    def from_completions(
+        prompts: list, columns: dict[str, list], prompt_ids: list[list[int]], out: Completions, tokenizer
+    ) -> RolloutBatch:
         """The batch of ``out``, the engine's completions of ``prompts`` (with their token ids and dataset
         ``columns``, one entry per prompt), ``n = len(out) / len(prompts)`` rows per prompt."""
         n = len(out.ids) // max(1, len(prompts))
@@ -69,7 +70,7 @@ class RolloutBatch:
         """[B] completion lengths in tokens."""
         return self.completion_mask.sum(-1)
 
-    def select_groups(self, keep: torch.Tensor) -> "RolloutBatch":
+    def select_groups(self, keep: torch.Tensor) -> RolloutBatch:
         """The groups where ``keep`` [n_groups] (bool) is True, renumbered 0..k-1 in their order."""
         rows = keep[self.group_ids]
         new_id = keep.long().cumsum(0) - 1
@@ -85,7 +86,7 @@ class RolloutBatch:
         return replace(self, **out)
 
     @staticmethod
-    def concat(batches: list["RolloutBatch"], pad_token_id: int) -> "RolloutBatch":
+    def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
         """Rows of all ``batches`` (group ids shifted to stay distinct), re-padded to common lengths."""
         P = max(b.prompt_ids.shape[1] for b in batches)
         T = max(b.completion_ids.shape[1] for b in batches)
@@ -109,8 +110,9 @@ class RolloutBatch:
         )
 
 
-def sample(engine: Engine, prompts: list, columns: dict[str, list], sampling: Sampling,
-           max_prompt_tokens: int = 512) -> RolloutBatch:
+def sample(
+    engine: Engine, prompts: list, columns: dict[str, list], sampling: Sampling, max_prompt_tokens: int = 512
+) -> RolloutBatch:
     """Rollouts of dataset ``prompts`` (strings or chat messages, tokenized by
     :func:`rlkit.data.tokenize_prompts`, then cut to their last ``max_prompt_tokens`` tokens) from ``engine``;
     ``columns``: the dataset columns aligned with ``prompts``."""

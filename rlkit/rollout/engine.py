@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, ClassVar, ContextManager
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,15 +44,21 @@ class Sampling:
 class Completions:
     """What an engine returns for N prompts: B = N * n rows, prompt-major (the n rows of prompt 0 first)."""
 
-    ids: torch.Tensor               # [B,T] long, the sampled tokens, pad id after the first EOS
-    mask: torch.Tensor              # [B,T] float, 1 on sampled tokens up to and including EOS
-    truncated: torch.Tensor         # [B] bool, stopped by max_new_tokens before any EOS
-    logp: torch.Tensor | None       # [B,T] fp32 behaviour log-probs log mu(y_t), 0 on padding; None if greedy
-    version: int                    # policy version of the weights that sampled them
+    ids: torch.Tensor  # [B,T] long, the sampled tokens, pad id after the first EOS
+    mask: torch.Tensor  # [B,T] float, 1 on sampled tokens up to and including EOS
+    truncated: torch.Tensor  # [B] bool, stopped by max_new_tokens before any EOS
+    logp: torch.Tensor | None  # [B,T] fp32 behaviour log-probs log mu(y_t), 0 on padding; None if greedy
+    version: int  # policy version of the weights that sampled them
 
     @staticmethod
-    def from_lists(ids: list[list[int]], logp: list[list[float]] | None, eos_token_ids: list[int], pad_id: int,
-                   version: int, device: torch.device) -> "Completions":
+    def from_lists(
+        ids: list[list[int]],
+        logp: list[list[float]] | None,
+        eos_token_ids: list[int],
+        pad_id: int,
+        version: int,
+        device: torch.device,
+    ) -> Completions:
         """Padded tensors from per-row token lists (and log-prob lists) as a server or vLLM returns them.
         A row ends at its first EOS or is truncated (no EOS): what follows an EOS is dropped."""
         eos = set(eos_token_ids)
@@ -65,25 +73,30 @@ class Completions:
         lengths = torch.tensor(ends)
         mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
         truncated = torch.tensor([not row[:end] or row[end - 1] not in eos for row, end in zip(ids, ends)])
-        return Completions(ids=out_ids.to(device), mask=mask.to(device), truncated=truncated.to(device),
-                           logp=None if out_logp is None else out_logp.to(device), version=version)
+        return Completions(
+            ids=out_ids.to(device),
+            mask=mask.to(device),
+            truncated=truncated.to(device),
+            logp=None if out_logp is None else out_logp.to(device),
+            version=version,
+        )
 
 
 @dataclass(frozen=True)
 class EngineSetup:
     """What the trainer tells an engine when it builds it."""
 
-    model_path: str                 # folder of the starting weights (after the warm start)
-    tokenizer: object               # the policy's tokenizer (pad and EOS ids)
-    eos_token_ids: list[int]        # every id that ends a completion
-    dtype: str                      # "float32", "bfloat16" or "float16": what the trainer computes in
-    device: torch.device            # the trainer process's device
-    seed: int                       # sampling seed of this rank
-    max_model_len: int              # prompt + completion tokens the engine must hold
+    model_path: str  # folder of the starting weights (after the warm start)
+    tokenizer: object  # the policy's tokenizer (pad and EOS ids)
+    eos_token_ids: list[int]  # every id that ends a completion
+    dtype: str  # "float32", "bfloat16" or "float16": what the trainer computes in
+    device: torch.device  # the trainer process's device
+    seed: int  # sampling seed of this rank
+    max_model_len: int  # prompt + completion tokens the engine must hold
     #: the trainer's policy, ready for generation (ZeRO-3 shards gathered), as a context manager; only an
     #: engine that generates with the trainer's own module (``hf``) uses it
-    live_policy: Callable[[], ContextManager] = contextlib.nullcontext
-    synced_gpus: bool = False       # parameters are sharded: every rank must run every decoding step
+    live_policy: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    synced_gpus: bool = False  # parameters are sharded: every rank must run every decoding step
 
 
 class EngineOptions(BaseModel):
@@ -93,9 +106,12 @@ class EngineOptions(BaseModel):
 
     type: str = Field("hf", description="hf, vllm, vllm_server, or an import path module:Class")
     sync_tol: float | None = Field(
-        None, gt=0, description="largest |log p| difference on the sync probe between engine and trainer "
-                                "before the run stops (null: 1e-4 when the trainer computes in fp32, 0.05 "
-                                "in bf16/fp16)")
+        None,
+        gt=0,
+        description="largest |log p| difference on the sync probe between engine and trainer "
+        "before the run stops (null: 1e-4 when the trainer computes in fp32, 0.05 "
+        "in bf16/fp16)",
+    )
 
 
 class Engine:
@@ -147,8 +163,7 @@ def engine_class(type_name: str) -> type[Engine]:
     """The engine class for a registered name or an import path ``module:Class``."""
     path = ENGINES.get(type_name, type_name)
     if ":" not in path:
-        raise KeyError(f"unknown engine {type_name!r}; registered: {sorted(ENGINES)}, or an import path "
-                       "module:Class")
+        raise KeyError(f"unknown engine {type_name!r}; registered: {sorted(ENGINES)}, or an import path module:Class")
     module, attr = path.rsplit(":", 1)
     cls = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, Engine)):

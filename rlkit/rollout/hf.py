@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
+
+if TYPE_CHECKING:  # imported lazily at run time, so that `rlkit check` stays light
+    from transformers import GenerationConfig
 
 
 class HFEngine(Engine):
@@ -29,13 +33,20 @@ class HFEngine(Engine):
     shares_trainer_weights = True
 
     @classmethod
-    def on(cls, model, tokenizer, eos_token_ids: list[int], synced_gpus: bool = False) -> "HFEngine":
+    def on(cls, model, tokenizer, eos_token_ids: list[int], synced_gpus: bool = False) -> HFEngine:
         """An engine that generates with ``model`` as it is, outside a trainer (the warm start's checks,
         tests, scripts); ``synced_gpus`` when its parameters are sharded over ranks."""
-        setup = EngineSetup(model_path="", tokenizer=tokenizer, eos_token_ids=eos_token_ids,
-                            dtype=str(model.dtype).removeprefix("torch."), device=model.device, seed=0,
-                            max_model_len=0, live_policy=lambda: contextlib.nullcontext(model),
-                            synced_gpus=synced_gpus)
+        setup = EngineSetup(
+            model_path="",
+            tokenizer=tokenizer,
+            eos_token_ids=eos_token_ids,
+            dtype=str(model.dtype).removeprefix("torch."),
+            device=model.device,
+            seed=0,
+            max_model_len=0,
+            live_policy=lambda: contextlib.nullcontext(model),
+            synced_gpus=synced_gpus,
+        )
         return cls(EngineOptions(type="hf"), setup)
 
     def generation_config(self, sampling: Sampling) -> GenerationConfig:
@@ -43,13 +54,20 @@ class HFEngine(Engine):
         no minimum length; stops at any of the EOS ids or after ``max_new_tokens``."""
         from transformers import GenerationConfig
 
-        options = {} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
-                                              "top_k": 0}
+        options = {} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
         tok = self.setup.tokenizer
         return GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens, min_new_tokens=0, do_sample=not sampling.greedy, **options,
-            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
-            eos_token_id=self.setup.eos_token_ids, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=0,
+            do_sample=not sampling.greedy,
+            **options,
+            typical_p=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            num_beams=1,
+            eos_token_id=self.setup.eos_token_ids,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
         )
 
     @torch.no_grad()
@@ -62,16 +80,25 @@ class HFEngine(Engine):
         config = self.generation_config(sampling)
         recorder = None if sampling.greedy else SampledTokenLogprobs(sampling.temperature)
         with self.setup.live_policy() as model, _model_defaults(model, config):
-            ids = enc.input_ids.repeat_interleave(n, 0).to(model.device)          # [B,P]
+            ids = enc.input_ids.repeat_interleave(n, 0).to(model.device)  # [B,P]
             attention = enc.attention_mask.repeat_interleave(n, 0).to(model.device)
-            out = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                 synced_gpus=self.setup.synced_gpus,
-                                 logits_processor=LogitsProcessorList([recorder] if recorder else []))
-        completion_ids = out[:, ids.shape[1]:]
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                generation_config=config,
+                synced_gpus=self.setup.synced_gpus,
+                logits_processor=LogitsProcessorList([recorder] if recorder else []),
+            )
+        completion_ids = out[:, ids.shape[1] :]
         mask, truncated = mask_after_eos(completion_ids, self.setup.eos_token_ids)
         logp = recorder.result(completion_ids) * mask if recorder else None
-        return Completions(ids=completion_ids.masked_fill(mask == 0, tok.pad_token_id), mask=mask,
-                           truncated=truncated, logp=logp, version=self.version or 0)
+        return Completions(
+            ids=completion_ids.masked_fill(mask == 0, tok.pad_token_id),
+            mask=mask,
+            truncated=truncated,
+            logp=logp,
+            version=self.version or 0,
+        )
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         self.version = version  # generation reads the trainer's module itself

@@ -30,5 +30,6 @@ def check_sync(diff: torch.Tensor, tol: float, engine: str, version: int) -> flo
             f"after syncing policy version {version} into the {engine} engine, its log-probs on the sync probe "
             f"differ from the trainer's by {float(diff):.3g} (rollout.engine.sync_tol={tol:g}): the engine does "
             "not sample from the trainer's weights (a stale or tied output layer, a skipped sync, another "
-            "dtype)")
+            "dtype)"
+        )
     return float(diff)

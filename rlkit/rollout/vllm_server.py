@@ -46,24 +46,37 @@ class EngineUnavailable(RuntimeError):
 
 
 class VLLMServerOptions(EngineOptions):
-    url: str | None = Field(None, description="the server's address, http://host:port; null: start one on this "
-                                              "machine for the run (each rank its own)")
-    timeout_s: float = Field(300.0, gt=0, description="deadline of every call to the server (generation, "
-                                                      "weight sync, probe), seconds")
+    url: str | None = Field(
+        None,
+        description="the server's address, http://host:port; null: start one on this "
+        "machine for the run (each rank its own)",
+    )
+    timeout_s: float = Field(
+        300.0, gt=0, description="deadline of every call to the server (generation, weight sync, probe), seconds"
+    )
     startup_timeout_s: float = Field(600.0, gt=0, description="how long a server started here may take to answer")
     weight_transfer: Literal["files", "nccl"] = Field(
-        "files", description="'nccl': vLLM's NCCL weight transfer (CUDA); 'files': a safetensors file in "
-                             "sync_dir that the server reloads (any platform)")
-    sync_dir: str | None = Field(None, description="with weight_transfer 'files': a folder the trainer and the "
-                                                   "server both see; null: a temporary folder on this machine")
-    server_args: list[str] = Field(default_factory=list, description="more arguments for a server started here "
-                                                                     "(e.g. [--gpu-memory-utilization, '0.9'])")
+        "files",
+        description="'nccl': vLLM's NCCL weight transfer (CUDA); 'files': a safetensors file in "
+        "sync_dir that the server reloads (any platform)",
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="with weight_transfer 'files': a folder the trainer and the "
+        "server both see; null: a temporary folder on this machine",
+    )
+    server_args: list[str] = Field(
+        default_factory=list,
+        description="more arguments for a server started here (e.g. [--gpu-memory-utilization, '0.9'])",
+    )
 
     @model_validator(mode="after")
     def _vllm_installed(self):
         if (self.url is None or self.weight_transfer == "nccl") and importlib.util.find_spec("vllm") is None:
-            raise ValueError("a vLLM server started here, or NCCL weight transfer, needs vLLM, which is not "
-                             f"installed here: {INSTALL}")
+            raise ValueError(
+                "a vLLM server started here, or NCCL weight transfer, needs vLLM, which is not "
+                f"installed here: {INSTALL}"
+            )
         return self
 
 
@@ -91,17 +104,28 @@ class VLLMServerEngine(Engine):
     # ------------------------------------------------------------ the protocol
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Completions:
         greedy = sampling.greedy
-        payload = {"model": self.model, "prompt": prompt_ids, "n": sampling.n, "max_tokens": sampling.max_new_tokens,
-                   "temperature": 0.0 if greedy else sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
-                   "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "stop_token_ids": self.setup.eos_token_ids,
-                   "return_token_ids": True, "return_tokens_as_token_ids": True}
+        payload = {
+            "model": self.model,
+            "prompt": prompt_ids,
+            "n": sampling.n,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": 0.0 if greedy else sampling.temperature,
+            "top_p": 1.0 if greedy else sampling.top_p,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "stop_token_ids": self.setup.eos_token_ids,
+            "return_token_ids": True,
+            "return_tokens_as_token_ids": True,
+        }
         if not greedy:
             payload["logprobs"] = 0
         choices = self._call("POST", "/v1/completions", payload)["choices"]  # prompt-major, n per prompt
         ids = [c["token_ids"] for c in choices]
         logp = None if greedy else [c["logprobs"]["token_logprobs"] for c in choices]
-        return Completions.from_lists(ids, logp, self.setup.eos_token_ids, self.setup.tokenizer.pad_token_id,
-                                      self.version or 0, self.setup.device)
+        return Completions.from_lists(
+            ids, logp, self.setup.eos_token_ids, self.setup.tokenizer.pad_token_id, self.version or 0, self.setup.device
+        )
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         if self.pushes:
@@ -157,18 +181,23 @@ class VLLMServerEngine(Engine):
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
         """One HTTP call with the deadline ``timeout_s``; the JSON answer ({} for an empty one)."""
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.options.timeout_s) as response:
                 body = response.read()
         except urllib.error.HTTPError as e:
-            raise EngineUnavailable(f"the vLLM server at {self.url} refused {method} {path}: HTTP {e.code} "
-                                    f"{e.read().decode(errors='replace')[:500]}") from None
+            raise EngineUnavailable(
+                f"the vLLM server at {self.url} refused {method} {path}: HTTP {e.code} "
+                f"{e.read().decode(errors='replace')[:500]}"
+            ) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise EngineUnavailable(f"the vLLM server at {self.url} did not answer {method} {path} within "
-                                    f"rollout.engine.timeout_s={self.options.timeout_s:g} s: "
-                                    f"{getattr(e, 'reason', e)}") from None
+            raise EngineUnavailable(
+                f"the vLLM server at {self.url} did not answer {method} {path} within "
+                f"rollout.engine.timeout_s={self.options.timeout_s:g} s: "
+                f"{getattr(e, 'reason', e)}"
+            ) from None
         return json.loads(body) if body.strip() else {}
 
     def _within(self, fn, what: str) -> None:
@@ -177,8 +206,10 @@ class VLLMServerEngine(Engine):
         try:
             pool.submit(fn).result(timeout=self.options.timeout_s)
         except FutureTimeout:
-            raise EngineUnavailable(f"the vLLM server at {self.url} did not finish {what} within "
-                                    f"rollout.engine.timeout_s={self.options.timeout_s:g} s") from None
+            raise EngineUnavailable(
+                f"the vLLM server at {self.url} did not finish {what} within "
+                f"rollout.engine.timeout_s={self.options.timeout_s:g} s"
+            ) from None
         finally:
             pool.shutdown(wait=False)
 
@@ -186,38 +217,73 @@ class VLLMServerEngine(Engine):
         """A server for this run on a free local port, its output in a log file; the URL once it answers."""
         port = free_port()
         s, o = self.setup, self.options
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", s.model_path,
-                   "--host", "127.0.0.1", "--port", str(port), "--dtype", s.dtype, "--seed", str(s.seed),
-                   "--max-model-len", str(s.max_model_len), "--logprobs-mode", "processed_logprobs",
-                   "--max-logprobs", "-1", "--generation-config", "vllm",
-                   "--worker-extension-cls", f"{__name__}.WorkerExtension", *o.server_args]
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            s.model_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            s.dtype,
+            "--seed",
+            str(s.seed),
+            "--max-model-len",
+            str(s.max_model_len),
+            "--logprobs-mode",
+            "processed_logprobs",
+            "--max-logprobs",
+            "-1",
+            "--generation-config",
+            "vllm",
+            "--worker-extension-cls",
+            f"{__name__}.WorkerExtension",
+            *o.server_args,
+        ]
         if s.device.type != "cuda":
             command.append("--enforce-eager")  # no CUDA graphs to capture
         if o.weight_transfer == "nccl":
             command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
-        launcher = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                    "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"}  # the server is not one of the trainer's ranks
+        launcher = {
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "GROUP_RANK",
+            "ROLE_RANK",
+            "TORCHELASTIC_RUN_ID",
+        }  # the server is not one of the trainer's ranks
         env = {k: v for k, v in os.environ.items() if k not in launcher}
         env["VLLM_SERVER_DEV_MODE"] = "1"  # /collective_rpc and /reset_prefix_cache
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB on a CPU (vLLM's default is 4)
         log = self.scratch / "server.log"
         with open(log, "wb") as out:
-            self.server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
+            self.server = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + o.startup_timeout_s
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
-                raise EngineUnavailable(f"the vLLM server exited with code {self.server.returncode} while starting; "
-                                        f"its last output:\n{log.read_text(errors='replace')[-3000:]}")
+                raise EngineUnavailable(
+                    f"the vLLM server exited with code {self.server.returncode} while starting; "
+                    f"its last output:\n{log.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 urllib.request.urlopen(url + "/health", timeout=5).close()
                 return url
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(1)
         self.close()
-        raise EngineUnavailable(f"the vLLM server started on port {port} did not answer within "
-                                f"rollout.engine.startup_timeout_s={o.startup_timeout_s:g} s; its log: {log}")
+        raise EngineUnavailable(
+            f"the vLLM server started on port {port} did not answer within "
+            f"rollout.engine.startup_timeout_s={o.startup_timeout_s:g} s; its log: {log}"
+        )
 
 
 class WorkerExtension:

@@ -82,7 +82,8 @@ def agreed_checkpoint(accelerator, output_dir: str | Path) -> Path | None:
         raise CheckpointNotShared(
             f"rank 0 resumes from checkpoints/{name} of its output_dir, but rank(s) {blind} do not find that "
             f"checkpoint in theirs: resuming on several nodes needs an output_dir shared by every node "
-            f"(or trainer.resume=false to start afresh)")
+            f"(or trainer.resume=false to start afresh)"
+        )
     return path
 
 

@@ -11,19 +11,27 @@ from rlkit.trainer.packing import pack
 
 # Elements of one [c,V] fp32 block of logits (64 MiB): log-probs and entropy are computed c = LOGITS_PER_CHUNK // V
 # tokens at a time, so their memory does not grow with the batch (c = 110 tokens at V = 152k).
-LOGITS_PER_CHUNK = 2 ** 24
+LOGITS_PER_CHUNK = 2**24
 
 
 @dataclass
 class TokenScores:
-    logp: torch.Tensor                  # [b,T] log pi(completion token | prefix), 0 where not computed
-    entropy: torch.Tensor | None        # [b,T] entropy of pi(. | prefix), nats
-    logits: torch.Tensor | None         # [b,T,V] tempered logits (only when asked for), [n,V] when packed
+    logp: torch.Tensor  # [b,T] log pi(completion token | prefix), 0 where not computed
+    entropy: torch.Tensor | None  # [b,T] entropy of pi(. | prefix), nats
+    logits: torch.Tensor | None  # [b,T,V] tempered logits (only when asked for), [n,V] when packed
 
 
-def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float,
-                      with_entropy: bool = False, with_logits: bool = False,
-                      positions: torch.Tensor | None = None) -> TokenScores:
+def completion_scores(
+    model,
+    prompt_ids,
+    prompt_mask,
+    completion_ids,
+    completion_mask,
+    temperature: float,
+    with_entropy: bool = False,
+    with_logits: bool = False,
+    positions: torch.Tensor | None = None,
+) -> TokenScores:
     """Log-probs of ``completion_ids`` [b,T] after ``prompt_ids`` [b,P] (left-padded).
 
     Logits are divided by the sampling temperature, so ratios compare the distribution the rollout was
@@ -49,8 +57,14 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
     inner = getattr(model, "module", model)
     head = inner.get_output_embeddings()
     packed = pack(prompt_ids, prompt_mask, completion_ids, keep)
-    hidden = _hidden_states_at(model, head, packed.predictor[keep], input_ids=packed.input_ids,
-                               position_ids=packed.position_ids, attention_mask=_attention_mask(inner, packed.attend))
+    hidden = _hidden_states_at(
+        model,
+        head,
+        packed.predictor[keep],
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+        attention_mask=_attention_mask(inner, packed.attend),
+    )
     ids = completion_ids[keep]
     logits = None
     if with_logits:
@@ -62,8 +76,9 @@ def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion
         logp, entropy = chunked_token_scores(hidden, ids, head, temperature, with_entropy)
     if positions is None and with_logits:
         logits = logits.view(*keep.shape, -1)
-    return TokenScores(logp=unpack(logp, keep), entropy=None if entropy is None else unpack(entropy, keep),
-                       logits=logits)
+    return TokenScores(
+        logp=unpack(logp, keep), entropy=None if entropy is None else unpack(entropy, keep), logits=logits
+    )
 
 
 def _hidden_states_at(model, head: torch.nn.Module, index: torch.Tensor, **inputs) -> torch.Tensor:
@@ -91,13 +106,17 @@ def _attention_mask(model, attend: torch.Tensor) -> torch.Tensor:
         return attend
     if implementation == "eager":
         return torch.zeros(attend.shape, dtype=model.dtype, device=attend.device).masked_fill_(
-            ~attend, torch.finfo(model.dtype).min)
-    raise ValueError(f"rlkit's packed forward needs attn_implementation 'sdpa' or 'eager' (the model uses "
-                     f"{implementation!r}): its attention mask is a 4D mask")
+            ~attend, torch.finfo(model.dtype).min
+        )
+    raise ValueError(
+        f"rlkit's packed forward needs attn_implementation 'sdpa' or 'eager' (the model uses "
+        f"{implementation!r}): its attention mask is a 4D mask"
+    )
 
 
-def chunked_token_scores(x: torch.Tensor, ids: torch.Tensor, project, temperature: float,
-                         with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def chunked_token_scores(
+    x: torch.Tensor, ids: torch.Tensor, project, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of ``ids`` [n] and entropy (nats) [n], fp32, under softmax(project(x) / temperature), where
     ``x`` [n,H] are hidden states and ``project`` the output embedding (or ``x`` are logits and
     ``project`` the identity):
@@ -111,10 +130,12 @@ def chunked_token_scores(x: torch.Tensor, ids: torch.Tensor, project, temperatur
     """
     vocab = getattr(project, "out_features", x.shape[-1])  # a Linear head (or PEFT's wrapper of one), else logits
     rows = max(1, LOGITS_PER_CHUNK // vocab)
-    pieces = [checkpoint(_token_scores, xc, ic, project, temperature, with_entropy, use_reentrant=False)
-              if torch.is_grad_enabled() and xc.requires_grad else _token_scores(xc, ic, project, temperature,
-                                                                                 with_entropy)
-              for xc, ic in zip(x.split(rows), ids.split(rows))]
+    pieces = [
+        checkpoint(_token_scores, xc, ic, project, temperature, with_entropy, use_reentrant=False)
+        if torch.is_grad_enabled() and xc.requires_grad
+        else _token_scores(xc, ic, project, temperature, with_entropy)
+        for xc, ic in zip(x.split(rows), ids.split(rows))
+    ]
     logp = torch.cat([p[0] for p in pieces])
     return logp, torch.cat([p[1] for p in pieces]) if with_entropy else None
 

@@ -31,14 +31,28 @@ from rewards.scoring import RewardScorer
 from rlkit.data import check_prompt_lengths, check_room, load_task, prompt_lengths, tokenize_prompts
 from rlkit.distributed import all_max, all_sum
 from rlkit.metrics import Metrics
-from rlkit.models import (check_quantization_support, eos_token_ids, load_model, load_policy, load_tokenizer,
-                          resolve_model_path)
+from rlkit.models import (
+    check_quantization_support,
+    eos_token_ids,
+    load_model,
+    load_policy,
+    load_tokenizer,
+    resolve_model_path,
+)
 from rlkit.objectives import StepBatch, build_objective
 from rlkit.objectives.registry import TEACHER_NEEDS
 from rlkit.recipe import Recipe
 from rlkit.recipe.loader import position_limit
-from rlkit.rollout import (EngineSetup, RolloutBatch, Sampling, build_engine, check_sync, default_tolerance,
-                           engine_options, sample)
+from rlkit.rollout import (
+    EngineSetup,
+    RolloutBatch,
+    Sampling,
+    build_engine,
+    check_sync,
+    default_tolerance,
+    engine_options,
+    sample,
+)
 from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
 from rlkit.trainer.logprobs import completion_scores
 from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
@@ -56,8 +70,8 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class EvalResult:
-    accuracy: float      # mean score of the first verifier on greedy completions
-    reward: float        # mean total reward on greedy completions
+    accuracy: float  # mean score of the first verifier on greedy completions
+    reward: float  # mean total reward on greedy completions
 
 
 def _process_group_kwargs(timeout_s: float) -> list:
@@ -77,14 +91,18 @@ class Trainer:
         self.objective = build_objective(recipe.objective)
         self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
         self.accelerator = Accelerator(
-            log_with=recipe.log.trackers or None, project_dir=recipe.output_dir,
-            mixed_precision=cfg.mixed_precision, kwargs_handlers=_process_group_kwargs(cfg.collective_timeout_s),
+            log_with=recipe.log.trackers or None,
+            project_dir=recipe.output_dir,
+            mixed_precision=cfg.mixed_precision,
+            kwargs_handlers=_process_group_kwargs(cfg.collective_timeout_s),
         )
         check_launch(self.accelerator, cfg)  # before any training: what the launch asked for, or stop
         world = self.accelerator.num_processes
         if cfg.prompts_per_step % (world * cfg.mini_batches):
-            raise ValueError(f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
-                             f"of processes ({world}) times trainer.mini_batches ({cfg.mini_batches})")
+            raise ValueError(
+                f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
+                f"of processes ({world}) times trainer.mini_batches ({cfg.mini_batches})"
+            )
         self.prompts_per_rank = cfg.prompts_per_step // world
         # one process per node builds and caches (nodes may not share RLKIT_CACHE), the others then load
         with self.accelerator.local_main_process_first():
@@ -93,11 +111,17 @@ class Trainer:
             lengths = prompt_lengths(self.data, self.tokenizer)  # every prompt, before any training
             if recipe.rollout.prompt_overflow == "error":
                 check_prompt_lengths(lengths, recipe.rollout.max_prompt_tokens)
-            check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.rollout.max_new_tokens,
-                       *position_limit(recipe))
+            check_room(
+                lengths, recipe.rollout.max_prompt_tokens, recipe.rollout.max_new_tokens, *position_limit(recipe)
+            )
             if recipe.model.warm_start is not None:
-                start_path = warm_start(start_path, self.data.train, recipe.model.warm_start, cfg.seed,
-                                        log=self.accelerator.is_local_main_process)
+                start_path = warm_start(
+                    start_path,
+                    self.data.train,
+                    recipe.model.warm_start,
+                    cfg.seed,
+                    log=self.accelerator.is_local_main_process,
+                )
         set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
         if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
             # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
@@ -111,8 +135,12 @@ class Trainer:
         # Not passed to accelerator.prepare: accelerate would step it once per process at every call (and
         # DeepSpeed inside its engine), so warmup and decay would run N times too fast on N processes.
         # rlkit steps it once per applied optimizer update; save_state/load_state still carry it.
-        self.scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=cfg.steps * self.updates_per_step)
+        self.scheduler = get_scheduler(
+            cfg.lr_schedule,
+            optimizer,
+            num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=cfg.steps * self.updates_per_step,
+        )
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         check_sharding(self.accelerator, self.model)
@@ -120,11 +148,11 @@ class Trainer:
         self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
 
         self.version = 0  # the policy version: optimizer updates applied so far (resumed from checkpoints)
-        self.engine = self._build_engine(start_path, eos_token_ids(self.tokenizer, model),
-                                         getattr(model.config, "max_position_embeddings", None))
+        self.engine = self._build_engine(
+            start_path, eos_token_ids(self.tokenizer, model), getattr(model.config, "max_position_embeddings", None)
+        )
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
-        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers,
-                          recipe.model_dump())
+        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers, recipe.model_dump())
 
     # ---------------------------------------------------------------- setup helpers
     def _prepare_reference(self, path):
@@ -150,8 +178,13 @@ class Trainer:
         with self.accelerator.local_main_process_first():
             path = resolve_model_path(teacher.path)
             if teacher.warm_start is not None:
-                path = warm_start(path, self.data.train, teacher.warm_start, self.recipe.trainer.seed,
-                                  log=self.accelerator.is_local_main_process)
+                path = warm_start(
+                    path,
+                    self.data.train,
+                    teacher.warm_start,
+                    self.recipe.trainer.seed,
+                    log=self.accelerator.is_local_main_process,
+                )
         return self._prepare_frozen(path, teacher.dtype)
 
     def _build_engine(self, start_path, eos_ids: list[int], positions: int | None):
@@ -163,13 +196,20 @@ class Trainer:
         self.sync_tol = options.sync_tol or default_tolerance(self.recipe.model.dtype, cfg.mixed_precision)
         self.probe = tokenize_prompts([self.data.train[0]["prompt"]], self.tokenizer)[0][-32:]
         dtype = {"no": self.recipe.model.dtype, "bf16": "bfloat16", "fp16": "float16"}[cfg.mixed_precision]
-        setup = EngineSetup(model_path=str(start_path), tokenizer=self.tokenizer, eos_token_ids=eos_ids, dtype=dtype,
-                            device=self.accelerator.device, seed=cfg.seed + self.accelerator.process_index,
-                            max_model_len=min(r.max_prompt_tokens + r.max_new_tokens, positions or 1 << 30),
-                            live_policy=self._generation,
-                            synced_gpus=self._sharded)
-        self.sampling = Sampling(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                 top_p=r.top_p)
+        setup = EngineSetup(
+            model_path=str(start_path),
+            tokenizer=self.tokenizer,
+            eos_token_ids=eos_ids,
+            dtype=dtype,
+            device=self.accelerator.device,
+            seed=cfg.seed + self.accelerator.process_index,
+            max_model_len=min(r.max_prompt_tokens + r.max_new_tokens, positions or 1 << 30),
+            live_policy=self._generation,
+            synced_gpus=self._sharded,
+        )
+        self.sampling = Sampling(
+            n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p
+        )
         return build_engine(r.engine, setup)
 
     @property
@@ -218,8 +258,10 @@ class Trainer:
             metrics, samples = self.step(step)
             bad_steps = bad_steps + 1 if metrics["train/skipped_updates"] else 0
             if bad_steps >= MAX_BAD_STEPS:
-                raise TrainingDiverged(f"non-finite loss or gradients in {bad_steps} consecutive steps "
-                                       f"(step {step}); last checkpoint kept in {self.recipe.output_dir}")
+                raise TrainingDiverged(
+                    f"non-finite loss or gradients in {bad_steps} consecutive steps "
+                    f"(step {step}); last checkpoint kept in {self.recipe.output_dir}"
+                )
             self.log.step(step, metrics)
             if step % log_cfg.every == 0 or step == cfg.steps:
                 metrics["time/elapsed_s"] = time.time() - t0
@@ -231,8 +273,14 @@ class Trainer:
                 self._save(step, t0, eval_start)
         eval_end = self._log_eval(cfg.steps)
         self._save(cfg.steps, t0, eval_start)
-        summary = {"steps": cfg.steps, "resumed_from": start_step or None, "wall_seconds": time.time() - t0,
-                   "objective": self.objective.name, "eval_start": eval_start, "eval_end": eval_end.__dict__}
+        summary = {
+            "steps": cfg.steps,
+            "resumed_from": start_step or None,
+            "wall_seconds": time.time() - t0,
+            "objective": self.objective.name,
+            "eval_start": eval_start,
+            "eval_end": eval_end.__dict__,
+        }
         self.log.summary(summary)
         return summary
 
@@ -250,11 +298,18 @@ class Trainer:
         self.update(batch, step, metrics)
         metrics.mean("time/update_s", time.time() - t)
         if self.accelerator.device.type == "cuda":  # the update's peak (the largest over ranks is logged)
-            metrics.max("train/peak_mem_gib", torch.tensor(torch.cuda.max_memory_allocated(self.accelerator.device)
-                                                           / 2**30))
-        samples = [{"prompt": rollout.prompts[i], "completion": rollout.completions[i],
-                    "reward": float(rollout.rewards[i]), "advantage": float(batch.advantages[i])}
-                   for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)]
+            metrics.max(
+                "train/peak_mem_gib", torch.tensor(torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30)
+            )
+        samples = [
+            {
+                "prompt": rollout.prompts[i],
+                "completion": rollout.completions[i],
+                "reward": float(rollout.rewards[i]),
+                "advantage": float(batch.advantages[i]),
+            }
+            for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)
+        ]
         return self._reduce(metrics), samples
 
     def collect(self, step: int, metrics: Metrics) -> RolloutBatch:
@@ -358,9 +413,15 @@ class Trainer:
         """The no-grad pass before the update: what ``objective.needs`` asks for, plus parts' hooks, and the
         check of the behaviour log-probs against the trainer's (:meth:`_behaviour_metrics`)."""
         batch = StepBatch(
-            mask=rollout.loss_mask, advantages=torch.zeros_like(rollout.rewards), group_ids=rollout.group_ids,
-            truncated=rollout.truncated, progress=progress, prompt_ids=rollout.prompt_ids,
-            prompt_mask=rollout.prompt_mask, completion_ids=rollout.completion_ids, logp_behaviour=rollout.logp,
+            mask=rollout.loss_mask,
+            advantages=torch.zeros_like(rollout.rewards),
+            group_ids=rollout.group_ids,
+            truncated=rollout.truncated,
+            progress=progress,
+            prompt_ids=rollout.prompt_ids,
+            prompt_mask=rollout.prompt_mask,
+            completion_ids=rollout.completion_ids,
+            logp_behaviour=rollout.logp,
         )
         needs = self.objective.needs
         recompute = self._needs_proximal and self.recipe.rollout.logp_old == "recompute"
@@ -378,8 +439,13 @@ class Trainer:
                 outputs.setdefault("logp_old", []).append(s.logp)
                 outputs.setdefault("entropy", []).append(s.entropy)
                 if with_logits:
-                    stats = self.objective.on_logits(s.logits, chunk.completion_ids, chunk.mask, chunk.group_ids,
-                                                     teacher_logits=teacher.logits if teacher else None)
+                    stats = self.objective.on_logits(
+                        s.logits,
+                        chunk.completion_ids,
+                        chunk.mask,
+                        chunk.group_ids,
+                        teacher_logits=teacher.logits if teacher else None,
+                    )
                     for k, v in stats.items():
                         outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
@@ -394,11 +460,12 @@ class Trainer:
             batch.logp_ref = torch.cat(outputs["logp_ref"])
         if "logp_teacher" in outputs:
             batch.logp_teacher = torch.cat(outputs["logp_teacher"])
-        batch.extras = {k[len("extras."):]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
+        batch.extras = {k[len("extras.") :]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
         return batch
 
-    def _behaviour_metrics(self, rollout: RolloutBatch, batch: StepBatch, trainer_logp: torch.Tensor | None,
-                           metrics: Metrics) -> None:
+    def _behaviour_metrics(
+        self, rollout: RolloutBatch, batch: StepBatch, trainer_logp: torch.Tensor | None, metrics: Metrics
+    ) -> None:
         """``rollout/logp_diff_mean|max``: |log mu - log pi| over the sampled tokens, mu the engine's
         behaviour log-probs and pi the trainer's for the same tokens and weights, from the scoring pass
         when it ran, else from a forward of this rank's first group (every rank runs one, so collectives
@@ -455,12 +522,27 @@ class Trainer:
                 # full-vocabulary losses: both models' logits at the active tokens only ([n,V]), the
                 # teacher's for these rows only and without gradient: never [B,T,V] for the step
                 positions = self.objective.active_tokens(rows_batch, w) if with_logits else None
-                s = self._forward(self.model, rows_batch, with_entropy=bool(self.objective.entropy_bonus),
-                                  with_logits=with_logits, positions=positions)
-                teacher_logits = self._forward(self.teacher, rows_batch, with_logits=True, positions=positions).logits \
-                    if with_logits else None
-                loss = self.objective.loss(s.logp, rows_batch, w, metrics if real else Metrics(), entropy=s.entropy,
-                                           logits=s.logits, teacher_logits=teacher_logits)
+                s = self._forward(
+                    self.model,
+                    rows_batch,
+                    with_entropy=bool(self.objective.entropy_bonus),
+                    with_logits=with_logits,
+                    positions=positions,
+                )
+                teacher_logits = (
+                    self._forward(self.teacher, rows_batch, with_logits=True, positions=positions).logits
+                    if with_logits
+                    else None
+                )
+                loss = self.objective.loss(
+                    s.logp,
+                    rows_batch,
+                    w,
+                    metrics if real else Metrics(),
+                    entropy=s.entropy,
+                    logits=s.logits,
+                    teacher_logits=teacher_logits,
+                )
                 # a padding micro-batch contributes nothing, whatever terms carry weights of their own (KL)
                 self.accelerator.backward(loss if real else 0.0 * loss)
 
@@ -508,15 +590,15 @@ class Trainer:
             columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
             out = self._sample(list(rows["prompt"]), columns, greedy)
             real = slice(0, max(0, len(own) - start))  # the padding rows come last
-            scores = self.scorer(out.prompts[real], out.completions[real],
-                                 {c: v[real] for c, v in out.columns.items()})
+            scores = self.scorer(out.prompts[real], out.completions[real], {c: v[real] for c, v in out.columns.items()})
             head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
             first += torch.tensor([sum(head), len(head)])
             valid = [s for s in scores.total if not math.isnan(s)]
             total += torch.tensor([sum(valid), len(valid)])
         first, total = all_sum(first), all_sum(total)
-        return EvalResult(accuracy=float(first[0] / first[1].clamp(min=1)),
-                          reward=float(total[0] / total[1].clamp(min=1)))
+        return EvalResult(
+            accuracy=float(first[0] / first[1].clamp(min=1)), reward=float(total[0] / total[1].clamp(min=1))
+        )
 
     def _log_eval(self, step: int) -> EvalResult:
         result = self.evaluate()
@@ -553,10 +635,16 @@ class Trainer:
         return state["step"], state
 
     def _save(self, step: int, t0: float, eval_start: dict) -> None:
-        state = {"step": step, "elapsed": time.time() - t0, "eval_start": eval_start,
-                 "policy_version": self.version}
-        save_checkpoint(self.accelerator, self.model, self.tokenizer, self.recipe.output_dir, step, state,
-                        self.recipe.trainer.keep_checkpoints)
+        state = {"step": step, "elapsed": time.time() - t0, "eval_start": eval_start, "policy_version": self.version}
+        save_checkpoint(
+            self.accelerator,
+            self.model,
+            self.tokenizer,
+            self.recipe.output_dir,
+            step,
+            state,
+            self.recipe.trainer.keep_checkpoints,
+        )
 
     # ---------------------------------------------------------------- small utilities
     def _micro_batches(self, batch: StepBatch, rows: torch.Tensor) -> list[torch.Tensor]:
@@ -587,8 +675,15 @@ class Trainer:
             self.model.train()
 
     def _forward(self, model, batch: StepBatch, **kwargs):
-        return completion_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.mask,
-                                 self.recipe.rollout.temperature, **kwargs)
+        return completion_scores(
+            model,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.completion_ids,
+            batch.mask,
+            self.recipe.rollout.temperature,
+            **kwargs,
+        )
 
     def _grad_sync(self, last: bool):
         """Gradients are reduced across ranks only on the last micro-batch of an optimizer step.

@@ -20,14 +20,16 @@ import torch
 
 @dataclass
 class Packed:
-    input_ids: torch.Tensor        # [r,L] long, pad id 0 after the last segment of a row
-    position_ids: torch.Tensor     # [r,L] long
-    attend: torch.Tensor           # [r,1,L,L] bool, True where a query (dim 2) may attend to a key (dim 3)
-    predictor: torch.Tensor        # [b,T] long: flat index into [r*L] of the hidden state that predicts each
+    input_ids: torch.Tensor  # [r,L] long, pad id 0 after the last segment of a row
+    position_ids: torch.Tensor  # [r,L] long
+    attend: torch.Tensor  # [r,1,L,L] bool, True where a query (dim 2) may attend to a key (dim 3)
+    predictor: torch.Tensor  # [b,T] long: flat index into [r*L] of the hidden state that predicts each
     #                                completion token (meaningful where scored)
 
 
-def pack(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, keep: torch.Tensor) -> Packed:
+def pack(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, keep: torch.Tensor
+) -> Packed:
     """Pack the rows for scoring the completion positions where ``keep`` [b,T] is True.
 
     Prompts are shared (one segment per distinct prompt) when they hold at least half of the unshared
@@ -94,5 +96,9 @@ def pack(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: to
     prompt_last_t = torch.tensor(prompt_last, device=device)[:, None]
     comp_start_t = torch.tensor(comp_start, device=device)[:, None]
     predictor = torch.where(t == 0, prompt_last_t, comp_start_t + t - 1)
-    return Packed(input_ids=input_ids.view(rows_n, L), position_ids=position_ids.view(rows_n, L),
-                  attend=attend[:, None], predictor=predictor)
+    return Packed(
+        input_ids=input_ids.view(rows_n, L),
+        position_ids=position_ids.view(rows_n, L),
+        attend=attend[:, None],
+        predictor=predictor,
+    )

@@ -50,11 +50,18 @@ def check_launch(accelerator: Accelerator, cfg: TrainerConfig, env: Mapping[str,
 
 def _check_processes(accelerator: Accelerator, env: Mapping[str, str]) -> None:
     world = accelerator.num_processes
-    _refuse_if("WORLD_SIZE" not in env and "MASTER_PORT" in env and "ACCELERATE_MIXED_PRECISION" in env,
-               "several processes", world, "`accelerate launch --cpu` (or a MULTI_CPU config) starts one process; "
-               "use `rlkit launch ddp RECIPE`")
-    _refuse_if(int(env.get("WORLD_SIZE", world)) != world, f"{env.get('WORLD_SIZE')} processes", world,
-               "accelerate did not join the process group (multi-process CPU runs need gloo)")
+    _refuse_if(
+        "WORLD_SIZE" not in env and "MASTER_PORT" in env and "ACCELERATE_MIXED_PRECISION" in env,
+        "several processes",
+        world,
+        "`accelerate launch --cpu` (or a MULTI_CPU config) starts one process; use `rlkit launch ddp RECIPE`",
+    )
+    _refuse_if(
+        int(env.get("WORLD_SIZE", world)) != world,
+        f"{env.get('WORLD_SIZE')} processes",
+        world,
+        "accelerate did not join the process group (multi-process CPU runs need gloo)",
+    )
     if world > 1:
         device = accelerator.device.type
         backend, wanted = torch.distributed.get_backend(), "nccl" if device == "cuda" else "gloo"
@@ -63,26 +70,43 @@ def _check_processes(accelerator: Accelerator, env: Mapping[str, str]) -> None:
 
 def _check_engine(accelerator: Accelerator, env: Mapping[str, str]) -> None:
     engine, device = accelerator.distributed_type, accelerator.device.type
-    _refuse_if(_flag(env, "ACCELERATE_USE_DEEPSPEED") and engine != DistributedType.DEEPSPEED, "DeepSpeed",
-               engine.value, "ACCELERATE_USE_CPU=true turns a DeepSpeed launch into DDP; unset it")
+    _refuse_if(
+        _flag(env, "ACCELERATE_USE_DEEPSPEED") and engine != DistributedType.DEEPSPEED,
+        "DeepSpeed",
+        engine.value,
+        "ACCELERATE_USE_CPU=true turns a DeepSpeed launch into DDP; unset it",
+    )
     fsdp = _flag(env, "ACCELERATE_USE_FSDP") or engine == DistributedType.FSDP
-    _refuse_if(fsdp and (engine != DistributedType.FSDP or device == "cpu"), "FSDP", f"{engine.value} on {device}",
-               "accelerate's FSDP needs GPUs (on a CPU it neither shards nor synchronises gradients)")
+    _refuse_if(
+        fsdp and (engine != DistributedType.FSDP or device == "cpu"),
+        "FSDP",
+        f"{engine.value} on {device}",
+        "accelerate's FSDP needs GPUs (on a CPU it neither shards nor synchronises gradients)",
+    )
 
 
 def _check_recipe_settings(accelerator: Accelerator, cfg: TrainerConfig, env: Mapping[str, str]) -> None:
     """The recipe is the one source of precision and clipping: a launch asking for others is refused."""
     asked = env.get("ACCELERATE_MIXED_PRECISION", cfg.mixed_precision)
-    _refuse_if(asked != cfg.mixed_precision, f"mixed precision {asked}", f"trainer.mixed_precision="
-               f"{cfg.mixed_precision}", f"the recipe sets it; use `rlkit launch` or --mixed_precision "
-               f"{cfg.mixed_precision}")
-    _refuse_if(accelerator.mixed_precision != cfg.mixed_precision, f"mixed precision {cfg.mixed_precision}",
-               accelerator.mixed_precision, "the DeepSpeed config file sets another one")
+    _refuse_if(
+        asked != cfg.mixed_precision,
+        f"mixed precision {asked}",
+        f"trainer.mixed_precision={cfg.mixed_precision}",
+        f"the recipe sets it; use `rlkit launch` or --mixed_precision {cfg.mixed_precision}",
+    )
+    _refuse_if(
+        accelerator.mixed_precision != cfg.mixed_precision,
+        f"mixed precision {cfg.mixed_precision}",
+        accelerator.mixed_precision,
+        "the DeepSpeed config file sets another one",
+    )
     if "ACCELERATE_GRADIENT_CLIPPING" in env:  # DeepSpeed's 0 is off, the recipe's null
-        _refuse_if(float(env["ACCELERATE_GRADIENT_CLIPPING"]) != (cfg.max_grad_norm or 0.0),
-                   f"gradient clipping {env['ACCELERATE_GRADIENT_CLIPPING']}",
-                   f"trainer.max_grad_norm={cfg.max_grad_norm}", "the recipe sets it; drop gradient_clipping "
-                   "from the accelerate config")
+        _refuse_if(
+            float(env["ACCELERATE_GRADIENT_CLIPPING"]) != (cfg.max_grad_norm or 0.0),
+            f"gradient clipping {env['ACCELERATE_GRADIENT_CLIPPING']}",
+            f"trainer.max_grad_norm={cfg.max_grad_norm}",
+            "the recipe sets it; drop gradient_clipping from the accelerate config",
+        )
 
 
 def check_sharding(accelerator: Accelerator, model: torch.nn.Module) -> None:
@@ -92,12 +116,17 @@ def check_sharding(accelerator: Accelerator, model: torch.nn.Module) -> None:
     params = list(model.parameters())
     if plugin is not None and plugin.zero_stage == 3:
         whole = sum(not hasattr(p, "ds_id") for p in params)
-        _refuse_if(whole > 0, "ZeRO-3", f"{whole} of {len(params)} parameters whole",
-                   "DeepSpeed did not partition the model")
+        _refuse_if(
+            whole > 0, "ZeRO-3", f"{whole} of {len(params)} parameters whole", "DeepSpeed did not partition the model"
+        )
     if accelerator.distributed_type == DistributedType.FSDP:
         whole = sum(not isinstance(p, DTensor) for p in params)
-        _refuse_if(whole > 0 and not isinstance(model, FullyShardedDataParallel), "FSDP",
-                   f"{whole} of {len(params)} parameters whole", "accelerate did not shard the model")
+        _refuse_if(
+            whole > 0 and not isinstance(model, FullyShardedDataParallel),
+            "FSDP",
+            f"{whole} of {len(params)} parameters whole",
+            "accelerate did not shard the model",
+        )
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -68,9 +68,13 @@ class RunLog:
     def step(self, step: int, metrics: dict[str, float]) -> None:
         if self.main:
             self.bar.update(1)
-            self.bar.set_postfix({"reward": _fmt(metrics.get("reward/mean")),
-                                  "kl": _fmt(metrics.get("objective/kl")),
-                                  "len": _fmt(metrics.get("rollout/len_mean"))})
+            self.bar.set_postfix(
+                {
+                    "reward": _fmt(metrics.get("reward/mean")),
+                    "kl": _fmt(metrics.get("objective/kl")),
+                    "len": _fmt(metrics.get("rollout/len_mean")),
+                }
+            )
 
     def metrics(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -16,17 +16,44 @@ import pytest
 from tests.trainer.launching import ACCELERATE, ROOT, max_difference, model_at
 
 # on-policy distillation, both models untrained; 2 steps, a checkpoint after each (as tests/trainer/test_zero3.py)
-OPD = ["recipes/presets/opd.yaml", "model.warm_start=null", "teacher.warm_start=null", "trainer.steps=2",
-       "trainer.save_every=1", "trainer.prompts_per_step=8", "data.eval_size=8", "log.eval_every=0",
-       "log.trackers=[]"]
+OPD = [
+    "recipes/presets/opd.yaml",
+    "model.warm_start=null",
+    "teacher.warm_start=null",
+    "trainer.steps=2",
+    "trainer.save_every=1",
+    "trainer.prompts_per_step=8",
+    "data.eval_size=8",
+    "log.eval_every=0",
+    "log.trackers=[]",
+]
 
 
 def run(config: str, script: list[str], overrides: list[str], output_dir, port: int):
-    command = [ACCELERATE, "launch", "--config_file", f"launch/{config}.yaml", "--num_processes", "2",
-               "--mixed_precision", "no", "--main_process_port", str(port), *script, *OPD, *overrides,
-               f"output_dir={output_dir}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "RLKIT_CACHE": str(output_dir.parent / "cache")})
+    command = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        f"launch/{config}.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(port),
+        *script,
+        *OPD,
+        *overrides,
+        f"output_dir={output_dir}",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "RLKIT_CACHE": str(output_dir.parent / "cache")},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
 

@@ -13,15 +13,39 @@ from rlkit.trainer.loop import MAX_BAD_STEPS
 
 ROOT = Path(__file__).parents[2]
 RLKIT = str(Path(sys.executable).parent / "rlkit")
-SMALL = ["model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4",
-         "rollout.max_new_tokens=4", "data.eval_size=8", "log.eval_every=0", "trainer.mixed_precision=bf16"]
+SMALL = [
+    "model.warm_start=null",
+    "log.trackers=[]",
+    "trainer.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "rollout.max_new_tokens=4",
+    "data.eval_size=8",
+    "log.eval_every=0",
+    "trainer.mixed_precision=bf16",
+]
 
 
 def launch(config: str, port: int, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RLKIT, "launch", config, "recipes/quickstart.yaml", *SMALL, f"output_dir={tmp_path}",
-                           *overrides, "--num_processes", "2", "--main_process_port", str(port)], cwd=ROOT,
-                          env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [
+            RLKIT,
+            "launch",
+            config,
+            "recipes/quickstart.yaml",
+            *SMALL,
+            f"output_dir={tmp_path}",
+            *overrides,
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.gpu(2)
@@ -33,7 +57,8 @@ def test_zero3_bf16_run_passes_the_start_up_checks(tmp_path):
 
 @pytest.mark.gpu(2)
 def test_fsdp2_is_sharded_and_stops_a_nan_run(tmp_path):
-    result = launch("fsdp2", 29672, tmp_path, "trainer.steps=20",
-                    "objective.surrogate={type: tests.trainer.nan_parts:NaNSurrogate}")
+    result = launch(
+        "fsdp2", 29672, tmp_path, "trainer.steps=20", "objective.surrogate={type: tests.trainer.nan_parts:NaNSurrogate}"
+    )
     assert result.returncode != 0 and "launch asked for" not in result.stderr, result.stderr[-3000:]
     assert f"training stopped: non-finite loss or gradients in {MAX_BAD_STEPS} consecutive steps" in result.stderr

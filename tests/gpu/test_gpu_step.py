@@ -17,8 +17,16 @@ from rlkit.recipe import load_recipe
 from rlkit.trainer import Trainer
 from tests.trainer.launching import ACCELERATE, ROOT
 
-SMALL = ["model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4",
-         "rollout.max_new_tokens=4", "data.eval_size=8", "log.every=1", "log.eval_every=0"]
+SMALL = [
+    "model.warm_start=null",
+    "log.trackers=[]",
+    "trainer.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "rollout.max_new_tokens=4",
+    "data.eval_size=8",
+    "log.every=1",
+    "log.eval_every=0",
+]
 
 
 def tensors_of(batch) -> dict[str, torch.Tensor]:
@@ -29,8 +37,9 @@ def tensors_of(batch) -> dict[str, torch.Tensor]:
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ["grpo", "dapo", "d3s", "tw_grpo"])
 def test_every_tensor_of_a_step_is_on_the_gpu(preset, tmp_path):
-    trainer = Trainer(load_recipe("recipes/quickstart.yaml", [*SMALL, f"objective={{preset: {preset}}}",
-                                                              f"output_dir={tmp_path}"]))
+    trainer = Trainer(
+        load_recipe("recipes/quickstart.yaml", [*SMALL, f"objective={{preset: {preset}}}", f"output_dir={tmp_path}"])
+    )
     device = trainer.accelerator.device
     assert device.type == "cuda"
     metrics = Metrics()
@@ -46,9 +55,23 @@ def test_every_tensor_of_a_step_is_on_the_gpu(preset, tmp_path):
 
 
 def run_steps(command: list[str], output_dir) -> list[dict]:
-    result = subprocess.run([*command, "-m", "rlkit.cli", "train", "recipes/quickstart.yaml", *SMALL,
-                             "trainer.steps=3", f"output_dir={output_dir}"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "RLKIT_CACHE": str(output_dir / "cache")})
+    result = subprocess.run(
+        [
+            *command,
+            "-m",
+            "rlkit.cli",
+            "train",
+            "recipes/quickstart.yaml",
+            *SMALL,
+            "trainer.steps=3",
+            f"output_dir={output_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "RLKIT_CACHE": str(output_dir / "cache")},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -61,7 +84,20 @@ def test_one_gpu_run(tmp_path):
 
 @pytest.mark.gpu(2)
 def test_two_gpu_ddp_run(tmp_path):
-    launcher = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29571"]
+    launcher = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29571",
+    ]
     metrics = run_steps(launcher, tmp_path)
     assert [m["step"] for m in metrics if "train/lr" in m] == [1, 2, 3]

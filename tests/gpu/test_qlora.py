@@ -12,8 +12,11 @@ from tests.trainer.test_lora import SMALL, is_adapter
 @pytest.mark.gpu
 def test_qlora_run_trains_only_the_adapters_of_a_4bit_base(tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
-    trainer = Trainer(load_recipe("recipes/lora.yaml", [*SMALL, "model.lora.load_in_4bit=true", "trainer.steps=1",
-                                                        f"output_dir={tmp_path}"]))
+    trainer = Trainer(
+        load_recipe(
+            "recipes/lora.yaml", [*SMALL, "model.lora.load_in_4bit=true", "trainer.steps=1", f"output_dir={tmp_path}"]
+        )
+    )
     policy = trainer.accelerator.unwrap_model(trainer.model)
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules()) == 4 * 7  # every linear of 4 layers
     start = {k: v.detach().clone() for k, v in policy.named_parameters()}

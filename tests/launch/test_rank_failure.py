@@ -37,13 +37,28 @@ SLACK_S = 15  # noticing the failure and tearing processes down on a loaded 2-co
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen:
     out = tmp_path / "run"
-    command = [RLKIT, "launch", "ddp", "recipes/quickstart.yaml", "model.warm_start=null", "log.trackers=[]",
-               "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=8",
-               "log.eval_every=0", "log.every=1", "trainer.steps=100000", f"trainer.collective_timeout_s={TIMEOUT_S}",
-               f"output_dir={out}", "--main_process_port", str(port)]
+    command = [
+        RLKIT,
+        "launch",
+        "ddp",
+        "recipes/quickstart.yaml",
+        "model.warm_start=null",
+        "log.trackers=[]",
+        "trainer.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "data.eval_size=8",
+        "log.eval_every=0",
+        "log.every=1",
+        "trainer.steps=100000",
+        f"trainer.collective_timeout_s={TIMEOUT_S}",
+        f"output_dir={out}",
+        "--main_process_port",
+        str(port),
+    ]
     env = {**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=(tmp_path / "stdout").open("w"),
-                            stderr=(tmp_path / "stderr").open("w"))
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=(tmp_path / "stdout").open("w"), stderr=(tmp_path / "stderr").open("w")
+    )
 
 
 def wait_for_training(job: subprocess.Popen, tmp_path: Path) -> None:
@@ -102,8 +117,9 @@ def test_killed_rank_ends_the_job(start_job, tmp_path):
     stderr = (tmp_path / "stderr").read_text()
     assert "rank      : 1" in stderr and "Signal 9 (SIGKILL) received by PID" in stderr
     # rank 0's next collective fails within milliseconds of the kill, before the agent's SIGTERM
-    assert "error: another rank died: a collective lost its connection to it" in stderr, \
-        [line for line in stderr.splitlines() if "rror" in line]
+    assert "error: another rank died: a collective lost its connection to it" in stderr, [
+        line for line in stderr.splitlines() if "rror" in line
+    ]
     assert "[rank0]: Traceback" not in stderr
 
 
@@ -113,8 +129,10 @@ def test_stopped_rank_ends_the_job_after_the_collective_timeout(start_job, tmp_p
     elapsed = wait_for_end(job, workers, TIMEOUT_S + SHUTDOWN_S + SLACK_S)
     assert elapsed < TIMEOUT_S + SHUTDOWN_S + SLACK_S, elapsed  # measured: 44.8 s
     stderr = (tmp_path / "stderr").read_text()
-    assert (f"error: a collective waited longer than trainer.collective_timeout_s={TIMEOUT_S} s: another rank "
-            "died or stalled") in stderr, [line for line in stderr.splitlines() if "rror" in line]
+    assert (
+        f"error: a collective waited longer than trainer.collective_timeout_s={TIMEOUT_S} s: another rank "
+        "died or stalled"
+    ) in stderr, [line for line in stderr.splitlines() if "rror" in line]
 
 
 def record_collective_errors(out: str) -> None:
@@ -137,8 +155,9 @@ def stalled_collectives(rank: int, port: int, out: str) -> None:
     """Rank 0 runs collectives that rank 1 never joins: four at once (as DDP's gradient buckets are), then
     one more, and records each error's text; rank 1 stays silent until rank 0 is done. Both leave with
     ``os._exit``, as rlkit's ranks do: destroying a group whose pairs gloo closed can abort."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=2))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=2)
+    )
     if rank == 1:
         while not Path(out).exists():
             time.sleep(0.1)
@@ -162,8 +181,9 @@ def test_every_error_of_a_gloo_timeout_is_recognised(tmp_path, free_port):
 def killed_peer(rank: int, port: int, out: str) -> None:
     """Rank 1 is killed (SIGKILL) after one collective; rank 0 then runs four at once and one more, and
     records each error's text."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30)
+    )
     dist.all_reduce(torch.ones(4))
     if rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -15,18 +15,29 @@ def test_overrides_with_spaces_arrive_whole_and_processes_follow_the_gpus(tmp_pa
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_ins = {
-        "srun": '#!/bin/bash\nexec "$@"\n',                               # one task, this node
+        "srun": '#!/bin/bash\nexec "$@"\n',  # one task, this node
         "scontrol": "#!/bin/bash\necho node-a\necho node-b\n",
         "rlkit": f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\n',
     }
     for name, text in stand_ins.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
-           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_NODEID": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_NNODES": "2",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_NODEID": "1",
+    }
     override = "model.warm_start={max_steps: 5, batch_size: 8}"
-    subprocess.run(["bash", "launch/slurm.sbatch", "recipes/quickstart.yaml", override, "trainer.seed=3"],
-                   cwd=ROOT, env=env, check=True, timeout=30)
+    subprocess.run(
+        ["bash", "launch/slurm.sbatch", "recipes/quickstart.yaml", override, "trainer.seed=3"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=30,
+    )
     args = build_parser().parse_args((tmp_path / "argv").read_text().splitlines())
     assert (args.command, args.config) == ("launch", "multinode_zero3")
     assert args.recipe == "recipes/quickstart.yaml" and args.overrides == [override, "trainer.seed=3"]

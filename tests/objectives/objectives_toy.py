@@ -46,15 +46,22 @@ def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
     if empty_mask:
         mask.zero_()
     rewards = torch.randint(0, 2, (b,), generator=gen).double()
-    rewards[G:2 * G] = 1.0                          # a group without learning signal
-    rewards[2 * G:3 * G] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a group with signal for sure
+    rewards[G : 2 * G] = 1.0  # a group without learning signal
+    rewards[2 * G : 3 * G] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a group with signal for sure
     group_ids = torch.arange(N_GROUPS).repeat_interleave(G)
     old = old_logits.log_softmax(-1)
     batch = StepBatch(
-        mask=mask, advantages=torch.zeros(b, dtype=torch.float64), group_ids=group_ids,
-        logp_old=token_logp(old_logits, tokens), logp_ref=token_logp(ref_logits, tokens),
-        logp_teacher=token_logp(teacher_logits, tokens), entropy=-(old.exp() * old).sum(-1),
-        truncated=lengths == T, progress=progress, extras={"teacher_logits": teacher_logits})
+        mask=mask,
+        advantages=torch.zeros(b, dtype=torch.float64),
+        group_ids=group_ids,
+        logp_old=token_logp(old_logits, tokens),
+        logp_ref=token_logp(ref_logits, tokens),
+        logp_teacher=token_logp(teacher_logits, tokens),
+        entropy=-(old.exp() * old).sum(-1),
+        truncated=lengths == T,
+        progress=progress,
+        extras={"teacher_logits": teacher_logits},
+    )
     return theta, batch, rewards, old_logits, tokens
 
 
@@ -68,8 +75,13 @@ def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows
     batch.entropy = batch.entropy if "entropy" in needs else None
     batch.logp_teacher = batch.logp_teacher if "logp_teacher" in needs else None
     if rows is not None:
-        theta, batch, rewards, old_logits, tokens = theta[rows], batch.rows(rows), rewards[rows], \
-            old_logits[rows], tokens[rows]
+        theta, batch, rewards, old_logits, tokens = (
+            theta[rows],
+            batch.rows(rows),
+            rewards[rows],
+            old_logits[rows],
+            tokens[rows],
+        )
     teacher = batch.extras["teacher_logits"]
     batch.extras = objective.on_logits(old_logits, tokens, batch.mask, batch.group_ids, teacher_logits=teacher)
     batch.extras["teacher_logits"] = teacher
@@ -79,8 +91,16 @@ def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows
     return theta, batch, weights, tokens, metrics
 
 
-def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty_mask: bool = False,
-                  rows=None, split_seed: int = 0, on_policy: bool = False, active_only: bool = False):
+def step_gradient(
+    objective: Objective,
+    micro_batches: int,
+    seed: int = 0,
+    empty_mask: bool = False,
+    rows=None,
+    split_seed: int = 0,
+    on_policy: bool = False,
+    active_only: bool = False,
+):
     """(total loss, d loss / d theta) of one optimizer step split into ``micro_batches`` random row sets;
     ``active_only``: of the rows :meth:`Objective.active_rows` keeps only, as the trainer runs them."""
     theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows, on_policy)
@@ -94,13 +114,19 @@ def step_gradient(objective: Objective, micro_batches: int, seed: int = 0, empty
         logp = token_logp(logits, tokens[part])
         entropy = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
         rows = batch.rows(part)
-        active = objective.active_tokens(rows, weights[part])       # logits packed as the trainer does
-        loss = objective.loss(logp, rows, weights[part], metrics, entropy=entropy, logits=logits[active],
-                              teacher_logits=rows.extras["teacher_logits"][active])
+        active = objective.active_tokens(rows, weights[part])  # logits packed as the trainer does
+        loss = objective.loss(
+            logp,
+            rows,
+            weights[part],
+            metrics,
+            entropy=entropy,
+            logits=logits[active],
+            teacher_logits=rows.extras["teacher_logits"][active],
+        )
         loss.backward()
         total += float(loss.detach())
     return total, torch.zeros_like(theta) if theta.grad is None else theta.grad, metrics
-
 
 
 def two_rank_worker(rank: int, world: int, port: int, out_path: str) -> None:
@@ -121,7 +147,7 @@ def two_rank_worker(rank: int, world: int, port: int, out_path: str) -> None:
         _, grad, _ = step_gradient(build_objective({"preset": name}), 2, rows=rows)
         full = torch.zeros(N_GROUPS * G, T, V, dtype=grad.dtype)
         full[rows] = grad
-        dist.all_reduce(full)                        # what DDP does: the mean over ranks
+        dist.all_reduce(full)  # what DDP does: the mean over ranks
         out[name] = full / world
     if rank == 0:
         torch.save(out, out_path)

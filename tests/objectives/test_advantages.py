@@ -8,7 +8,7 @@ import torch
 
 from rlkit.metrics import Metrics
 from rlkit.objectives import PARTS, StepBatch, build_objective
-from rlkit.objectives.advantages import BatchStd, GroupMean, GroupZScore, RLOO
+from rlkit.objectives.advantages import RLOO, BatchStd, GroupMean, GroupZScore
 from rlkit.objectives.batch import group_has_signal
 
 nan = math.nan
@@ -21,14 +21,14 @@ def close(actual, expected):
 def test_group_zscore_uses_unbiased_std_and_zeroes_flat_groups():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)          # mean 0.5, unbiased std sqrt(4 * 0.25 / 3)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)  # mean 0.5, unbiased std sqrt(4 * 0.25 / 3)
     close(GroupZScore()(rewards, groups), [a, -a, -a, a, 0, 0, 0, 0])
 
 
 def test_group_zscore_skips_nan_rewards_and_singletons_get_zero():
     rewards = torch.tensor([1.0, nan, 0.0, 5.0])
-    groups = torch.tensor([7, 7, 7, 3])            # any labels
-    a = 0.5 / (math.sqrt(0.5) + 1e-6)             # valid rewards {1, 0}: mean 0.5, std sqrt(0.5)
+    groups = torch.tensor([7, 7, 7, 3])  # any labels
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)  # valid rewards {1, 0}: mean 0.5, std sqrt(0.5)
     close(GroupZScore()(rewards, groups), [a, 0, -a, 0])
 
 

@@ -12,22 +12,28 @@ D = torch.double
 def weights_of(kind, mask, adv=None, groups=None, **options):
     mask = torch.tensor(mask, dtype=D)
     b = mask.shape[0]
-    batch = StepBatch(mask=mask, advantages=torch.zeros(b, dtype=D) if adv is None else torch.tensor(adv, dtype=D),
-                      group_ids=torch.zeros(b, dtype=torch.long) if groups is None else torch.tensor(groups))
+    batch = StepBatch(
+        mask=mask,
+        advantages=torch.zeros(b, dtype=D) if adv is None else torch.tensor(adv, dtype=D),
+        group_ids=torch.zeros(b, dtype=torch.long) if groups is None else torch.tensor(groups),
+    )
     metrics = Metrics()
     return build_part("aggregation", {"type": kind, **options}).weights(mask, batch, metrics), metrics.result()
 
 
-MASK = [[1, 1, 0], [1, 0, 0], [0, 0, 0]]   # lengths 2, 1 and an empty row
+MASK = [[1, 1, 0], [1, 0, 0], [0, 0, 0]]  # lengths 2, 1 and an empty row
 
 
-@pytest.mark.parametrize("kind,options,expected", [
-    ("token_mean", {}, [[1 / 3, 1 / 3, 0], [1 / 3, 0, 0], [0, 0, 0]]),
-    ("seq_mean_token_mean", {}, [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0], [0, 0, 0]]),      # 1/|o_i| / 2 sequences
-    ("seq_mean_token_sum", {}, [[1 / 2, 1 / 2, 0], [1 / 2, 0, 0], [0, 0, 0]]),
-    ("seq_mean_token_sum_norm", {"norm": 4}, [[1 / 8, 1 / 8, 0], [1 / 8, 0, 0], [0, 0, 0]]),
-    ("seq_mean_token_sum_norm", {}, [[1 / 6, 1 / 6, 0], [1 / 6, 0, 0], [0, 0, 0]]),   # C = T = 3
-])
+@pytest.mark.parametrize(
+    "kind,options,expected",
+    [
+        ("token_mean", {}, [[1 / 3, 1 / 3, 0], [1 / 3, 0, 0], [0, 0, 0]]),
+        ("seq_mean_token_mean", {}, [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0], [0, 0, 0]]),  # 1/|o_i| / 2 sequences
+        ("seq_mean_token_sum", {}, [[1 / 2, 1 / 2, 0], [1 / 2, 0, 0], [0, 0, 0]]),
+        ("seq_mean_token_sum_norm", {"norm": 4}, [[1 / 8, 1 / 8, 0], [1 / 8, 0, 0], [0, 0, 0]]),
+        ("seq_mean_token_sum_norm", {}, [[1 / 6, 1 / 6, 0], [1 / 6, 0, 0], [0, 0, 0]]),  # C = T = 3
+    ],
+)
 def test_aggregation_weights_by_hand(kind, options, expected):
     w, _ = weights_of(kind, MASK, **options)
     torch.testing.assert_close(w, torch.tensor(expected, dtype=D), rtol=1e-12, atol=0)
@@ -82,7 +88,8 @@ def test_balanced_matches_slow_loop_on_random_batches():
         groups = torch.randint(0, 5, (b,), generator=gen)
         loss = torch.randn(b, t, generator=gen, dtype=D)
         w = build_part("aggregation", {"type": "balanced"}).weights(
-            mask, StepBatch(mask=mask, advantages=adv, group_ids=groups), Metrics())
+            mask, StepBatch(mask=mask, advantages=adv, group_ids=groups), Metrics()
+        )
         assert float((w * loss).sum()) == pytest.approx(ba_loop(loss, mask, adv, groups), rel=1e-12)
 
 
@@ -90,12 +97,16 @@ def equal_length_case(seed):
     gen = torch.Generator().manual_seed(seed)
     b, t = 12, 5
     mask = torch.ones(b, t, dtype=D)
-    mask[:, 4] = 0                                             # every length 4
+    mask[:, 4] = 0  # every length 4
     adv = torch.randn(b, generator=gen, dtype=D)
     adv[[2, 7]] = 0.0
     logp = -torch.rand(b, t, generator=gen, dtype=D)
-    batch = StepBatch(mask=mask, advantages=adv, group_ids=torch.arange(3).repeat_interleave(4),
-                      logp_old=logp + 0.1 * torch.randn(b, t, generator=gen, dtype=D))
+    batch = StepBatch(
+        mask=mask,
+        advantages=adv,
+        group_ids=torch.arange(3).repeat_interleave(4),
+        logp_old=logp + 0.1 * torch.randn(b, t, generator=gen, dtype=D),
+    )
     loss = build_part("surrogate", {"type": "ppo_clip"}).loss(logp, batch, Metrics())  # 0 where A = 0
     return mask, batch, loss
 

@@ -20,12 +20,15 @@ def logs(p):
     return torch.tensor(p, dtype=torch.float64).log()[None]
 
 
-@pytest.mark.parametrize("beta, expected", [
-    (0.0, kl(P_T, P_S)),                                   # forward KL(P_T || P_S) = 0.368064
-    (1.0, kl(P_S, P_T)),                                   # reverse KL(P_S || P_T) = 0.510826
-    (0.5, 0.5 * kl(P_T, (0.7, 0.3)) + 0.5 * kl(P_S, (0.7, 0.3))),   # M = (0.7, 0.3): 0.101750
-    (0.25, 0.25 * kl(P_T, (0.6, 0.4)) + 0.75 * kl(P_S, (0.6, 0.4))),  # M = 0.75 P_S + 0.25 P_T
-])
+@pytest.mark.parametrize(
+    "beta, expected",
+    [
+        (0.0, kl(P_T, P_S)),  # forward KL(P_T || P_S) = 0.368064
+        (1.0, kl(P_S, P_T)),  # reverse KL(P_S || P_T) = 0.510826
+        (0.5, 0.5 * kl(P_T, (0.7, 0.3)) + 0.5 * kl(P_S, (0.7, 0.3))),  # M = (0.7, 0.3): 0.101750
+        (0.25, 0.25 * kl(P_T, (0.6, 0.4)) + 0.75 * kl(P_S, (0.6, 0.4))),  # M = 0.75 P_S + 0.25 P_T
+    ],
+)
 def test_jsd_values_in_trl_convention(beta, expected):
     assert float(jsd(logs(P_S), logs(P_T), beta)) == pytest.approx(expected, rel=1e-12)
 
@@ -55,7 +58,7 @@ def test_chunked_divergence_matches_unchunked_values_and_gradients(beta):
     (grad_ref,) = torch.autograd.grad(ref.sum(), student)
     whole = token_divergence(student[keep], teacher[keep], keep, beta, temperature=0.7, chunk=10_000)  # one chunk
     (grad_whole,) = torch.autograd.grad(whole.sum(), student)
-    torch.testing.assert_close(whole.double(), ref, rtol=1e-6, atol=1e-7)                # fp32 vs float64
+    torch.testing.assert_close(whole.double(), ref, rtol=1e-6, atol=1e-7)  # fp32 vs float64
     torch.testing.assert_close(grad_whole, grad_ref, rtol=1e-5, atol=1e-7)
     for chunk in (1, 4):
         out = token_divergence(student[keep], teacher[keep], keep, beta, temperature=0.7, chunk=chunk)
@@ -69,14 +72,14 @@ def test_chunked_divergence_matches_unchunked_values_and_gradients(beta):
 
 
 def test_scoring_statistics_by_hand():
-    student = torch.tensor([[[0.0, 0.0], [math.log(9.0), 0.0]]])     # P_S = (.5,.5), (.9,.1)
+    student = torch.tensor([[[0.0, 0.0], [math.log(9.0), 0.0]]])  # P_S = (.5,.5), (.9,.1)
     teacher = torch.tensor([[[math.log(9.0), 0.0], [math.log(9.0), 0.0]]])
     stats = entropy_and_divergences(student, teacher, chunk=1)
     h2 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
     torch.testing.assert_close(stats["h"], torch.tensor([[1.0, h2]]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(stats["rkl"], torch.tensor([[kl(P_S, P_T), 0.0]]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(stats["fkl"], torch.tensor([[kl(P_T, P_S), 0.0]]), rtol=1e-6, atol=1e-7)
-    assert stats["agree"][0, 1] == 1.0     # argmax of a uniform row is index 0, the teacher's too
+    assert stats["agree"][0, 1] == 1.0  # argmax of a uniform row is index 0, the teacher's too
 
 
 # --------------------------------------------------------------------------- sampled-token surrogate
@@ -92,8 +95,12 @@ def test_sampled_reverse_kl_gradient_is_the_full_reverse_kl_gradient_in_expectat
     probs = theta.detach().softmax(-1)
     for y in range(5):
         logp = theta.log_softmax(-1)[y].view(1, 1)
-        batch = StepBatch(mask=torch.ones(1, 1, dtype=torch.float64), advantages=torch.zeros(1, dtype=torch.float64),
-                          group_ids=torch.zeros(1, dtype=torch.long), logp_teacher=teacher[y].view(1, 1))
+        batch = StepBatch(
+            mask=torch.ones(1, 1, dtype=torch.float64),
+            advantages=torch.zeros(1, dtype=torch.float64),
+            group_ids=torch.zeros(1, dtype=torch.long),
+            logp_teacher=teacher[y].view(1, 1),
+        )
         (grad,) = torch.autograd.grad(part.loss(logp, batch, Metrics()).sum(), theta)
         expected += probs[y] * grad
     logp_all = theta.log_softmax(-1)
@@ -105,12 +112,16 @@ def test_sampled_reverse_kl_gradient_is_the_full_reverse_kl_gradient_in_expectat
 
 def test_sampled_surrogate_mixes_task_advantage_and_clips():
     logp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64, requires_grad=True)
-    batch = StepBatch(mask=torch.ones(1, 2, dtype=torch.float64), advantages=torch.tensor([0.5], dtype=torch.float64),
-                      group_ids=torch.zeros(1, dtype=torch.long),
-                      logp_old=torch.tensor([[-1.5, -2.0]], dtype=torch.float64),
-                      logp_teacher=torch.tensor([[-0.5, -3.0]], dtype=torch.float64))
-    part = build_part("surrogate", {"type": "opd_sampled", "coef": 2.0, "reward_coef": 0.1,
-                                    "eps_low": 0.2, "eps_high": 0.2})
+    batch = StepBatch(
+        mask=torch.ones(1, 2, dtype=torch.float64),
+        advantages=torch.tensor([0.5], dtype=torch.float64),
+        group_ids=torch.zeros(1, dtype=torch.long),
+        logp_old=torch.tensor([[-1.5, -2.0]], dtype=torch.float64),
+        logp_teacher=torch.tensor([[-0.5, -3.0]], dtype=torch.float64),
+    )
+    part = build_part(
+        "surrogate", {"type": "opd_sampled", "coef": 2.0, "reward_coef": 0.1, "eps_low": 0.2, "eps_high": 0.2}
+    )
     loss = part.loss(logp, batch, Metrics())
     # A = -2 (old - teacher) + 0.1 * 0.5: token 0: -2(-1) + .05 = 2.05, ratio e^0.5 clipped at 1.2;
     # token 1: -2(1) + .05 = -1.95, ratio 1
@@ -132,8 +143,9 @@ AGREE = [[1.0, 0, 1, 0], [1, 1, 0, 0]]
 def tip_batch(h=H, rkl=RKL, fkl=FKL, mask=MASK, agree=AGREE):
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     extras = {"tip_h": t(h), "tip_rkl": t(rkl), "tip_fkl": t(fkl), "tip_agree": t(agree)}
-    return StepBatch(mask=t(mask), advantages=torch.zeros(2, dtype=torch.float64),
-                     group_ids=torch.tensor([0, 1]), extras=extras)
+    return StepBatch(
+        mask=t(mask), advantages=torch.zeros(2, dtype=torch.float64), group_ids=torch.tensor([0, 1]), extras=extras
+    )
 
 
 def select(rule, rho, clip_quantile=1.0, **kw):
@@ -144,11 +156,14 @@ def select(rule, rho, clip_quantile=1.0, **kw):
 
 # Without clipping: h^ = (h - 0.1) / 0.8 = [0, .375, 1, .25], [.75, 0]; d^ = rkl / 0.8 = [.25, 0, .375, 1], [.75, .25]
 # soft-OR s = h^ + d^ - h^ d^ = [.25, .375, 1, 1], [.9375, .25]
-@pytest.mark.parametrize("rho, expected", [
-    (0.5, [[0, 0, 1, 1], [1, 0, 0, 0]]),          # k = 2 and 1
-    (0.25, [[0, 0, 1, 0], [1, 0, 0, 0]]),         # k = 1 and max(1, floor(0.5)) = 1; tie 1 = 1 -> earlier
-    (1.0, MASK),
-])
+@pytest.mark.parametrize(
+    "rho, expected",
+    [
+        (0.5, [[0, 0, 1, 1], [1, 0, 0, 0]]),  # k = 2 and 1
+        (0.25, [[0, 0, 1, 0], [1, 0, 0, 0]]),  # k = 1 and max(1, floor(0.5)) = 1; tie 1 = 1 -> earlier
+        (1.0, MASK),
+    ],
+)
 def test_soft_or_by_hand(rho, expected):
     assert select("soft_or", rho)[0] == expected
 
@@ -176,7 +191,7 @@ def test_kept_counts_and_quantile_positions_are_exact():
     h, rkl, fkl = (torch.rand(2, 900, generator=gen, dtype=torch.float64).tolist() for _ in range(3))
     mask = [[1.0] * 900, [1.0] * 100 + [0.0] * 800]
     kept, _ = select("soft_or", 0.13, h=h, rkl=rkl, fkl=fkl, mask=mask, agree=mask)
-    assert [sum(row) for row in kept] == [117, 13]                # floor(0.13 * 900), floor(0.13 * 100)
+    assert [sum(row) for row in kept] == [117, 13]  # floor(0.13 * 900), floor(0.13 * 100)
     ranks = torch.arange(101, dtype=torch.float64)
     assert float(step_quantile(ranks, 0.29)) == 29.0 and float(step_quantile(ranks, 0.07)) == 7.0
 
@@ -193,9 +208,9 @@ def test_degenerate_step_and_empty_rows():
 def test_tip_metrics_by_hand():
     _, m = select("soft_or", 0.5)
     # h^ > .5: row0 pos 2, row1 pos 0; d^ > .5: row0 pos 3, row1 pos 0
-    assert m["objective/tip_q1_frac"] == pytest.approx(1 / 6)   # high h, high d: row1 pos 0
-    assert m["objective/tip_q2_frac"] == pytest.approx(1 / 6)   # high h, low d: row0 pos 2
-    assert m["objective/tip_q3_frac"] == pytest.approx(1 / 6)   # low h, high d: row0 pos 3
+    assert m["objective/tip_q1_frac"] == pytest.approx(1 / 6)  # high h, high d: row1 pos 0
+    assert m["objective/tip_q2_frac"] == pytest.approx(1 / 6)  # high h, low d: row0 pos 2
+    assert m["objective/tip_q3_frac"] == pytest.approx(1 / 6)  # low h, high d: row0 pos 3
     assert m["objective/tip_q4_frac"] == pytest.approx(3 / 6)
     assert m["objective/tip_kept_token_frac"] == pytest.approx(3 / 6)
     assert m["objective/tip_rkl_all"] == pytest.approx(2.1 / 6)

@@ -13,8 +13,8 @@ from rlkit.objectives.kl import kl_estimate
 CASES = {  # estimator: (value, d value / d logp)
     "k1": (0.5, 1.0),
     "k2": (0.125, 0.5),
-    "k3": (math.exp(-0.5) - 0.5, 1 - math.exp(-0.5)),   # exp(d) - d - 1; derivative 1 - exp(d)
-    "k1+": (0.5, 0.5),                                   # straight-through: value of k1, gradient of k2
+    "k3": (math.exp(-0.5) - 0.5, 1 - math.exp(-0.5)),  # exp(d) - d - 1; derivative 1 - exp(d)
+    "k1+": (0.5, 0.5),  # straight-through: value of k1, gradient of k2
     "k3+": (math.exp(-0.5) - 0.5, 0.5),
 }
 
@@ -38,8 +38,12 @@ def test_k3_guards_clamp_the_log_ratio_and_the_value():
 def test_kl_in_loss_adds_beta_times_k3_per_token():
     objective = build_objective({"preset": "grpo"})
     logp = torch.tensor([[-1.0, -2.0]], dtype=torch.double)
-    batch = StepBatch(mask=torch.ones(1, 2, dtype=torch.double), advantages=torch.zeros(1, dtype=torch.double),
-                      group_ids=torch.zeros(1, dtype=torch.long), logp_ref=torch.tensor([[-1.5, -2.0]]))
+    batch = StepBatch(
+        mask=torch.ones(1, 2, dtype=torch.double),
+        advantages=torch.zeros(1, dtype=torch.double),
+        group_ids=torch.zeros(1, dtype=torch.long),
+        logp_ref=torch.tensor([[-1.5, -2.0]]),
+    )
     added = objective.kl.loss(logp, batch, Metrics())
     torch.testing.assert_close(added, torch.tensor([[0.04 * (math.exp(-0.5) - 0.5), 0.0]], dtype=torch.double))
 
@@ -48,13 +52,17 @@ def test_kl_in_reward_subtracts_summed_k1_before_the_advantage():
     objective = build_objective({"preset": "dr_grpo", "kl": {"type": "kl_in_reward", "beta": 0.5}})
     assert "logits" in objective.needs and "logp_ref" in objective.needs
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    batch = StepBatch(mask=mask, advantages=torch.zeros(2), group_ids=torch.zeros(2, dtype=torch.long),
-                      logp_ref=torch.full((2, 2), -1.0))
-    logits = torch.zeros(2, 2, 4)                                # uniform: rollout logp = -log 4
+    batch = StepBatch(
+        mask=mask,
+        advantages=torch.zeros(2),
+        group_ids=torch.zeros(2, dtype=torch.long),
+        logp_ref=torch.full((2, 2), -1.0),
+    )
+    logits = torch.zeros(2, 2, 4)  # uniform: rollout logp = -log 4
     batch.extras = objective.on_logits(logits, torch.zeros(2, 2, dtype=torch.long), mask, batch.group_ids)
-    k1 = 1 - math.log(4)                                         # logp - ref per token
+    k1 = 1 - math.log(4)  # logp - ref per token
     penalised = [1.0 - 0.5 * 2 * k1, 0.0 - 0.5 * k1]
-    half_gap = (penalised[0] - penalised[1]) / 2                 # group_mean advantage
+    half_gap = (penalised[0] - penalised[1]) / 2  # group_mean advantage
     metrics = Metrics()
     adv = objective.advantages(torch.tensor([1.0, 0.0]), batch, metrics)
     torch.testing.assert_close(adv, torch.tensor([half_gap, -half_gap]), rtol=1e-6, atol=0)
@@ -80,7 +88,7 @@ def test_kl_token_mean_under_balanced_aggregation_reaches_zero_advantage_rows():
     k3 = kl_estimate(token_logp(theta, tokens), batch.logp_ref, "k3")
     expected_kl = 0.1 * float((k3 * batch.mask).sum() / batch.mask.sum())
     assert loss1 == pytest.approx(step_gradient(plain, 1)[0] + expected_kl, rel=1e-10)
-    zero_rows = slice(G, 2 * G)                      # the toy's group with all-equal rewards
+    zero_rows = slice(G, 2 * G)  # the toy's group with all-equal rewards
     assert torch.all(batch.advantages[zero_rows] == 0)
     assert grad1[zero_rows].abs().sum() > 0
     shared = build_objective({"preset": "ba", "kl": {**kl, "aggregation": "objective"}})

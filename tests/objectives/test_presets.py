@@ -26,8 +26,11 @@ def test_gradient_same_with_one_or_four_micro_batches(name, on_policy):
     torch.testing.assert_close(grad4, grad1, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("extra", [{"kl": {"beta": 0.0}}, {"kl": {"beta": 0.1}}, {"entropy_bonus": 0.01}],
-                         ids=["no_kl", "kl", "entropy_bonus"])
+@pytest.mark.parametrize(
+    "extra",
+    [{"kl": {"beta": 0.0}}, {"kl": {"beta": 0.1}}, {"entropy_bonus": 0.01}],
+    ids=["no_kl", "kl", "entropy_bonus"],
+)
 @pytest.mark.parametrize("name", ALL)
 def test_running_only_the_active_rows_gives_the_same_gradient(name, extra):
     """The trainer runs only ``active_rows`` (zero-advantage rows are skipped where their loss is exactly 0)."""
@@ -39,18 +42,22 @@ def test_running_only_the_active_rows_gives_the_same_gradient(name, extra):
     torch.testing.assert_close(grad_active, grad_all, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize(("name", "extra", "skipped"), [
-    ("grpo", {"kl": {"beta": 0.0}}, True),                             # the clipped surrogate alone
-    ("gspo", {}, True), ("ctpo", {}, True),
-    ("grpo", {}, False),                                               # k3 KL weighted with W: not zero
-    ("grpo", {"kl": {"beta": 0.0}, "entropy_bonus": 0.01}, False),     # the entropy bonus: not zero
-    ("opd", {}, False),                                                # distillation ignores advantages
-])
+@pytest.mark.parametrize(
+    ("name", "extra", "skipped"),
+    [
+        ("grpo", {"kl": {"beta": 0.0}}, True),  # the clipped surrogate alone
+        ("gspo", {}, True),
+        ("ctpo", {}, True),
+        ("grpo", {}, False),  # k3 KL weighted with W: not zero
+        ("grpo", {"kl": {"beta": 0.0}, "entropy_bonus": 0.01}, False),  # the entropy bonus: not zero
+        ("opd", {}, False),  # distillation ignores advantages
+    ],
+)
 def test_zero_advantage_rows_are_skipped_only_where_their_loss_is_zero(name, extra, skipped):
     objective = objective_for(name, **extra)
     _, batch, weights, _, _ = prepared(objective)
     no_signal = torch.zeros(batch.n_rows, dtype=torch.bool)
-    no_signal[G:2 * G] = True  # the toy step's group whose rewards are all equal: advantages exactly 0
+    no_signal[G : 2 * G] = True  # the toy step's group whose rewards are all equal: advantages exactly 0
     assert torch.all(batch.advantages[no_signal] == 0) and torch.all(weights[no_signal].abs().sum(-1) > 0)
     active = objective.active_rows(batch, weights)
     assert torch.all(active[no_signal] != skipped)
@@ -68,8 +75,15 @@ def test_all_masked_batch_gives_finite_loss_and_zero_gradient(name):
 @pytest.mark.parametrize("name", ALL)
 def test_presets_declare_what_they_read(name):
     objective = objective_for(name)
-    assert objective.needs <= {"logp_old", "logp_ref", "entropy", "logits", "logp_teacher", "teacher_logits",
-                               "student_logits"}
+    assert objective.needs <= {
+        "logp_old",
+        "logp_ref",
+        "entropy",
+        "logits",
+        "logp_teacher",
+        "teacher_logits",
+        "student_logits",
+    }
     assert PRESETS[name]["description"]
     assert objective.name == name
 

@@ -7,24 +7,50 @@ from rewards.maths import math, math_equal
 
 EQUIVALENT = [
     # fractions and decimals
-    ("0.5", "1/2"), ("\\frac{1}{2}", "0.5"), ("\\frac12", "\\dfrac{1}{2}"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
+    ("0.5", "1/2"),
+    ("\\frac{1}{2}", "0.5"),
+    ("\\frac12", "\\dfrac{1}{2}"),
+    ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
     # LaTeX forms
-    ("\\sqrt{8}", "2\\sqrt{2}"), ("x^2+2x+1", "(x+1)^2"), ("$\\frac{3}{4}$", "0.75"), ("\\boxed{7}", "7"),
+    ("\\sqrt{8}", "2\\sqrt{2}"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("$\\frac{3}{4}$", "0.75"),
+    ("\\boxed{7}", "7"),
     # sets and intervals
-    ("\\{1,2\\}", "\\{2,1\\}"), ("1,2", "2,1"), ("(0,1]", "(0, 1]"), ("(-\\infty, 2)", "(-\\infty,2)"),
+    ("\\{1,2\\}", "\\{2,1\\}"),
+    ("1,2", "2,1"),
+    ("(0,1]", "(0, 1]"),
+    ("(-\\infty, 2)", "(-\\infty,2)"),
     # units and degrees
-    ("5", "5 \\text{ cm}"), ("5\\text{ cm}", "5"), ("90^\\circ", "90"),
+    ("5", "5 \\text{ cm}"),
+    ("5\\text{ cm}", "5"),
+    ("90^\\circ", "90"),
     # negatives
-    ("-3", "-3.0"), ("-\\frac{1}{2}", "-0.5"),
+    ("-3", "-3.0"),
+    ("-\\frac{1}{2}", "-0.5"),
     # percentages and thousands separators
-    ("50\\%", "0.5"), ("0.5", "50\\%"), ("50\\%", "50"), ("1000", "1,000"),
+    ("50\\%", "0.5"),
+    ("0.5", "50\\%"),
+    ("50\\%", "50"),
+    ("1000", "1,000"),
 ]
 
 NEAR_MISSES = [
-    ("1/3", "0.33"), ("\\frac{1}{2}", "\\frac{1}{3}"), ("0.5", "0.05"), ("12", "1.2"), ("2", "2.01"),
-    ("\\sqrt{2}", "1.414"), ("\\pi", "3.14159"), ("x+1", "x-1"),
-    ("\\{1,2\\}", "\\{1,2,3\\}"), ("(0,1)", "[0,1]"), ("(0,1]", "(0,1)"),
-    ("-2", "2"), ("5", "-5"), ("50\\%", "5"), ("1000", "100"),
+    ("1/3", "0.33"),
+    ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("0.5", "0.05"),
+    ("12", "1.2"),
+    ("2", "2.01"),
+    ("\\sqrt{2}", "1.414"),
+    ("\\pi", "3.14159"),
+    ("x+1", "x-1"),
+    ("\\{1,2\\}", "\\{1,2,3\\}"),
+    ("(0,1)", "[0,1]"),
+    ("(0,1]", "(0,1)"),
+    ("-2", "2"),
+    ("5", "-5"),
+    ("50\\%", "5"),
+    ("1000", "100"),
 ]
 
 
@@ -43,16 +69,19 @@ def test_unparseable_gold_is_an_error():
         math_equal("", "1")
 
 
-@pytest.mark.parametrize("text, answer", [
-    ("so \\boxed{\\frac{1}{2}}. Then \\boxed{3}", "3"),
-    ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
-    ("<think>maybe \\boxed{4}</think><answer> 5 </answer>", "5"),
-    ("<answer>it is \\boxed{6}</answer>", "6"),
-    ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
-    ("The final answer is: 3.5 meters. Check: 3.5 + 1 = 4.5", "3.5 meters"),
-    ("I got 7 and then 9", None),
-    ("cut off \\boxed{\\frac{1}{2", None),
-])
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so \\boxed{\\frac{1}{2}}. Then \\boxed{3}", "3"),
+        ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
+        ("<think>maybe \\boxed{4}</think><answer> 5 </answer>", "5"),
+        ("<answer>it is \\boxed{6}</answer>", "6"),
+        ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("The final answer is: 3.5 meters. Check: 3.5 + 1 = 4.5", "3.5 meters"),
+        ("I got 7 and then 9", None),
+        ("cut off \\boxed{\\frac{1}{2", None),
+    ],
+)
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
@@ -65,6 +94,5 @@ def test_last_boxed_and_last_number():
 
 
 def test_math_verifier_scores_a_batch():
-    completions = ["... so \\boxed{\\dfrac{1}{2}}", "<answer>0.25</answer>", "it is 2 of 4, i.e. 0.5",
-                   "I have no idea"]
+    completions = ["... so \\boxed{\\dfrac{1}{2}}", "<answer>0.25</answer>", "it is 2 of 4, i.e. 0.5", "I have no idea"]
     assert math([""] * 4, completions, answer=["0.5", "1/2", "\\frac{1}{2}", "1/2"]) == [1.0, 0.0, 1.0, 0.0]

@@ -73,11 +73,15 @@ def victim():
 
 def test_assert_and_stdio_verdicts():
     solution = "def double(x):\n    return 2 * x\n"
-    assert run_tests(solution, [{"assert": "assert double(2) == 4"}, {"assert": "assert double(2) == 5"},
-                                {"assert": "assert undefined_name"}]) == [True, False, False]
+    assert run_tests(
+        solution,
+        [{"assert": "assert double(2) == 4"}, {"assert": "assert double(2) == 5"}, {"assert": "assert undefined_name"}],
+    ) == [True, False, False]
     program = "import sys\nn = int(input())\nprint(n * 2)   \nsys.exit(0)\n"
-    assert run_tests(program, [{"input": "2\n", "output": "4\n\n"}, {"input": "3\n", "output": "7\n"},
-                               {"input": "x\n", "output": ""}]) == [True, False, False]
+    assert run_tests(
+        program,
+        [{"input": "2\n", "output": "4\n\n"}, {"input": "3\n", "output": "7\n"}, {"input": "x\n", "output": ""}],
+    ) == [True, False, False]
 
 
 def test_early_exit_does_not_pass():
@@ -130,20 +134,30 @@ def test_huge_output_is_capped(mode):
 def test_writing_outside_the_working_directory(mode, tmp_path):
     if mode == "fallback":
         pytest.skip("without a mount namespace, world-writable host directories are writable (documented)")
-    targets = ["/tmp/rlkit-escaped.txt", "/dev/shm/rlkit-escaped.txt", "/var/tmp/rlkit-escaped.txt",
-               str(tmp_path / "escaped.txt"), "/rlkit-escaped.txt"]
+    targets = [
+        "/tmp/rlkit-escaped.txt",
+        "/dev/shm/rlkit-escaped.txt",
+        "/var/tmp/rlkit-escaped.txt",
+        str(tmp_path / "escaped.txt"),
+        "/rlkit-escaped.txt",
+    ]
     code = "import contextlib\n" + "".join(
-        f"with contextlib.suppress(OSError):\n    open({t!r}, 'w').write('x')\n" for t in targets)
+        f"with contextlib.suppress(OSError):\n    open({t!r}, 'w').write('x')\n" for t in targets
+    )
     assert run_tests(code, PASS) == [True]
     assert [t for t in targets if os.path.exists(t)] == []
 
 
 def test_environment_secrets_are_not_inherited(mode, monkeypatch):
     monkeypatch.setenv("RLKIT_TEST_SECRET", "hunter2")
-    snoop = ("import glob, os\nseen = str(os.environ)\nfor path in glob.glob('/proc/*/environ'):\n"
-             "    try:\n        seen += open(path).read()\n    except OSError:\n        pass\n")
-    assert run_tests(snoop, [{"assert": "assert 'hunter2' not in seen"}, {"assert": "assert 'PATH' in seen"}]) \
-        == [True, True]
+    snoop = (
+        "import glob, os\nseen = str(os.environ)\nfor path in glob.glob('/proc/*/environ'):\n"
+        "    try:\n        seen += open(path).read()\n    except OSError:\n        pass\n"
+    )
+    assert run_tests(snoop, [{"assert": "assert 'hunter2' not in seen"}, {"assert": "assert 'PATH' in seen"}]) == [
+        True,
+        True,
+    ]
 
 
 def test_network_is_unreachable(mode):
@@ -153,8 +167,10 @@ def test_network_is_unreachable(mode):
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     direct = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-    via_program = (f"import os\nos.system(\"python3 -c 'import socket; "
-                   f"socket.create_connection((\\\"127.0.0.1\\\", {port}), timeout=1)'\")\n")
+    via_program = (
+        f"import os\nos.system(\"python3 -c 'import socket; "
+        f'socket.create_connection((\\"127.0.0.1\\", {port}), timeout=1)\'")\n'
+    )
     assert run_tests(direct, PASS, FAST) == [False]
     assert run_tests(via_program, PASS, FAST) == [True]
     with pytest.raises(TimeoutError):
@@ -175,10 +191,12 @@ def test_python_network_guard_without_namespace(monkeypatch):
 
 def test_killing_the_parent_leaves_the_caller_alive(mode):
     me = os.getpid()
-    killer = (f"import os, signal, contextlib\n"
-              f"for pid in (os.getppid(), 1, {me}, -1):\n"
-              f"    with contextlib.suppress(OSError):\n        os.kill(pid, signal.SIGKILL)\n"
-              f"with contextlib.suppress(OSError):\n    os.killpg(os.getpgid({me}), signal.SIGKILL)\n")
+    killer = (
+        f"import os, signal, contextlib\n"
+        f"for pid in (os.getppid(), 1, {me}, -1):\n"
+        f"    with contextlib.suppress(OSError):\n        os.kill(pid, signal.SIGKILL)\n"
+        f"with contextlib.suppress(OSError):\n    os.killpg(os.getpgid({me}), signal.SIGKILL)\n"
+    )
     assert run_tests(killer, [{"assert": "assert True"}] * 2, FAST) == [True, True]
     assert run_tests("pass", PASS, FAST) == [True]
 
@@ -215,12 +233,14 @@ def test_no_descriptor_but_stdio_is_inherited(mode):
     """Hole: the runner's verdict pipe was inherited as fd 3; writing "ok" on it then exiting passed."""
     forge = "import os\nfor fd in range(3, 1024):\n    try:\n        os.write(fd, b'ok')\n    except OSError:\n        pass\nos._exit(0)\n"
     assert run_tests(forge, [{"assert": "assert False"}, {"input": "", "output": "4"}], FAST) == [False, False]
-    census = ("import os\nopen_fds = []\nfor fd in range(3, 1024):\n    try:\n        os.fstat(fd)\n"
-              "        open_fds.append(fd)\n    except OSError:\n        pass\nprint(open_fds)\n")
+    census = (
+        "import os\nopen_fds = []\nfor fd in range(3, 1024):\n    try:\n        os.fstat(fd)\n"
+        "        open_fds.append(fd)\n    except OSError:\n        pass\nprint(open_fds)\n"
+    )
     assert run_tests(census, [{"input": "", "output": "[]"}], FAST) == [True]
 
 
-SNOOP = r'''
+SNOOP = r"""
 import functools, gc, glob, os, re, sys
 secret = re.compile(rb"SECRET-[0-9a-f]{32}")
 def read(path, offset=0, size=1 << 20):
@@ -255,7 +275,7 @@ for place in places:
     except (OSError, OverflowError, ValueError, MemoryError):
         pass
 print(*sorted(s.decode() for s in found))
-'''
+"""
 
 
 def test_expected_output_is_out_of_reach(mode):
@@ -275,8 +295,10 @@ def test_no_host_directory_is_writable(mode):
     os.chown(nobodys, NOBODY, NOBODY)
     name = f"rlkit-escaped-{uuid.uuid4().hex}"
     targets = ["/run/lock", "/tmp", "/var/tmp", "/dev/shm", str(open_to_all), str(nobodys)]
-    code = (f"import contextlib, os\nfor d in {targets!r} + ['.']:\n    with contextlib.suppress(OSError):\n"
-            f"        open(os.path.join(d, {name!r}), 'w').write('x')\n")
+    code = (
+        f"import contextlib, os\nfor d in {targets!r} + ['.']:\n    with contextlib.suppress(OSError):\n"
+        f"        open(os.path.join(d, {name!r}), 'w').write('x')\n"
+    )
     try:
         assert run_tests(code, [{"assert": f"assert os.path.exists({name!r})"}]) == [True]  # cwd is writable
         assert [d for d in targets if os.path.lexists(os.path.join(d, name))] == []
@@ -291,8 +313,10 @@ def test_private_folders_bound_their_inodes(mode):
     """Empty files take no space but an inode each, kernel memory that the size cap did not count."""
     if mode == "fallback":
         pytest.skip("without a mount namespace the program writes to the host's folders (documented)")
-    code = ("made = 0\nfor made in range(4096):\n    try:\n        open(f'empty{made}', 'w').close()\n"
-            "    except OSError:\n        break\n")
+    code = (
+        "made = 0\nfor made in range(4096):\n    try:\n        open(f'empty{made}', 'w').close()\n"
+        "    except OSError:\n        break\n"
+    )
     assert run_tests(code, [{"assert": "assert made <= 2 * 256"}], Limits(disk_mb=2)) == [True]
 
 
@@ -311,17 +335,22 @@ def test_system_v_ipc_stays_in_the_sandbox(mode):
         pytest.skip("without an IPC namespace the host's System V limits apply (documented)")
     small = Limits(disk_mb=8)
     prefix = f"rlkit-{uuid.uuid4().hex}-"
-    code = ("import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]\n"
-            "IPC_CREAT, IPC_PRIVATE = 0o1000, 0\n"
-            "kept = libc.shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | 0o600)\n"
-            "huge = libc.shmget(IPC_PRIVATE, 16 << 20, IPC_CREAT | 0o600)  # twice disk_mb\n"
-            "queues = sum(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600) >= 0 for _ in range(100))\n"
-            "arrays = sum(libc.semget(IPC_PRIVATE, 250, IPC_CREAT | 0o600) >= 0 for _ in range(200))\n"
-            "rt = ctypes.CDLL('librt.so.1')\ntiny = (ctypes.c_long * 4)(0, 1, 1, 0)  # mq_attr: 1 message of 1 byte\n"
-            f"posix = sum(rt.mq_open(f'/{prefix}{{i}}'.encode(), 0o102, 0o600, tiny) >= 0 for i in range(100))\n")
+    code = (
+        "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]\n"
+        "IPC_CREAT, IPC_PRIVATE = 0o1000, 0\n"
+        "kept = libc.shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | 0o600)\n"
+        "huge = libc.shmget(IPC_PRIVATE, 16 << 20, IPC_CREAT | 0o600)  # twice disk_mb\n"
+        "queues = sum(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600) >= 0 for _ in range(100))\n"
+        "arrays = sum(libc.semget(IPC_PRIVATE, 250, IPC_CREAT | 0o600) >= 0 for _ in range(200))\n"
+        "rt = ctypes.CDLL('librt.so.1')\ntiny = (ctypes.c_long * 4)(0, 1, 1, 0)  # mq_attr: 1 message of 1 byte\n"
+        f"posix = sum(rt.mq_open(f'/{prefix}{{i}}'.encode(), 0o102, 0o600, tiny) >= 0 for i in range(100))\n"
+    )
     try:
-        assert run_tests(code, [{"assert": "assert kept >= 0 and huge == -1 and queues <= 16 and arrays <= 128 "
-                                           "and posix <= 16"}], small) == [True]
+        assert run_tests(
+            code,
+            [{"assert": "assert kept >= 0 and huge == -1 and queues <= 16 and arrays <= 128 and posix <= 16"}],
+            small,
+        ) == [True]
         assert nobodys_ipc() == []
     finally:
         for flag, ipc_id in nobodys_ipc():
@@ -335,9 +364,11 @@ def test_symlinks_in_the_work_folder_are_not_followed(mode, victim):
     """Hole: the runner, as root, wrote the next test's stdin.txt and stdout.txt by name in a folder
     that the program owns, so symlinks left there made it overwrite any file."""
     target = str(victim / "precious.txt")
-    code = ("import contextlib, os\nfor name in ('stdin.txt', 'stdout.txt', 'stderr.txt'):\n"
-            "    with contextlib.suppress(OSError):\n        os.remove(name)\n"
-            f"    os.symlink({target!r}, name)\nprint(input())\n")
+    code = (
+        "import contextlib, os\nfor name in ('stdin.txt', 'stdout.txt', 'stderr.txt'):\n"
+        "    with contextlib.suppress(OSError):\n        os.remove(name)\n"
+        f"    os.symlink({target!r}, name)\nprint(input())\n"
+    )
     tests = [{"input": "pwned\n", "output": "pwned"}] * 2
     passed = run_tests(code, tests, FAST)
     assert Path(target).read_text() == "keep me"
@@ -362,11 +393,15 @@ def test_setuid_programs_give_no_privilege(mode, victim):
 def test_core_dumps_are_off(mode):
     """A fresh interpreter per test is dumpable again (a forked runner that called setuid was not), so
     the program could raise its core-size limit and write dumps of itself where it runs."""
-    code = ("import glob, os, resource\nif input() == 'crash':\n"
-            "    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)\n    os.abort()\n"
-            "print(glob.glob('core*'))\n")
-    assert run_tests(code, [{"input": "crash\n", "output": ""}, {"input": "look\n", "output": "[]"}], FAST) \
-        == [False, True]
+    code = (
+        "import glob, os, resource\nif input() == 'crash':\n"
+        "    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)\n    os.abort()\n"
+        "print(glob.glob('core*'))\n"
+    )
+    assert run_tests(code, [{"input": "crash\n", "output": ""}, {"input": "look\n", "output": "[]"}], FAST) == [
+        False,
+        True,
+    ]
 
 
 def test_host_unix_sockets_are_unreachable(mode):

@@ -74,9 +74,14 @@ def test_weighted_total_abstention_and_metrics():
         scores = scorer(["p"] * 3, ["12", "abc", "7"], {})
     assert scores.per_verifier == {"by_length": [2.0, 3.0, 1.0], "digits_only": [1.0, None, 1.0]}
     assert scores.total == [0.5 * 2 + 2 * 1, 0.5 * 3, 0.5 * 1 + 2 * 1]
-    assert scores.metrics == {"reward/by_length/mean": 2.0, "reward/by_length/failures": 0.0,
-                              "reward/by_length/timeouts": 0.0, "reward/digits_only/mean": 1.0,
-                              "reward/digits_only/failures": 0.0, "reward/digits_only/timeouts": 0.0}
+    assert scores.metrics == {
+        "reward/by_length/mean": 2.0,
+        "reward/by_length/failures": 0.0,
+        "reward/by_length/timeouts": 0.0,
+        "reward/digits_only/mean": 1.0,
+        "reward/digits_only/failures": 0.0,
+        "reward/digits_only/timeouts": 0.0,
+    }
     assert scores.failures == []
 
 
@@ -84,12 +89,18 @@ def test_metric_keys_name_the_verifier_not_its_file():
     """A file verifier is labelled by its function; labels that collide are numbered by entry (0, 1, 2)."""
     specs = [RewardSpec(verifier=f"{HERE}:by_length"), RewardSpec(verifier="math")]
     assert [s.label for s in RewardScorer(specs).specs] == ["by_length", "math"]
-    twice = [RewardSpec(verifier=f"{HERE}:by_length"), RewardSpec(verifier=f"{HERE}:by_length", weight=2.0),
-             RewardSpec(verifier=f"{HERE}:digits_only", name="by_length")]
+    twice = [
+        RewardSpec(verifier=f"{HERE}:by_length"),
+        RewardSpec(verifier=f"{HERE}:by_length", weight=2.0),
+        RewardSpec(verifier=f"{HERE}:digits_only", name="by_length"),
+    ]
     scores = RewardScorer(twice)(["p"], ["12"], {})
     assert scores.per_verifier == {"by_length_0": [2.0], "by_length_1": [2.0], "by_length": [1.0]}
-    assert sorted(scores.metrics) == [f"reward/{label}/{key}" for label in ("by_length", "by_length_0", "by_length_1")
-                                      for key in ("failures", "mean", "timeouts")]
+    assert sorted(scores.metrics) == [
+        f"reward/{label}/{key}"
+        for label in ("by_length", "by_length_0", "by_length_1")
+        for key in ("failures", "mean", "timeouts")
+    ]
 
 
 def test_all_abstaining_gives_nan():
@@ -111,8 +122,10 @@ def test_failures_are_recorded_not_raised():
     scores = RewardScorer(specs)(["p"] * 2, ["x", "y"], {"seconds": [0, 5]})
     assert scores.per_verifier == {"crash_on_x": [0.0, 1.0], "sleep_for": [1.0, None]}
     assert scores.total == [1.0, 1.0]
-    assert [(f.label, f.index, f.kind) for f in scores.failures] == [("crash_on_x", 0, "error"),
-                                                                      ("sleep_for", 1, "timeout")]
+    assert [(f.label, f.index, f.kind) for f in scores.failures] == [
+        ("crash_on_x", 0, "error"),
+        ("sleep_for", 1, "timeout"),
+    ]
     assert scores.failures[0].message == "ValueError: boom"
     assert scores.metrics["reward/crash_on_x/failures"] == 1.0 and scores.metrics["reward/sleep_for/timeouts"] == 1.0
     assert scores.metrics["reward/crash_on_x/mean"] == 0.5 and scores.metrics["reward/sleep_for/mean"] == 1.0
@@ -136,42 +149,59 @@ def test_bad_batch_and_specs_are_rejected_clearly():
 
 def test_builtin_math_in_a_recipe_entry():
     scores = RewardScorer([RewardSpec(verifier="math"), RewardSpec(verifier="think_format", weight=0.1)])(
-        ["p"] * 2, ["<think>x</think><answer>\\frac{1}{2}</answer>", "0.3"], {"answer": ["0.5", "0.5"]})
+        ["p"] * 2, ["<think>x</think><answer>\\frac{1}{2}</answer>", "0.3"], {"answer": ["0.5", "0.5"]}
+    )
     assert scores.total == pytest.approx([1.1, 0.0])
 
 
 @pytest.fixture(scope="module")
 def pooled():
-    specs = [spec("by_length"), spec("async_echo"), spec("crash_on_x"), spec("sleep_for", timeout_s=0.3),
-             spec("deaf_sleep", timeout_s=0.1, when={"hang": "yes"}), spec("die", when={"die": "yes"})]
+    specs = [
+        spec("by_length"),
+        spec("async_echo"),
+        spec("crash_on_x"),
+        spec("sleep_for", timeout_s=0.3),
+        spec("deaf_sleep", timeout_s=0.1, when={"hang": "yes"}),
+        spec("die", when={"die": "yes"}),
+    ]
     with RewardScorer(specs, workers=2) as scorer:
         yield scorer
 
 
 def test_pool_matches_in_process_scoring(pooled):
-    batch = (["p"] * 3, ["ab", "x", "abcd"], {"value": [1, 2, 3], "seconds": [0, 0, 5], "hang": ["no"] * 3,
-                                             "die": ["no"] * 3})
+    batch = (
+        ["p"] * 3,
+        ["ab", "x", "abcd"],
+        {"value": [1, 2, 3], "seconds": [0, 0, 5], "hang": ["no"] * 3, "die": ["no"] * 3},
+    )
     scores = pooled(*batch)
     assert scores.per_verifier["by_length"] == [2.0, 1.0, 4.0]
     assert scores.per_verifier["async_echo"] == [1.0, 2.0, 3.0]
     assert scores.per_verifier["crash_on_x"] == [1.0, 0.0, 1.0]
     assert scores.per_verifier["sleep_for"] == [1.0, 1.0, 0.0]
     assert scores.total == [5.0, 4.0, 8.0]
-    assert [(f.label, f.index, f.kind) for f in scores.failures] == [("crash_on_x", 1, "error"),
-                                                                      ("sleep_for", 2, "timeout")]
+    assert [(f.label, f.index, f.kind) for f in scores.failures] == [
+        ("crash_on_x", 1, "error"),
+        ("sleep_for", 2, "timeout"),
+    ]
     in_process = RewardScorer(pooled.specs)(*batch)  # the routed-out hang and die are never called
-    assert (in_process.per_verifier, in_process.total, in_process.failures) == \
-        (scores.per_verifier, scores.total, scores.failures)
+    assert (in_process.per_verifier, in_process.total, in_process.failures) == (
+        scores.per_verifier,
+        scores.total,
+        scores.failures,
+    )
 
 
 def test_pool_survives_a_stuck_and_a_dead_worker(pooled):
     start = time.monotonic()
-    scores = pooled(["p"] * 2, ["ab", "abc"], {"value": [1, 1], "seconds": [0, 0], "hang": ["yes", "no"],
-                                              "die": ["no", "yes"]})
+    scores = pooled(
+        ["p"] * 2, ["ab", "abc"], {"value": [1, 1], "seconds": [0, 0], "hang": ["yes", "no"], "die": ["no", "yes"]}
+    )
     assert time.monotonic() - start < 10
     assert [(f.label, f.index, f.kind, f.message) for f in scores.failures] == [
         ("deaf_sleep", 0, "timeout", "worker killed after 2.1 s"),
-        ("die", 1, "error", "verifier worker process died")]
+        ("die", 1, "error", "verifier worker process died"),
+    ]
     assert scores.total == [2.0 + 1 + 1 + 1 + 0, 3.0 + 1 + 1 + 1 + 0]
     again = pooled(["p"], ["ab"], {"value": [1], "seconds": [0], "hang": ["no"], "die": ["no"]})
     assert again.total == [5.0] and again.failures == []
@@ -182,13 +212,20 @@ def test_slow_samples_overlap_instead_of_queueing(tmp_path):
     sample per worker would time out the first two meeting ones, each after the other (their 10 s limit),
     and queue the third behind them. Slow samples are left to run beside the rest instead, so all three
     meet; the two that hang still time out, are scored on_failure and counted."""
-    specs = [spec("meet", timeout_s=10, kwargs={"folder": str(tmp_path)}, when={"kind": "meet"}),
-             spec("sleep_for", timeout_s=1, when={"kind": "hang"})]
+    specs = [
+        spec("meet", timeout_s=10, kwargs={"folder": str(tmp_path)}, when={"kind": "meet"}),
+        spec("sleep_for", timeout_s=1, when={"kind": "hang"}),
+    ]
     with RewardScorer(specs, workers=2) as scorer:
-        scores = scorer(["p"] * 5, ["h0", "h1", "m2", "m3", "m4"],
-                        {"kind": ["hang", "hang", "meet", "meet", "meet"], "group_size": [3] * 5, "seconds": [60] * 5})
+        scores = scorer(
+            ["p"] * 5,
+            ["h0", "h1", "m2", "m3", "m4"],
+            {"kind": ["hang", "hang", "meet", "meet", "meet"], "group_size": [3] * 5, "seconds": [60] * 5},
+        )
         assert len(scorer.pool.workers) == 2  # the set-aside workers were stopped with their sample
     assert scores.per_verifier == {"meet": [None, None, 1.0, 1.0, 1.0], "sleep_for": [0.0, 0.0, None, None, None]}
-    assert [(f.label, f.index, f.kind) for f in scores.failures] == [("sleep_for", 0, "timeout"),
-                                                                      ("sleep_for", 1, "timeout")]
+    assert [(f.label, f.index, f.kind) for f in scores.failures] == [
+        ("sleep_for", 0, "timeout"),
+        ("sleep_for", 1, "timeout"),
+    ]
     assert scores.metrics["reward/sleep_for/timeouts"] == 2.0 and scores.metrics["reward/meet/timeouts"] == 0.0

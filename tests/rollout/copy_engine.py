@@ -22,8 +22,9 @@ class CopyEngine(HFEngine):
 
     def __init__(self, options, setup):
         self.copy: torch.nn.Module | None = None
-        super().__init__(options, setup.__class__(**{**setup.__dict__,
-                                                     "live_policy": lambda: contextlib.nullcontext(self.copy)}))
+        super().__init__(
+            options, setup.__class__(**{**setup.__dict__, "live_policy": lambda: contextlib.nullcontext(self.copy)})
+        )
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         if self.copy is None:

@@ -15,9 +15,19 @@ from rlkit.rollout.vllm_server import EngineUnavailable, VLLMServerEngine, VLLMS
 from rlkit.trainer import Trainer
 
 ENGINE = "tests.rollout.copy_engine:CopyEngine"
-SMALL = ["model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=8", "rollout.samples_per_prompt=4",
-         "trainer.steps=3", "trainer.save_every=0", "log.eval_every=0", "log.every=1", "data.eval_size=8", "trainer.lr=1e-2",
-         "rewards=[{verifier: regex_format, kwargs: {pattern: '[0-9].*'}}]"]  # varies on an untrained model
+SMALL = [
+    "model.warm_start=null",
+    "log.trackers=[]",
+    "trainer.prompts_per_step=8",
+    "rollout.samples_per_prompt=4",
+    "trainer.steps=3",
+    "trainer.save_every=0",
+    "log.eval_every=0",
+    "log.every=1",
+    "data.eval_size=8",
+    "trainer.lr=1e-2",
+    "rewards=[{verifier: regex_format, kwargs: {pattern: '[0-9].*'}}]",
+]  # varies on an untrained model
 
 
 def run(tmp_path, engine: str):
@@ -37,8 +47,11 @@ def test_an_engine_with_its_own_weights_stays_in_sync(tmp_path):
 def test_a_sync_that_leaves_weights_behind_stops_the_run(tmp_path, fault):
     """Both faults pass the first sync (the copy starts equal) and must fail the second, after an update."""
     trainer, train = run(tmp_path, f"{{type: '{ENGINE}', {fault}}}")
-    with pytest.raises(EngineOutOfSync, match=r"after syncing policy version 2 into the tests.rollout.copy_engine:"
-                                              r"CopyEngine engine, its log-probs on the sync probe differ"):
+    with pytest.raises(
+        EngineOutOfSync,
+        match=r"after syncing policy version 2 into the tests.rollout.copy_engine:"
+        r"CopyEngine engine, its log-probs on the sync probe differ",
+    ):
         train()
     assert trainer.engine.version == 2 and trainer.version == 2
 
@@ -52,14 +65,20 @@ def test_the_hf_engine_records_exactly_the_trainers_logprobs(tmp_path):
     assert len(values) == 3 and max(values) <= 1e-5 and min(values) > 0  # measured, not a constant
 
 
-@pytest.mark.parametrize("engine,message", [
-    ("{type: hf, sync_toll: 1}", r"rollout.engine.sync_toll: unknown key; did you mean 'sync_tol'\?"),
-    ("{type: hf, sync_tol: -1}", r"rollout.engine.sync_tol: Input should be greater than 0"),
-    ("{type: nope}", r"rollout.engine.type: unknown engine 'nope'; registered: \['hf', 'vllm', 'vllm_server'\]"),
-    ("{type: 'tests.rollout.copy_engine:Missing'}", r"rollout.engine.type: .*Missing"),
-    pytest.param("{type: vllm}", r"rollout.engine: .*the vllm engine needs vLLM, which is not installed here",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")),
-])
+@pytest.mark.parametrize(
+    "engine,message",
+    [
+        ("{type: hf, sync_toll: 1}", r"rollout.engine.sync_toll: unknown key; did you mean 'sync_tol'\?"),
+        ("{type: hf, sync_tol: -1}", r"rollout.engine.sync_tol: Input should be greater than 0"),
+        ("{type: nope}", r"rollout.engine.type: unknown engine 'nope'; registered: \['hf', 'vllm', 'vllm_server'\]"),
+        ("{type: 'tests.rollout.copy_engine:Missing'}", r"rollout.engine.type: .*Missing"),
+        pytest.param(
+            "{type: vllm}",
+            r"rollout.engine: .*the vllm engine needs vLLM, which is not installed here",
+            marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed"),
+        ),
+    ],
+)
 def test_check_refuses_bad_engine_options(engine, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe("recipes/quickstart.yaml", [f"rollout.engine={engine}"])
@@ -78,8 +97,11 @@ def silent_server() -> tuple[str, socket.socket]:
 def test_a_server_that_does_not_answer_is_named_with_the_call(tmp_path):
     url, listener = silent_server()
     options = VLLMServerOptions(type="vllm_server", url=url, timeout_s=0.5)
-    with pytest.raises(EngineUnavailable, match=rf"the vLLM server at {url} did not answer GET /v1/models within "
-                                                r"rollout.engine.timeout_s=0.5 s"):
+    with pytest.raises(
+        EngineUnavailable,
+        match=rf"the vLLM server at {url} did not answer GET /v1/models within "
+        r"rollout.engine.timeout_s=0.5 s",
+    ):
         VLLMServerEngine(options, setup=None)
     listener.close()
 
@@ -95,8 +117,14 @@ def test_completions_from_lists_stop_at_the_first_eos_and_pad():
     (anything after is dropped), a row without one is truncated."""
     from rlkit.rollout import Completions
 
-    out = Completions.from_lists([[5, 2, 7, 2], [5, 6, 8], [3]], [[-0.5, -1.0, -2.0, -3.0], [-0.1, -0.2, -0.3], [-4.0]],
-                                 eos_token_ids=[2, 9], pad_id=0, version=3, device=torch.device("cpu"))
+    out = Completions.from_lists(
+        [[5, 2, 7, 2], [5, 6, 8], [3]],
+        [[-0.5, -1.0, -2.0, -3.0], [-0.1, -0.2, -0.3], [-4.0]],
+        eos_token_ids=[2, 9],
+        pad_id=0,
+        version=3,
+        device=torch.device("cpu"),
+    )
     assert out.ids.tolist() == [[5, 2, 0], [5, 6, 8], [3, 0, 0]]
     assert out.mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
     assert out.truncated.tolist() == [False, True, True]

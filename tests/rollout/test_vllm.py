@@ -18,9 +18,18 @@ from rlkit.trainer.logprobs import completion_scores
 
 pytestmark = pytest.mark.vllm
 PROMPTS = ["12+34=", "7+5=", "99+99="]
-SMALL = ["model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=8", "rollout.samples_per_prompt=4",
-         "trainer.save_every=0", "log.eval_every=0", "log.every=1", "data.eval_size=8", "trainer.lr=1e-2",
-         "rewards=[{verifier: regex_format, kwargs: {pattern: '[0-9].*'}}]"]  # varies on an untrained model
+SMALL = [
+    "model.warm_start=null",
+    "log.trackers=[]",
+    "trainer.prompts_per_step=8",
+    "rollout.samples_per_prompt=4",
+    "trainer.save_every=0",
+    "log.eval_every=0",
+    "log.every=1",
+    "data.eval_size=8",
+    "trainer.lr=1e-2",
+    "rewards=[{verifier: regex_format, kwargs: {pattern: '[0-9].*'}}]",
+]  # varies on an untrained model
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +43,40 @@ def tiny(tmp_path_factory):
 
 
 def setup_for(tok, folder) -> EngineSetup:
-    return EngineSetup(model_path=str(folder), tokenizer=tok, eos_token_ids=[tok.eos_token_id], dtype="float32",
-                       device=torch.device("cpu"), seed=0, max_model_len=128)
+    return EngineSetup(
+        model_path=str(folder),
+        tokenizer=tok,
+        eos_token_ids=[tok.eos_token_id],
+        dtype="float32",
+        device=torch.device("cpu"),
+        seed=0,
+        max_model_len=128,
+    )
 
 
 def trainer_logp(model, tok, prompts, out, n, temperature):
-    enc = tok.pad({"input_ids": [tok(p, add_special_tokens=False).input_ids for p in prompts]},
-                  padding_side="left", return_tensors="pt").to(model.device)
+    enc = tok.pad(
+        {"input_ids": [tok(p, add_special_tokens=False).input_ids for p in prompts]},
+        padding_side="left",
+        return_tensors="pt",
+    ).to(model.device)
     with torch.no_grad():
-        return completion_scores(model, enc.input_ids.repeat_interleave(n, 0),
-                                 enc.attention_mask.repeat_interleave(n, 0), out.ids, out.mask, temperature).logp
+        return completion_scores(
+            model,
+            enc.input_ids.repeat_interleave(n, 0),
+            enc.attention_mask.repeat_interleave(n, 0),
+            out.ids,
+            out.mask,
+            temperature,
+        ).logp
 
 
 def probe_logp(model, ids):
     t = torch.tensor([ids], device=model.device)
     with torch.no_grad():
-        return completion_scores(model, t[:, :1], torch.ones_like(t[:, :1]), t[:, 1:],
-                                 torch.ones_like(t[:, 1:]).float(), 1.0).logp[0]
+        return completion_scores(
+            model, t[:, :1], torch.ones_like(t[:, :1]), t[:, 1:], torch.ones_like(t[:, 1:]).float(), 1.0
+        ).logp[0]
 
 
 @pytest.mark.parametrize("kind", ["vllm", "vllm_server"])
@@ -72,10 +98,19 @@ def test_engine_samples_with_the_trainers_logprobs_and_syncs_exactly(tiny, kind)
         assert engine.version == 7
         assert (engine.probe_logp(probe) - probe_logp(changed, probe)).abs().max() <= 1e-4
         greedy = engine.generate(ids, Sampling(n=1, max_new_tokens=6, greedy=True))
-        expected = changed.generate(torch.tensor([ids[1]]), max_new_tokens=6, do_sample=False, top_k=None,
-                                    top_p=None, temperature=None, eos_token_id=tok.eos_token_id,
-                                    pad_token_id=tok.pad_token_id)[0, len(ids[1]):]
-        assert greedy.logp is None and greedy.ids[1, :len(expected)].tolist() == expected.tolist()[:greedy.ids.shape[1]]
+        expected = changed.generate(
+            torch.tensor([ids[1]]),
+            max_new_tokens=6,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )[0, len(ids[1]) :]
+        assert (
+            greedy.logp is None and greedy.ids[1, : len(expected)].tolist() == expected.tolist()[: greedy.ids.shape[1]]
+        )
     finally:
         engine.close()
     if kind == "vllm_server":
@@ -148,12 +183,32 @@ def test_training_on_a_vllm_engine_checks_every_step(tmp_path, kind):
 
 
 def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port),
-               "-m", "rlkit.cli", "train", "recipes/quickstart.yaml", *SMALL, "trainer.steps=2",
-               "rollout.engine={type: vllm}", f"output_dir={tmp_path}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port),
+        "-m",
+        "rlkit.cli",
+        "train",
+        "recipes/quickstart.yaml",
+        *SMALL,
+        "trainer.steps=2",
+        "rollout.engine={type: vllm}",
+        f"output_dir={tmp_path}",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "rollout/logp_diff_max" in r]
@@ -163,17 +218,29 @@ def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
 def test_the_quickstart_learns_on_vllm(tmp_path):
     """100 steps of the quickstart (seed 0) on the colocated engine: held-out accuracy rises by at least 0.1
     (measured here: 0.265 -> 0.440 on vllm; the hf engine gains +0.12 to +0.18 by step 100 on seed 0)."""
-    recipe = load_recipe("recipes/quickstart.yaml", [
-        "trainer.steps=100", "log.eval_every=0", "trainer.save_every=0", "log.trackers=[]",
-        "rollout.engine={type: vllm}", f"output_dir={tmp_path}"])
+    recipe = load_recipe(
+        "recipes/quickstart.yaml",
+        [
+            "trainer.steps=100",
+            "log.eval_every=0",
+            "trainer.save_every=0",
+            "log.trackers=[]",
+            "rollout.engine={type: vllm}",
+            f"output_dir={tmp_path}",
+        ],
+    )
     summary = Trainer(recipe).train()
     assert summary["eval_end"]["accuracy"] - summary["eval_start"]["accuracy"] >= 0.1, summary
 
 
 def test_lora_pushes_merged_weights(tmp_path):
     """With LoRA the engine serves the merged model: after updates of the adapters, the probe matches."""
-    trainer = trainer_on(tmp_path, "trainer.steps=2", "model.lora={r: 8, lora_alpha: 16, target_modules: all-linear}",
-                         "rollout.engine={type: vllm}")
+    trainer = trainer_on(
+        tmp_path,
+        "trainer.steps=2",
+        "model.lora={r: 8, lora_alpha: 16, target_modules: all-linear}",
+        "rollout.engine={type: vllm}",
+    )
     trainer.train()
     assert trainer.version == trainer.engine.version == 4 and trainer.sync_probe_diff <= 1e-4
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -193,8 +260,15 @@ def test_on_a_gpu_the_engine_matches_the_trainer_through_sleep_and_sync(tiny, ki
     sleep/wake-up cycle (sleep mode keeps the weights: no sync needed after waking)."""
     tok, model, folder = tiny
     model = model.cuda()
-    setup = EngineSetup(model_path=str(folder), tokenizer=tok, eos_token_ids=[tok.eos_token_id], dtype="float32",
-                        device=torch.device("cuda"), seed=0, max_model_len=128)
+    setup = EngineSetup(
+        model_path=str(folder),
+        tokenizer=tok,
+        eos_token_ids=[tok.eos_token_id],
+        dtype="float32",
+        device=torch.device("cuda"),
+        seed=0,
+        max_model_len=128,
+    )
     engine = build_engine({"type": kind, **options}, setup)
     try:
         ids = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS]

@@ -14,8 +14,13 @@ from accelerate.utils import gather_object
 from rlkit.recipe import load_recipe
 from rlkit.trainer import Trainer, loop
 
-OVERRIDES = ["model.warm_start=null", "data.eval_size=7", "trainer.prompts_per_step=4", "log.trackers=[]",
-             "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_code_sum}]"]
+OVERRIDES = [
+    "model.warm_start=null",
+    "data.eval_size=7",
+    "trainer.prompts_per_step=4",
+    "log.trackers=[]",
+    "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_code_sum}]",
+]
 
 
 def main():

@@ -56,8 +56,9 @@ def main():
         batch.advantages = trainer.objective.advantages(rollout.rewards, batch)
         trainer.accumulate_gradients(batch, Metrics())
         grad = torch.cat([full(p.grad).flatten() for p in model.parameters()])
-        shards = [[p.to_local().numel() if isinstance(p, DTensor) else p.numel(), p.numel()]
-                  for p in model.parameters()]
+        shards = [
+            [p.to_local().numel() if isinstance(p, DTensor) else p.numel(), p.numel()] for p in model.parameters()
+        ]
         torch.save({"grad": grad, "shards": shards}, f"{args.out}.rank{rank}")
         if world > 1:
             dist.barrier()  # a gloo rank torn down while its peer still talks to it aborts the job

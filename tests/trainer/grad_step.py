@@ -26,10 +26,17 @@ PROMPTS = ["12+34=", "7+5=", "40+2=", "99+99="]
 
 
 def recipe_for(preset: str, output_dir: str, *extra: str):
-    overrides = [f"objective={{preset: {preset}}}", "trainer.mini_batches=2",
-                 f"trainer.prompts_per_step={N_PROMPTS}", f"rollout.samples_per_prompt={G}",
-                 "rollout.max_new_tokens=6", "teacher={path: builtin:tiny-teacher}", "log.trackers=[]",
-                 "trainer.resume=false", f"output_dir={output_dir}"]
+    overrides = [
+        f"objective={{preset: {preset}}}",
+        "trainer.mini_batches=2",
+        f"trainer.prompts_per_step={N_PROMPTS}",
+        f"rollout.samples_per_prompt={G}",
+        "rollout.max_new_tokens=6",
+        "teacher={path: builtin:tiny-teacher}",
+        "log.trackers=[]",
+        "trainer.resume=false",
+        f"output_dir={output_dir}",
+    ]
     return load_recipe("recipes/quickstart.yaml", overrides + ["model.warm_start=null", *extra])
 
 
@@ -41,8 +48,9 @@ def step_gradient(trainer: Trainer, micro: str) -> torch.Tensor:
     world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
     torch.manual_seed(1234)  # the same full batch on every rank
     with torch.no_grad():
-        engine = HFEngine.on(trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer,
-                             trainer.engine.setup.eos_token_ids)
+        engine = HFEngine.on(
+            trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer, trainer.engine.setup.eos_token_ids
+        )
         full = sample(engine, PROMPTS, {"answer": ["0"] * N_PROMPTS}, trainer.sampling)
     g = torch.Generator().manual_seed(7)
     full.rewards = (torch.rand(len(full), generator=g) < 0.4).float()
@@ -50,7 +58,7 @@ def step_gradient(trainer: Trainer, micro: str) -> torch.Tensor:
     noise = 0.3 * torch.randn(full.completion_ids.shape, generator=g)
     per_rank = N_PROMPTS // world
     keep = torch.zeros(N_PROMPTS, dtype=torch.bool)
-    keep[rank * per_rank:(rank + 1) * per_rank] = True
+    keep[rank * per_rank : (rank + 1) * per_rank] = True
     rollout = full.select_groups(keep)
     batch = trainer.score(rollout, progress=0.5, metrics=Metrics())
     if batch.logp_old is not None:  # the distillation presets are on-policy: no old log-probs

@@ -13,14 +13,49 @@ ROOT = Path(__file__).parents[2]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 LAUNCHERS = {
     # `--cpu --num_processes 2` silently starts one process (docs/architecture.md); this form starts two (gloo)
-    "ddp": [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no"],
-    "zero2": [ACCELERATE, "launch", "--config_file", "launch/zero2.yaml", "--num_processes", "2",
-              "--mixed_precision", "no"],
-    "zero3": [ACCELERATE, "launch", "--config_file", "launch/zero3.yaml", "--num_processes", "2",
-              "--mixed_precision", "no"],
-    "zero3_offload": [ACCELERATE, "launch", "--config_file", "launch/zero3_offload.yaml", "--num_processes", "2",
-                      "--mixed_precision", "no"],
+    "ddp": [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
+    "zero2": [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        "launch/zero2.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+    ],
+    "zero3": [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        "launch/zero3.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+    ],
+    "zero3_offload": [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        "launch/zero3_offload.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+    ],
 }
 
 
@@ -33,8 +68,14 @@ def launch(launcher: str, args: list[str], cache: Path, port: int, timeout: int 
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     if launcher == "ddp":
         env["ACCELERATE_USE_CPU"] = "true"
-    return subprocess.run([*LAUNCHERS[launcher], "--main_process_port", str(port), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*LAUNCHERS[launcher], "--main_process_port", str(port), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def model_at(output_dir, step: int):
@@ -49,13 +90,37 @@ def launch_nodes(args: list[list[str]], envs: list[dict], port: int, timeout: in
     """Two simulated nodes, one process each: ``python args[r]...`` on node r with the extra environment
     ``envs[r]`` (its RLKIT_CACHE; ACCELERATE_USE_CPU=true on a CPU, its GPU on a GPU machine), both started
     at once. A node still running after ``timeout`` seconds fails the test (a hang) and both are killed."""
-    nodes, logs = [], [tempfile.TemporaryFile("w+") for _ in args]  # files: a full pipe would block a node
+    nodes, logs = [], [tempfile.TemporaryFile("w+") for _ in args]  # noqa: SIM115 (closed below); files: a full pipe would block a node
     for rank, (node_args, env, log) in enumerate(zip(args, envs, logs)):
-        command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "2",
-                   "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-                   "--mixed_precision", "no", "--dynamo_backend", "no"]
-        nodes.append(subprocess.Popen([*command, *node_args], cwd=ROOT, env={**os.environ, **env}, stdout=log,
-                                      stderr=subprocess.STDOUT, text=True))
+        command = [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+        nodes.append(
+            subprocess.Popen(
+                [*command, *node_args],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     deadline = time.monotonic() + timeout
     try:
         for node in nodes:

@@ -29,8 +29,9 @@ def test_the_newest_readable_checkpoint_is_resumed_from(tmp_path, capsys):
     no_step = saved(tmp_path, 8, "[]")
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 2)
     warnings = capsys.readouterr().err.splitlines()
-    assert [w.split(": ")[0:2] for w in warnings] == [["warning", f"skipping checkpoint {p}"]
-                                                     for p in (no_step, not_utf8, truncated)]
+    assert [w.split(": ")[0:2] for w in warnings] == [
+        ["warning", f"skipping checkpoint {p}"] for p in (no_step, not_utf8, truncated)
+    ]
     assert warnings[0].endswith(f"{STATE_FILE} has no step")
     assert f"{STATE_FILE} is unreadable (" in warnings[1] and f"{STATE_FILE} is unreadable (" in warnings[2]
 
@@ -47,10 +48,13 @@ class Died(BaseException):
 
 
 def fake_save_arguments():
-    accelerator = SimpleNamespace(save_state=lambda path: Path(path).mkdir(parents=True),
-                                  get_state_dict=lambda model: {},
-                                  is_main_process=True, unwrap_model=lambda model: model,
-                                  wait_for_everyone=lambda: None)
+    accelerator = SimpleNamespace(
+        save_state=lambda path: Path(path).mkdir(parents=True),
+        get_state_dict=lambda model: {},
+        is_main_process=True,
+        unwrap_model=lambda model: model,
+        wait_for_everyone=lambda: None,
+    )
     model = SimpleNamespace(save_pretrained=lambda path, state_dict: None)
     tokenizer = SimpleNamespace(save_pretrained=lambda path: None)
     return accelerator, model, tokenizer

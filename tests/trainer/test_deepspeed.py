@@ -15,11 +15,21 @@ from transformers import AutoModelForCausalLM
 from tests.trainer.launching import launch
 
 MAX_GRAD_NORM = 0.01
-RUN = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml", "trainer.steps=1",
-       "model.warm_start={max_steps: 5, batch_size: 8, target_accuracy: 1.0}",
-       "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]", "trainer.prompts_per_step=8",
-       "rollout.samples_per_prompt=4", "data.eval_size=8", "log.eval_every=0", "log.trackers=[]",
-       f"trainer.max_grad_norm={MAX_GRAD_NORM}"]
+RUN = [
+    "-m",
+    "rlkit.cli",
+    "train",
+    "recipes/quickstart.yaml",
+    "trainer.steps=1",
+    "model.warm_start={max_steps: 5, batch_size: 8, target_accuracy: 1.0}",
+    "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]",
+    "trainer.prompts_per_step=8",
+    "rollout.samples_per_prompt=4",
+    "data.eval_size=8",
+    "log.eval_every=0",
+    "log.trackers=[]",
+    f"trainer.max_grad_norm={MAX_GRAD_NORM}",
+]
 
 
 def train(launcher: str, micro: int, output_dir: Path, port: int, cache: Path):
@@ -37,8 +47,11 @@ def cache(tmp_path_factory):
 def ddp_model(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("ddp")
     model = train("ddp", 64, out, 29541, cache)
-    grad_norms = [m["train/grad_norm"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                  if "train/grad_norm" in m]
+    grad_norms = [
+        m["train/grad_norm"]
+        for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "train/grad_norm" in m
+    ]
     assert grad_norms and grad_norms[0] > MAX_GRAD_NORM  # the step updated the weights, clipped
     return model
 

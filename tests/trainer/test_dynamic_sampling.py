@@ -9,6 +9,7 @@ from rlkit.metrics import Metrics
 from rlkit.recipe import load_recipe
 from rlkit.trainer import Trainer
 
+
 class FakeScorer:
     """Rewards by rule from the row layout, as the trainer's reward scorer would return them."""
 
@@ -16,8 +17,7 @@ class FakeScorer:
         self.rule = rule
 
     def __call__(self, prompts, completions, columns):
-        return Scores(total=[self.rule(i, p, prompts) for i, p in enumerate(prompts)], per_verifier={},
-                      metrics={})
+        return Scores(total=[self.rule(i, p, prompts) for i, p in enumerate(prompts)], per_verifier={}, metrics={})
 
 
 RULES = {
@@ -31,10 +31,17 @@ RULES = {
 @pytest.fixture
 def trainer_with(tmp_path):
     def build(rule: str) -> Trainer:
-        overrides = [f"output_dir={tmp_path / 'run'}", "model.warm_start=null", "log.trackers=[]",
-                     "trainer.prompts_per_step=3", "trainer.mini_batches=1", "rollout.samples_per_prompt=2",
-                     "rollout.max_new_tokens=3", "objective.preset=dapo",
-                     "objective.selection=[{type: dynamic_sampling, mode: refill, max_rounds: 4}]"]
+        overrides = [
+            f"output_dir={tmp_path / 'run'}",
+            "model.warm_start=null",
+            "log.trackers=[]",
+            "trainer.prompts_per_step=3",
+            "trainer.mini_batches=1",
+            "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=3",
+            "objective.preset=dapo",
+            "objective.selection=[{type: dynamic_sampling, mode: refill, max_rounds: 4}]",
+        ]
         trainer = Trainer(load_recipe("recipes/quickstart.yaml", overrides))
         trainer.scorer = FakeScorer(RULES[rule])
         return trainer

@@ -16,8 +16,14 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 def run(command: list[str], out: Path, cache: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {"RLKIT_CACHE": str(cache)}
-    result = subprocess.run([*command, "-m", "tests.trainer.fsdp2_step", "--out", str(out)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*command, "-m", "tests.trainer.fsdp2_step", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

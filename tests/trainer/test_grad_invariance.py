@@ -22,8 +22,9 @@ TWO_PROCESSES = ["--micro", "2"]
 
 
 def run(cmd, env=None):
-    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -33,10 +34,28 @@ def gradients(tmp_path_factory):
     run([sys.executable, str(HERE / "grad_step.py"), *ONE_PROCESS, "--out", str(tmp / "one.pt")])
     # docs/architecture.md, "Running on a CPU": `--cpu --num_processes 2` silently starts one process; this form starts two (gloo).
     accelerate = Path(sys.executable).parent / "accelerate"
-    run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-         str(HERE / "grad_step.py"), *TWO_PROCESSES, "--out", str(tmp / "two.pt")],
-        env={"ACCELERATE_USE_CPU": "true"})
+    run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29533",
+            str(HERE / "grad_step.py"),
+            *TWO_PROCESSES,
+            "--out",
+            str(tmp / "two.pt"),
+        ],
+        env={"ACCELERATE_USE_CPU": "true"},
+    )
     return torch.load(tmp / "one.pt"), torch.load(tmp / "two.pt")
 
 

@@ -46,8 +46,9 @@ def test_no_grad_chunks_keep_no_graph():
 def test_no_scored_token_still_reaches_the_head():
     """An empty micro-batch of tokens still gives every rank a backward through the head (DDP, ZeRO-3)."""
     head = torch.nn.Linear(8, 50, bias=False)
-    logp, _ = chunked_token_scores(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, dtype=torch.long), head,
-                                   1.0, with_entropy=False)
+    logp, _ = chunked_token_scores(
+        torch.zeros(0, 8, requires_grad=True), torch.zeros(0, dtype=torch.long), head, 1.0, with_entropy=False
+    )
     logp.sum().backward()
     assert logp.shape == (0,) and head.weight.grad is not None and head.weight.grad.abs().sum() == 0
 
@@ -57,8 +58,17 @@ def test_completion_scores_score_completion_tokens_only_as_the_full_logits_do(mo
     logits of the same forward: equal log-probs, entropy and gradients on completion tokens, 0 elsewhere."""
     monkeypatch.setattr(logprobs, "LOGITS_PER_CHUNK", 3 * 64)  # 3 tokens per chunk at the tiny vocabulary
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            tie_word_embeddings=False,
+        )
+    )
     prompt_ids = torch.randint(3, 64, (3, 4))
     prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
     completion_ids = torch.randint(3, 64, (3, 5))
@@ -123,7 +133,7 @@ def plain_forward_logp(model, prompt_ids, prompt_mask, completion_ids, completio
     attention_mask = torch.cat([prompt_mask, completion_mask.long()], 1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logp_all = (logits[:, prompt_ids.shape[1] - 1:-1].float() / temperature).log_softmax(-1)
+    logp_all = (logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature).log_softmax(-1)
     return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1)
 
 
@@ -133,15 +143,24 @@ def test_packed_forward_equals_the_padded_forward_values_and_gradients(prompt_to
     """Packing (no padding, shared prompts) changes no log-prob and no gradient: against the plain padded
     forward on rows of two groups with prompts of different lengths and completions of different lengths."""
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=4, attn_implementation=attention))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            attn_implementation=attention,
+        )
+    )
     prompts = [torch.randint(3, 64, (prompt_tokens,)), torch.randint(3, 64, (prompt_tokens - 1,))]
     P, T = prompt_tokens, 6
     prompt_ids = torch.zeros(6, P, dtype=torch.long)
     prompt_mask = torch.zeros(6, P, dtype=torch.long)
     for row in range(6):  # rows 0-2 share prompt 0, rows 3-5 prompt 1 (one token shorter, left-padded)
         p = prompts[row // 3]
-        prompt_ids[row, P - len(p):], prompt_mask[row, P - len(p):] = p, 1
+        prompt_ids[row, P - len(p) :], prompt_mask[row, P - len(p) :] = p, 1
     completion_ids = torch.randint(3, 64, (6, T))
     lengths = torch.tensor([6, 2, 4, 1, 5, 3])
     completion_mask = (torch.arange(T) < lengths[:, None]).float()
@@ -171,8 +190,9 @@ def test_packing_shares_long_prompts_and_drops_padding():
     # prompts (4 + 5 tokens) once each, then 4 x 1 completion token: segments of 8 and 9 tokens, one row each
     assert packed.input_ids.shape == (2, 9)
     assert sorted(packed.position_ids.tolist()) == [[0, 1, 2, 3, 4, 4, 4, 4, 0], [0, 1, 2, 3, 4, 5, 5, 5, 5]]
-    long = pack(prompt_ids[:, -2:], prompt_mask[:, -2:], torch.ones(8, 6, dtype=torch.long),
-                torch.ones(8, 6, dtype=torch.bool))
+    long = pack(
+        prompt_ids[:, -2:], prompt_mask[:, -2:], torch.ones(8, 6, dtype=torch.long), torch.ones(8, 6, dtype=torch.bool)
+    )
     # prompts of 2 tokens, 5 completion tokens read: one segment of 7 tokens per row, no sharing
     assert long.input_ids.shape == (8, 7)
 
@@ -187,8 +207,12 @@ def test_packed_forward_and_sampler_logprobs_on_cuda_match_the_padded_forward():
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0).cuda().eval()
     torch.manual_seed(0)
-    b = sample(HFEngine.on(model, tok, [tok.eos_token_id]), ["12+34=", "7+5=", "99+99="], {},
-               Sampling(n=4, max_new_tokens=8, temperature=0.7))
+    b = sample(
+        HFEngine.on(model, tok, [tok.eos_token_id]),
+        ["12+34=", "7+5=", "99+99="],
+        {},
+        Sampling(n=4, max_new_tokens=8, temperature=0.7),
+    )
     args = (b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7)
     packed = completion_scores(model, *args)
     with torch.no_grad():

@@ -28,9 +28,15 @@ from rlkit.trainer import Trainer
 from rlkit.trainer.checkpoint import export_merged
 from tests.trainer.launching import ACCELERATE, ROOT
 
-SMALL = ["model.warm_start=null", "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]",
-         "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=8", "log.trackers=[]",
-         "log.eval_every=0"]  # 2 mini-batches per step (quickstart): B moves in the first, A in the second
+SMALL = [
+    "model.warm_start=null",
+    "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]",
+    "trainer.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "data.eval_size=8",
+    "log.trackers=[]",
+    "log.eval_every=0",
+]  # 2 mini-batches per step (quickstart): B moves in the first, A in the second
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
 
 
@@ -87,7 +93,7 @@ def completion_logp(model, prompt: torch.Tensor, completion: torch.Tensor) -> to
     """log p(completion | prompt) per token, one unpadded row, full log-softmax: independent of the
     trainer's padded, ``logits_to_keep`` and ``selective_log_softmax`` path."""
     with torch.no_grad():
-        logits = model(torch.cat([prompt, completion])[None]).logits[0, len(prompt) - 1:-1]
+        logits = model(torch.cat([prompt, completion])[None]).logits[0, len(prompt) - 1 : -1]
     return logits.log_softmax(-1).gather(-1, completion[:, None])[:, 0]
 
 
@@ -103,7 +109,7 @@ def test_the_kl_reference_is_the_base_model(run):
         expected = completion_logp(base, prompt, completion)
         # fp32, the same weights: only padding, matmul shapes and the log-softmax routine differ
         # (rounding ~1e-7 relative); the adapters move log-probs by > 1e-2 (asserted below)
-        torch.testing.assert_close(batch.logp_ref[row, :len(completion)], expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(batch.logp_ref[row, : len(completion)], expected, rtol=0, atol=1e-5)
         policy = completion_logp(trainer.model, prompt, completion)
         policy_gap = max(policy_gap, (policy - expected).abs().max().item())
     assert policy_gap > 1e-2
@@ -113,8 +119,9 @@ def test_the_saved_adapter_loads_with_peft(run):
     trainer, _, _, out = run
     adapter = out / "checkpoints" / "step-000002" / "model"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
-    base = AutoModelForCausalLM.from_pretrained(builtin_tiny_path(),
-                                                attn_implementation=trainer.model.config._attn_implementation)
+    base = AutoModelForCausalLM.from_pretrained(
+        builtin_tiny_path(), attn_implementation=trainer.model.config._attn_implementation
+    )
     loaded = PeftModel.from_pretrained(base, adapter)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, trainer.model(IDS).logits)  # the same weights, the same ops
@@ -167,12 +174,27 @@ def test_lora_is_added_after_the_warm_start(tmp_path):
     """Through the CLI, with a short warm start: the adapter's base is the warm-started folder."""
     env = {**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, "-m", "rlkit.cli", "train", "recipes/lora.yaml", *SMALL[1:], "trainer.steps=1",
-         "model.warm_start={max_steps: 5, batch_size: 8, target_accuracy: 1.0}", f"output_dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "rlkit.cli",
+            "train",
+            "recipes/lora.yaml",
+            *SMALL[1:],
+            "trainer.steps=1",
+            "model.warm_start={max_steps: 5, batch_size: 8, target_accuracy: 1.0}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    base = Path(PeftConfig.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000001" / "model")
-                .base_model_name_or_path)
+    base = Path(
+        PeftConfig.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000001" / "model").base_model_name_or_path
+    )
     assert base.parent == tmp_path / "cache" / "warm_start"
     assert json.loads((base / "warm_start.json").read_text())["steps"] == 5
 
@@ -181,12 +203,35 @@ def test_lora_is_added_after_the_warm_start(tmp_path):
 def gradients(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora_grads")
     script = ["-m", "tests.trainer.lora_grad_step"]
-    for command, env in (([sys.executable, *script, "--micro", "16,4", "--out", str(tmp / "one.pt")], {}),
-                         ([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29587",
-                           *script, "--micro", "2", "--out", str(tmp / "two.pt")], {"ACCELERATE_USE_CPU": "true"})):
-        result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
-                                timeout=600)
+    for command, env in (
+        ([sys.executable, *script, "--micro", "16,4", "--out", str(tmp / "one.pt")], {}),
+        (
+            [
+                ACCELERATE,
+                "launch",
+                "--multi_gpu",
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                "--main_process_port",
+                "29587",
+                *script,
+                "--micro",
+                "2",
+                "--out",
+                str(tmp / "two.pt"),
+            ],
+            {"ACCELERATE_USE_CPU": "true"},
+        ),
+    ):
+        result = subprocess.run(
+            command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return torch.load(tmp / "one.pt"), torch.load(tmp / "two.pt")
 

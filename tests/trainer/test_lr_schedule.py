@@ -12,10 +12,25 @@ import pytest
 from tests.trainer.launching import ROOT, launch
 
 LR = 1e-3
-RECIPE = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml", "model.warm_start=null", "log.trackers=[]",
-          "trainer.steps=3", "trainer.mini_batches=2", "trainer.prompts_per_step=4", "rollout.samples_per_prompt=2",
-          "rollout.max_new_tokens=3", "data.eval_size=4", "log.every=1", "log.eval_every=0",
-          f"trainer.lr={LR}", "trainer.lr_schedule=linear", "trainer.warmup_steps=2"]
+RECIPE = [
+    "-m",
+    "rlkit.cli",
+    "train",
+    "recipes/quickstart.yaml",
+    "model.warm_start=null",
+    "log.trackers=[]",
+    "trainer.steps=3",
+    "trainer.mini_batches=2",
+    "trainer.prompts_per_step=4",
+    "rollout.samples_per_prompt=2",
+    "rollout.max_new_tokens=3",
+    "data.eval_size=4",
+    "log.every=1",
+    "log.eval_every=0",
+    f"trainer.lr={LR}",
+    "trainer.lr_schedule=linear",
+    "trainer.warmup_steps=2",
+]
 # 3 steps x 2 mini-batches = 6 updates; transformers' linear schedule with 2 warmup updates gives the k-th
 # update (k = 0..5) the factor k/2 while k < 2, then (6-k)/4: 0, 1/2, 1, 3/4, 1/2, 1/4. The logged LR of
 # a step is the mean over its two updates.
@@ -28,8 +43,14 @@ def logged_lrs(output_dir) -> list[float]:
 
 
 def test_one_process(tmp_path):
-    result = subprocess.run([sys.executable, *RECIPE, f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "RLKIT_CACHE": str(tmp_path / "c")})
+    result = subprocess.run(
+        [sys.executable, *RECIPE, f"output_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "c")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert logged_lrs(tmp_path) == pytest.approx(EXPECTED, rel=1e-9)
 

@@ -19,19 +19,31 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlkit.cache import MARKER
 from tests.trainer.launching import launch_nodes
 
-RUN = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml",
-       "model.warm_start={max_steps: 2, batch_size: 8, eval_every: 2, val_size: 8, target_accuracy: 1.0}",
-       "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=8", "log.eval_every=0",
-       "log.trackers=[]"]
+RUN = [
+    "-m",
+    "rlkit.cli",
+    "train",
+    "recipes/quickstart.yaml",
+    "model.warm_start={max_steps: 2, batch_size: 8, eval_every: 2, val_size: 8, target_accuracy: 1.0}",
+    "trainer.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "data.eval_size=8",
+    "log.eval_every=0",
+    "log.trackers=[]",
+]
 TIMEOUT = 600  # seconds; a fresh two-node run takes about 2 min on a busy 2-core machine
 
 
 def run_nodes(output_dirs, caches, port, steps, devices=None):
     """``steps`` steps on two nodes; ``devices``: each node's GPU (None: CPU processes, gloo)."""
     args = [[*RUN, f"trainer.steps={steps}", f"output_dir={out}"] for out in output_dirs]
-    envs = [{"RLKIT_CACHE": str(cache), **({"ACCELERATE_USE_CPU": "true"} if devices is None else
-                                           {"CUDA_VISIBLE_DEVICES": str(device)})}
-            for cache, device in zip(caches, devices or [None, None])]
+    envs = [
+        {
+            "RLKIT_CACHE": str(cache),
+            **({"ACCELERATE_USE_CPU": "true"} if devices is None else {"CUDA_VISIBLE_DEVICES": str(device)}),
+        }
+        for cache, device in zip(caches, devices or [None, None])
+    ]
     return launch_nodes(args, envs, port, TIMEOUT)
 
 
@@ -68,8 +80,10 @@ def test_checkpoint_on_one_node_only_is_refused_at_start_up(nodes):
     results = run_nodes(outs, caches, 29682, steps=2)  # node 0 holds step 1, node 1 has no checkpoint
     for result in results:
         assert result.returncode != 0, result.stdout[-4000:]  # the launcher reports its worker's exit 2 as 1
-        assert ("error: rank 0 resumes from checkpoints/step-000001 of its output_dir, but rank(s) [1] do not "
-                "find that checkpoint in theirs") in result.stdout
+        assert (
+            "error: rank 0 resumes from checkpoints/step-000001 of its output_dir, but rank(s) [1] do not "
+            "find that checkpoint in theirs"
+        ) in result.stdout
     assert not model_folder(outs[0], 2).exists()
 
 

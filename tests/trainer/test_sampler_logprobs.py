@@ -4,9 +4,9 @@ uses them instead of a scoring pass unless the recipe asks to recompute."""
 import pytest
 import torch
 
+from rlkit.metrics import Metrics
 from rlkit.models import build_char_tokenizer, build_tiny_model
 from rlkit.recipe import load_recipe
-from rlkit.metrics import Metrics
 from rlkit.rollout import HFEngine, RolloutBatch, Sampling, sample
 from rlkit.trainer import Trainer
 from rlkit.trainer.logprobs import completion_scores
@@ -18,8 +18,12 @@ def test_sampler_logprobs_match_the_training_forward(temperature, top_p):
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0).eval()
     torch.manual_seed(0)
-    b = sample(HFEngine.on(model, tok, [tok.eos_token_id]), ["12+34=", "7+5=", "99+99="], {},
-               Sampling(n=4, max_new_tokens=8, temperature=temperature, top_p=top_p))
+    b = sample(
+        HFEngine.on(model, tok, [tok.eos_token_id]),
+        ["12+34=", "7+5=", "99+99="],
+        {},
+        Sampling(n=4, max_new_tokens=8, temperature=temperature, top_p=top_p),
+    )
     scores = completion_scores(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, temperature)
     on = b.completion_mask > 0
     assert b.logp.dtype == torch.float32 and (b.logp[~on] == 0).all() and (b.logp[on] < 0).all()
@@ -30,13 +34,23 @@ def test_sampler_logprobs_match_the_training_forward(temperature, top_p):
 
 @pytest.mark.parametrize("source", ["sampler", "recompute"])
 def test_trainer_takes_logp_old_from_the_sampler_unless_told_to_recompute(tmp_path, monkeypatch, source):
-    recipe = load_recipe("recipes/quickstart.yaml", [
-        "model.warm_start=null", "log.trackers=[]", "trainer.prompts_per_step=4", "rollout.samples_per_prompt=2",
-        "trainer.mini_batches=2", f"rollout.logp_old={source}", f"output_dir={tmp_path}"])
+    recipe = load_recipe(
+        "recipes/quickstart.yaml",
+        [
+            "model.warm_start=null",
+            "log.trackers=[]",
+            "trainer.prompts_per_step=4",
+            "rollout.samples_per_prompt=2",
+            "trainer.mini_batches=2",
+            f"rollout.logp_old={source}",
+            f"output_dir={tmp_path}",
+        ],
+    )
     trainer = Trainer(recipe)
     rows = []  # rows of each scoring forward
-    monkeypatch.setattr(trainer, "_forward", lambda model, b, **k: rows.append(b.n_rows) or
-                        Trainer._forward(trainer, model, b, **k))
+    monkeypatch.setattr(
+        trainer, "_forward", lambda model, b, **k: rows.append(b.n_rows) or Trainer._forward(trainer, model, b, **k)
+    )
     rollout = trainer.rollout(1)
     rollout.rewards = torch.zeros(len(rollout))
     metrics = Metrics()
@@ -53,10 +67,20 @@ def test_trainer_takes_logp_old_from_the_sampler_unless_told_to_recompute(tmp_pa
 def test_concat_keeps_sampler_logprobs_padded_with_zeros():
     def batch(T, value):
         ones = torch.ones(2, T)
-        return RolloutBatch(prompt_ids=torch.ones(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1, dtype=torch.long),
-                            completion_ids=ones.long(), completion_mask=ones, loss_mask=ones,
-                            group_ids=torch.tensor([0, 0]), truncated=torch.zeros(2, dtype=torch.bool),
-                            prompts=["a"] * 2, completions=["b"] * 2, columns={},
-                            policy_version=torch.zeros(2, dtype=torch.long), logp=ones * value)
+        return RolloutBatch(
+            prompt_ids=torch.ones(2, 1, dtype=torch.long),
+            prompt_mask=torch.ones(2, 1, dtype=torch.long),
+            completion_ids=ones.long(),
+            completion_mask=ones,
+            loss_mask=ones,
+            group_ids=torch.tensor([0, 0]),
+            truncated=torch.zeros(2, dtype=torch.bool),
+            prompts=["a"] * 2,
+            completions=["b"] * 2,
+            columns={},
+            policy_version=torch.zeros(2, dtype=torch.long),
+            logp=ones * value,
+        )
+
     both = RolloutBatch.concat([batch(2, -1.0), batch(3, -2.0)], pad_token_id=0)
     assert both.logp.tolist() == [[-1, -1, 0], [-1, -1, 0], [-2, -2, -2], [-2, -2, -2]]

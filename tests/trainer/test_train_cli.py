@@ -14,9 +14,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).parents[2]
-SMALL = ["trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "data.eval_size=16",
-         "model.warm_start.max_steps=10", "model.warm_start.batch_size=16", "log.samples=1",
-         "objective.kl.beta=0.04"]  # the reference model and the KL metric, end to end
+SMALL = [
+    "trainer.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "data.eval_size=16",
+    "model.warm_start.max_steps=10",
+    "model.warm_start.batch_size=16",
+    "log.samples=1",
+    "objective.kl.beta=0.04",
+]  # the reference model and the KL metric, end to end
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +31,22 @@ def env(tmp_path_factory):
 
 
 def train_command(output_dir, *overrides):
-    return [sys.executable, "-m", "rlkit.cli", "train", "recipes/quickstart.yaml", f"output_dir={output_dir}",
-            *SMALL, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "rlkit.cli",
+        "train",
+        "recipes/quickstart.yaml",
+        f"output_dir={output_dir}",
+        *SMALL,
+        *overrides,
+    ]
 
 
 def train(env, output_dir, *overrides) -> str:
-    result = subprocess.run(train_command(output_dir, *overrides), cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        train_command(output_dir, *overrides), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -43,8 +58,15 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    log = train(env, out, "trainer.steps=4", "trainer.save_every=2", "trainer.keep_checkpoints=1",
-                "log.every=2", "log.eval_every=2")
+    log = train(
+        env,
+        out,
+        "trainer.steps=4",
+        "trainer.save_every=2",
+        "trainer.keep_checkpoints=1",
+        "log.every=2",
+        "log.eval_every=2",
+    )
     return out, log
 
 
@@ -84,10 +106,22 @@ def test_second_run_reuses_the_cached_warm_start(env, run, tmp_path):
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
     # keep every checkpoint: with pruning, step 2's can vanish (at step 6) between two looks for it
-    args = ("trainer.steps=8", "trainer.save_every=2", "trainer.keep_checkpoints=8", "log.every=1",
-            "log.eval_every=0", "log.trackers=[]")
-    first = subprocess.Popen(train_command(tmp_path, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    args = (
+        "trainer.steps=8",
+        "trainer.save_every=2",
+        "trainer.keep_checkpoints=8",
+        "log.every=1",
+        "log.eval_every=0",
+        "log.trackers=[]",
+    )
+    first = subprocess.Popen(
+        train_command(tmp_path, *args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     marker = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and first.poll() is None and time.time() < deadline:
@@ -106,8 +140,14 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
 
 
 def test_a_checkpoint_whose_trainer_state_is_truncated_is_skipped_on_resume(env, tmp_path):
-    args = ("trainer.steps=4", "trainer.save_every=2", "trainer.keep_checkpoints=2", "log.every=1",
-            "log.eval_every=0", "log.trackers=[]")
+    args = (
+        "trainer.steps=4",
+        "trainer.save_every=2",
+        "trainer.keep_checkpoints=2",
+        "log.every=1",
+        "log.eval_every=0",
+        "log.trackers=[]",
+    )
     train(env, tmp_path, *args)
     latest = tmp_path / "checkpoints" / "step-000004"
     state = latest / "trainer_state.json"

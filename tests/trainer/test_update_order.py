@@ -24,10 +24,21 @@ def mini_batches(trainer, step):
 
 
 def test_each_epoch_deals_whole_groups_in_a_fresh_seeded_order(tmp_path):
-    trainer = Trainer(load_recipe("recipes/quickstart.yaml", [
-        f"output_dir={tmp_path}", "model.warm_start=null", "log.trackers=[]", f"trainer.prompts_per_step={GROUPS}",
-        f"rollout.samples_per_prompt={G}", "rollout.max_new_tokens=2", "trainer.mini_batches=2",
-        "trainer.epochs_per_rollout=2"]))
+    trainer = Trainer(
+        load_recipe(
+            "recipes/quickstart.yaml",
+            [
+                f"output_dir={tmp_path}",
+                "model.warm_start=null",
+                "log.trackers=[]",
+                f"trainer.prompts_per_step={GROUPS}",
+                f"rollout.samples_per_prompt={G}",
+                "rollout.max_new_tokens=2",
+                "trainer.mini_batches=2",
+                "trainer.epochs_per_rollout=2",
+            ],
+        )
+    )
     seen = mini_batches(trainer, step=1)
     assert len(seen) == 4  # 2 epochs x 2 mini-batches
     for epoch in (seen[:2], seen[2:]):

@@ -14,9 +14,18 @@ from tests.trainer.launching import ROOT, launch, max_difference, model_at
 # on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
 # and the teacher's distributions differ, so the reverse KL has a gradient); 2 steps, a checkpoint after each
 LR = 2e-3  # the tolerances below are fractions of it
-OPD = ["recipes/presets/opd.yaml", "model.warm_start=null", "teacher.warm_start=null", "trainer.steps=2",
-       "trainer.save_every=1", "trainer.prompts_per_step=8", "data.eval_size=8", "log.eval_every=0",
-       "log.trackers=[]", f"trainer.lr={LR}"]
+OPD = [
+    "recipes/presets/opd.yaml",
+    "model.warm_start=null",
+    "teacher.warm_start=null",
+    "trainer.steps=2",
+    "trainer.save_every=1",
+    "trainer.prompts_per_step=8",
+    "data.eval_size=8",
+    "log.eval_every=0",
+    "log.trackers=[]",
+    f"trainer.lr={LR}",
+]
 
 
 def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
@@ -25,12 +34,22 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     catches that. Both evaluations score the same completions of the same weights, so accuracy
     (a count of 0/1 scores over 7) is equal exactly; it is neither 0 nor 1, so a counted padding row
     (row 0, scored again) would change it."""
-    one = subprocess.run([sys.executable, "tests/trainer/eval_shards.py", "--out", str(tmp_path / "one.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")})
+    one = subprocess.run(
+        [sys.executable, "tests/trainer/eval_shards.py", "--out", str(tmp_path / "one.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = launch("zero3", ["tests/trainer/eval_shards.py", "--out", str(tmp_path / "two.json")], tmp_path / "cache",
-                 29611, timeout=300)
+    two = launch(
+        "zero3",
+        ["tests/trainer/eval_shards.py", "--out", str(tmp_path / "two.json")],
+        tmp_path / "cache",
+        29611,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
     assert one["calls"] == [3] and two["calls"] == [2, 2]
@@ -53,8 +72,14 @@ def cache(tmp_path_factory):
 def opd_zero3(tmp_path_factory, cache):
     """2 steps under ZeRO-3, in micro-batches of 4 rows (2 per rank and step), through a script that
     records the models' partitions first."""
-    return run("zero3", ["tests/trainer/partitions.py"], ["trainer.micro_batch_size=4"],
-               tmp_path_factory.mktemp("zero3"), cache, 29614)
+    return run(
+        "zero3",
+        ["tests/trainer/partitions.py"],
+        ["trainer.micro_batch_size=4"],
+        tmp_path_factory.mktemp("zero3"),
+        cache,
+        29614,
+    )
 
 
 def test_teacher_is_partitioned_under_zero3(opd_zero3):
