@@ -16,12 +16,22 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from rlkit.recipe.data_check import DataFileError, renaming
-
 if TYPE_CHECKING:
     from rlkit.recipe.schema import DataConfig, DataSource
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataSourceError(ValueError):
+    """Data that cannot be read as the recipe asks: a split a folder does not have, a mapped column it lacks."""
+
+
+def renaming(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
+    """The data's columns that are kept -> their names in rlkit, for ``data.columns`` ``mapping`` (rlkit's
+    name -> the data's): mapped columns take rlkit's name; a column that already has a name mapped from
+    another is dropped (the mapping says which column that is); the others keep theirs."""
+    ours = {theirs: name for name, theirs in mapping.items()}
+    return {c: ours.get(c, c) for c in columns if c in ours or c not in mapping}
 
 
 @dataclass
@@ -51,7 +61,9 @@ def load_file(source: DataSource) -> Dataset:
     """A local .jsonl/.json/.parquet/.csv file."""
     suffix = Path(source.path).suffix
     if suffix not in LOCAL_FORMATS:
-        raise DataFileError(f"{source.path}: unsupported data file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}")
+        raise DataSourceError(
+            f"{source.path}: unsupported data file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}"
+        )
     return load_dataset(LOCAL_FORMATS[suffix], data_files=source.path, split="train")
 
 
@@ -61,17 +73,19 @@ def load_saved(source: DataSource) -> Dataset:
     saved = load_from_disk(source.path)
     if isinstance(saved, Dataset):
         if source.split is not None:
-            raise DataFileError(f"{source.path} holds one Dataset, which has no splits: remove split {source.split!r}")
+            raise DataSourceError(
+                f"{source.path} holds one Dataset, which has no splits: remove split {source.split!r}"
+            )
         return saved
     assert isinstance(saved, DatasetDict)
     splits = list(saved)
     if source.split is None:
-        raise DataFileError(
+        raise DataSourceError(
             f"{source.path} is a DatasetDict with the splits {splits}: choose one, e.g. "
             f"{{path: {source.path}, split: {splits[0]}}}"
         )
     if source.split not in saved:
-        raise DataFileError(f"{source.path} has no split {source.split!r} (splits: {splits})")
+        raise DataSourceError(f"{source.path} has no split {source.split!r} (splits: {splits})")
     return saved[source.split]
 
 
@@ -90,7 +104,7 @@ def load_source(source: DataSource, columns: dict[str, str]) -> Dataset:
     missing = {name: theirs for name, theirs in columns.items() if theirs not in dataset.column_names}
     if missing:
         name, theirs = next(iter(missing.items()))
-        raise DataFileError(
+        raise DataSourceError(
             f"data.columns.{name}: {source}: no {theirs!r} column to map to {name} (columns: {dataset.column_names})"
         )
     kept = renaming(dataset.column_names, columns)
@@ -104,7 +118,7 @@ def load_task(data: DataConfig, seed: int) -> TaskData:
     assert data.train is not None  # the schema gives one of task and train
     train_set = load_source(data.train, data.columns)
     if "prompt" not in train_set.column_names:
-        raise DataFileError(f"{data.train}: no 'prompt' column (columns: {train_set.column_names})")
+        raise DataSourceError(f"{data.train}: no 'prompt' column (columns: {train_set.column_names})")
     if data.eval is not None:
         return TaskData(train=train_set, eval=load_source(data.eval, data.columns))
     split = train_set.train_test_split(test_size=min(data.eval_size, len(train_set) // 5), seed=seed)

@@ -17,8 +17,7 @@ import pytest
 from datasets import Dataset, DatasetDict, load_dataset
 
 from rlkit.cli import main
-from rlkit.data import load_source, load_task
-from rlkit.recipe.data_check import DataFileError, renaming
+from rlkit.data import DataSourceError, load_source, load_task, renaming
 from rlkit.recipe.schema import DataConfig, DataSource
 
 ROOT = Path(__file__).parents[1]
@@ -44,7 +43,9 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    path.write_text("question,solution,level\n" + "".join(f"{r['question']},{r['solution']},{r['level']}\n" for r in rows))
+    path.write_text(
+        "question,solution,level\n" + "".join(f"{r['question']},{r['solution']},{r['level']}\n" for r in rows)
+    )
     return path
 
 
@@ -126,7 +127,10 @@ def test_a_mapped_column_replaces_one_already_named_so(tmp_path):
     rows = [{"prompt": "1+1=", "answer": "wrong", "solution": "2"}]
     source = DataSource(path=str(write_jsonl(tmp_path / "d.jsonl", rows)))
     assert load_source(source, {"answer": "solution"}).to_list() == [{"prompt": "1+1=", "answer": "2"}]
-    assert renaming(["prompt", "answer", "solution"], {"answer": "solution"}) == {"prompt": "prompt", "solution": "answer"}
+    assert renaming(["prompt", "answer", "solution"], {"answer": "solution"}) == {
+        "prompt": "prompt",
+        "solution": "answer",
+    }
     assert renaming(["a", "b"], {"a": "b", "b": "a"}) == {"a": "b", "b": "a"}  # a swap keeps both
 
 
@@ -142,6 +146,14 @@ def test_train_and_eval_are_both_mapped(tmp_path):
     assert (task.train.to_list(), task.eval.to_list()) == (ours(ROWS[:8]), ours(ROWS[8:]))
 
 
+def test_without_eval_data_a_slice_of_train_is_held_out(tmp_path):
+    """At most a fifth of the train data, min(eval_size, rows // 5): 2 of 10 rows; together they are all."""
+    data = DataConfig(task=None, train=str(write_jsonl(tmp_path / "d.jsonl", ROWS)), columns=MAPPING, eval_size=3)
+    task = load_task(data, seed=0)
+    assert (len(task.train), len(task.eval)) == (8, 2)
+    assert sorted(task.eval.to_list() + task.train.to_list(), key=lambda r: int(r["answer"])) == ours(ROWS)
+
+
 @pytest.mark.parametrize(
     "split, message",
     [
@@ -151,7 +163,7 @@ def test_train_and_eval_are_both_mapped(tmp_path):
 )
 def test_a_dataset_dict_needs_a_split_it_has(split, message, tmp_path, monkeypatch, capsys):
     folder = saved_dataset_dict(tmp_path / "saved")
-    with pytest.raises(DataFileError, match=re.escape(message)):
+    with pytest.raises(DataSourceError, match=re.escape(message)):
         load_source(DataSource(path=str(folder), split=split), {})
     monkeypatch.chdir(tmp_path)
     source = "saved" if split is None else f"{{path: saved, split: {split}}}"
@@ -227,7 +239,7 @@ def test_check_refuses_a_mapped_column_no_json_line_has(tmp_path, monkeypatch, c
     assert check(capsys) == (
         2,
         "error: r.yaml:5: data.columns.prompt: data.train: d.jsonl: no 'prompt_text' column to map to prompt "
-        "(columns: ['level', 'question', 'solution'])\n"
+        "(columns: ['level', 'question', 'solution'])\n",
     )
 
 

@@ -4,7 +4,7 @@ named with the file and its line (JSON lines, CSV) or row (a JSON array, Parquet
 ``datasets`` and the prompt-length check count them). A ``save_to_disk`` folder is opened (memory-mapped)
 for its columns, first row and row count; a dataset ``datasets.load_dataset`` reads is checked from a
 local folder's first row, or a Hub dataset's copy in the local datasets cache, never over the network.
-Every check sees the columns as ``data.columns`` renames them (:func:`renaming`).
+Every check sees the columns as ``data.columns`` renames them (:func:`rlkit.data.renaming`).
 
 What is read is what ``datasets.load_dataset`` reads from these files (rlkit.data.load_local), with a
 little more refused: a CSV row with fewer fields than the header (``datasets`` fills in nulls), a JSON
@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from rlkit.data import DataSourceError, load_saved, renaming
 
 if TYPE_CHECKING:
     from rlkit.recipe.schema import DataSource
@@ -79,14 +81,6 @@ def verifier_columns(fn: Callable, kwargs: dict) -> tuple[str, ...]:
     )
 
 
-def renaming(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
-    """The data's columns that are kept -> their names in rlkit, for ``data.columns`` ``mapping`` (rlkit's
-    name -> the data's): mapped columns take rlkit's name; a column that already has a name mapped from
-    another is dropped (the mapping says which column that is); the others keep theirs."""
-    ours = {theirs: name for name, theirs in mapping.items()}
-    return {c: ours.get(c, c) for c in columns if c in ours or c not in mapping}
-
-
 def check_mapping(source: str, columns: list[str], mapping: dict[str, str]) -> list[str]:
     """The columns after ``mapping``; a mapped column that the data does not have is refused."""
     for name, theirs in mapping.items():
@@ -120,9 +114,10 @@ def _check_file(source: DataSource, readers: list[Reader], mapping: dict[str, st
 
 
 def _check_saved(source: DataSource, readers: list[Reader], mapping: dict[str, str]) -> SourceCheck:
-    from rlkit.data import load_saved  # rlkit.data imports this module
-
-    dataset = load_saved(source)
+    try:
+        dataset = load_saved(source)
+    except DataSourceError as e:  # a split the folder does not have
+        raise DataFileError(str(e)) from None
     check_dataset(str(source), dataset.column_names, dataset[0] if len(dataset) else None, readers, mapping)
     return SourceCheck(rows=len(dataset))
 
