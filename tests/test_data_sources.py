@@ -104,10 +104,12 @@ SOURCES = {
 
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path, monkeypatch):
-    """A datasets cache of the test's own, so that no test reads what another left."""
+    """A datasets cache of the test's own, so that no test reads what another left; offline, as nothing may
+    be downloaded here."""
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     return tmp_path / "hf-cache"
 
 
@@ -251,6 +253,17 @@ def test_check_refuses_a_mapped_column_no_json_line_has(tmp_path, monkeypatch, c
         ("  train: {path: d.jsonl, split: train}\n", "r.yaml:4", "d.jsonl is a data file, one split: name and split"),
         ("  train: {path: saved, name: main}\n", "r.yaml:4", "saved is a save_to_disk folder, which has no config"),
         ("  train: missing.jsonl\n", "r.yaml:4", "data file 'missing.jsonl' does not exist"),
+        ("  train: {path: saved, split: train}\n", "r.yaml:4", "saved holds one Dataset, which has no splits: remove"),
+        (
+            "  train: {path: hub, name: nope, split: train}\n",
+            "r.yaml:4",
+            "data.train: hub (name nope, split train): BuilderConfig 'nope' not found. Available: ['main', 'socratic']",
+        ),
+        (
+            "  train: {path: hub, name: main, split: validation}\n",
+            "r.yaml:4",
+            "data.train: hub (name main, split validation): Bad split: validation. Available splits: ['train', 'test']",
+        ),
         (
             "  train: d.jsonl\n  columns: {prompt: question, answer: question}\n",
             "r.yaml:5",
@@ -262,6 +275,7 @@ def test_bad_source_keys_are_refused_with_their_key_path(data, where, message, t
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "d.jsonl", ROWS)
     saved_dataset(tmp_path / "saved", ROWS)
+    configured_folder(tmp_path / "hub")
     recipe(tmp_path, data)
     code, err = check(capsys)
     assert code == 2
