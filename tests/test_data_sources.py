@@ -314,13 +314,17 @@ def test_a_recipe_on_a_saved_folder_with_a_mapping_trains(tmp_path):
 # ------------------------------------------------------------------------------------ a Hub id, offline
 
 OFFLINE_CHECK = """
-import sys
+import contextlib, io, json, sys
 from rlkit.cli import main
 from rlkit.data import load_source
 from rlkit.recipe.schema import DataSource
 source = DataSource(path="gsm8k_like", name="main", split="test")
-print(load_source(source, {"prompt": "question", "answer": "solution"}).to_list())
-sys.exit(main(["check", sys.argv[1]]))
+print(json.dumps(load_source(source, {"prompt": "question", "answer": "solution"}).to_list()))
+for recipe in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["check", recipe])
+    print(json.dumps([code, err.getvalue()]))
 """
 
 
@@ -331,33 +335,39 @@ def test_a_hub_id_loads_and_is_checked_from_the_datasets_cache(tmp_path, dataset
     load_dataset(str(configured_folder(tmp_path / "gsm8k_like")), "main", split="test", cache_dir=str(datasets_cache))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(datasets_cache)}
-    cases = {  # recipe -> (exit code, what stderr says)
-        "mapped.yaml": "  train: {path: gsm8k_like, name: main, split: test}\n  columns: {prompt: question, answer: x}\n",
-        "split.yaml": "  train: {path: gsm8k_like, name: main, split: validation}\n",
-        "uncached.yaml": "  train: {path: someone/uncached, split: train}\n",
+    cases = {  # recipe -> (exit code, what check says)
+        "mapped.yaml": (
+            "  train: {path: gsm8k_like, name: main, split: test}\n  columns: {prompt: question, answer: x}\n",
+            2,
+            "error: mapped.yaml:5: data.columns.answer: data.train: gsm8k_like (name main, split test): no 'x' "
+            "column to map to answer (columns: ['question', 'solution', 'level'])\n",
+        ),
+        "split.yaml": (
+            "  train: {path: gsm8k_like, name: main, split: validation}\n",
+            2,
+            "error: split.yaml:4: data.train: gsm8k_like (name main, split validation): the cached copy has no "
+            "split 'validation' (splits: ['train', 'test'])\n",
+        ),
+        "counted.yaml": (  # the test split's 2 rows, from the cache: too few to hold a fifth out
+            "  train: {path: gsm8k_like, name: main, split: test}\n  columns: {prompt: question, answer: solution}\n",
+            2,
+            "error: counted.yaml:4: data.train: gsm8k_like (name main, split test) has 2 rows: the slice held out ",
+        ),
+        "uncached.yaml": (
+            "  train: {path: someone/uncached, split: train}\n",
+            0,
+            "note: uncached.yaml:4: data.train: someone/uncached (split train) is not in the local datasets "
+            "cache: its columns are checked when training loads it\n",
+        ),
     }
-    results = {}
-    for name, data in cases.items():
+    for name, (data, _, _) in cases.items():
         recipe(elsewhere, data).rename(elsewhere / name)
-        run = subprocess.run(
-            [sys.executable, "-c", OFFLINE_CHECK, name], cwd=elsewhere, env=env, capture_output=True, text=True
-        )
-        results[name] = (run.returncode, run.stdout, run.stderr)
-    rows = str(ours(ROWS[8:])) + "\n"
-    mapped, split, uncached = results.values()
-    assert mapped[:2] == (2, rows), mapped
-    assert (
-        "error: mapped.yaml:5: data.columns.answer: data.train: gsm8k_like (name main, split test): no 'x' column "
-        "to map to answer (columns: ['question', 'solution', 'level'])\n" in mapped[2]
-    ), mapped
-    assert split[:2] == (2, rows), split
-    assert (
-        "error: split.yaml:4: data.train: gsm8k_like (name main, split validation): the cached copy has no split "
-        "'validation' (splits: ['train', 'test'])\n" in split[2]
-    ), split
-    assert uncached[0] == 0, uncached
-    assert (
-        "note: uncached.yaml:4: data.train: someone/uncached (split train) is not in the local datasets cache: "
-        "its columns are checked when training loads it\n" in uncached[2]
-    ), uncached
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(datasets_cache)}
+    run = subprocess.run(
+        [sys.executable, "-c", OFFLINE_CHECK, *cases], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows, *checks = [json.loads(line) for line in run.stdout.splitlines()]
+    assert rows == ours(ROWS[8:])
+    for (name, (_, code, said)), (exit_code, err) in zip(cases.items(), checks, strict=True):
+        assert exit_code == code and err.startswith(said), (name, err)
