@@ -259,6 +259,7 @@ def test_check_refuses_a_mapped_column_no_json_line_has(tmp_path, monkeypatch, c
             "r.yaml:4",
             "data.train: hub (name nope, split train): BuilderConfig 'nope' not found. Available: ['main', 'socratic']",
         ),
+        ("  train: {path: empty, split: train}\n", "r.yaml:4", "data.train: empty (split train): The directory at "),
         (
             "  train: {path: hub, name: main, split: validation}\n",
             "r.yaml:4",
@@ -276,6 +277,7 @@ def test_bad_source_keys_are_refused_with_their_key_path(data, where, message, t
     write_jsonl(tmp_path / "d.jsonl", ROWS)
     saved_dataset(tmp_path / "saved", ROWS)
     configured_folder(tmp_path / "hub")
+    (tmp_path / "empty").mkdir()
     recipe(tmp_path, data)
     code, err = check(capsys)
     assert code == 2

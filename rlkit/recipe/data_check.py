@@ -6,7 +6,7 @@ for its columns, first row and row count; a dataset ``datasets.load_dataset`` re
 local folder's first row, or a Hub dataset's copy in the local datasets cache, never over the network.
 Every check sees the columns as ``data.columns`` renames them (:func:`rlkit.data.renaming`).
 
-What is read is what ``datasets.load_dataset`` reads from these files (rlkit.data.load_local), with a
+What is read is what ``datasets.load_dataset`` reads from these files (rlkit.data.load_file), with a
 little more refused: a CSV row with fewer fields than the header (``datasets`` fills in nulls), a JSON
 line that is not an object (``datasets`` makes a ``text`` column of it), and files that mix string
 prompts with chat messages (``datasets`` loads them; tokenizing a batch of both fails).
@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from datasets import DatasetInfo, load_dataset
+from datasets.packaged_modules.cache.cache import Cache
 
 from rlkit.data import DataSourceError, load_saved, renaming
 
@@ -125,12 +128,10 @@ def _check_saved(source: DataSource, readers: list[Reader], mapping: dict[str, s
 def _check_hub(source: DataSource, readers: list[Reader], mapping: dict[str, str]) -> SourceCheck:
     """A local dataset folder: its first row, streamed; a Hub id: the features and split sizes of its copy
     in the local datasets cache, if there is one (no network call: the Hub may be slow or out of reach)."""
-    from datasets import load_dataset
-
     if Path(source.path).is_dir():
         try:
             first = next(iter(load_dataset(source.path, source.name, split=source.split, streaming=True)), None)
-        except ValueError as e:  # a configuration or split it does not have
+        except (ValueError, FileNotFoundError) as e:  # a configuration, split or data files it does not have
             raise DataFileError(f"{source}: {e}") from None
         check_dataset(str(source), list(first or {}), first, readers, mapping)
         return SourceCheck(rows=None)
@@ -146,11 +147,9 @@ def _check_hub(source: DataSource, readers: list[Reader], mapping: dict[str, str
     return SourceCheck(rows=info.splits[source.split].num_examples)
 
 
-def cached_info(source: DataSource):
-    """The ``datasets.DatasetInfo`` (features, splits) of a Hub dataset's configuration in the local
-    datasets cache, found as ``load_dataset`` finds it offline; None if it is not there."""
-    from datasets.packaged_modules.cache.cache import Cache
-
+def cached_info(source: DataSource) -> DatasetInfo | None:
+    """The features and splits of a Hub dataset's configuration in the local datasets cache, found as
+    ``load_dataset`` finds it offline; None if it is not there."""
     logger = logging.getLogger(Cache.__module__)  # it warns which cached copy it found; the check says
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -379,7 +378,7 @@ def _parquet(path: str) -> tuple[list[str], Iterator[tuple[str, Row]]]:
     return table.schema_arrow.names, rows()
 
 
-# file suffix -> reader; the types rlkit.data.load_local loads
+# file suffix -> reader; the types rlkit.data.load_file loads
 READERS = {
     ".jsonl": lambda path: (None, _json(path)),
     ".json": lambda path: (None, _json(path)),
