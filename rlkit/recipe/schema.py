@@ -164,7 +164,9 @@ class DataSource(Section):
         if kind == "file":
             _existing_path(self.path, "data file")
             if self.name is not None or self.split is not None:
-                raise ValueError(f"{self.path} is a data file, one split: name and split are for datasets folders")
+                raise ValueError(
+                    f"{self.path} is a data file, one split: name and split are for datasets folders and Hub ids"
+                )
         elif kind == "saved" and self.name is not None:
             raise ValueError(f"{self.path} is a save_to_disk folder, which has no configurations: remove name")
         elif kind == "hub" and self.split is None:
