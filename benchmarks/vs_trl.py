@@ -94,7 +94,7 @@ def start_checkpoint(size: str, workdir: Path) -> Path:
     spec = SIZES[size]["model"]
     if spec is None:
         recipe = load_recipe(ROOT / "recipes/quickstart.yaml", [f"output_dir={workdir}", f"trainer.seed={SEED}"])
-        data = load_task(recipe.data.task, None, None, SEED, recipe.data.eval_size)
+        data = load_task(recipe.data, SEED)
         return warm_start(builtin_tiny_path(), data.train, recipe.model.warm_start, SEED)
     path = workdir / f"model-{size}"
     tokenizer = build_char_tokenizer()
@@ -108,8 +108,9 @@ def prompt_rows(n: int):
     import numpy as np
 
     from rlkit.data import load_task
+    from rlkit.recipe.schema import DataConfig
 
-    train = load_task("builtin:addition", None, None, SEED, 200).train
+    train = load_task(DataConfig(task="builtin:addition", eval_size=200), SEED).train
     return train.select([int(i) for i in np.random.default_rng([SEED, 0]).permutation(len(train))[:n]])
 
 

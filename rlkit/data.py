@@ -1,18 +1,37 @@
-"""Datasets: the built-in synthetic verifiable task, and user data from local files.
+"""Datasets: the built-in synthetic verifiable task, and user data from local files, ``save_to_disk``
+folders and anything ``datasets.load_dataset`` reads (a Hub id, a local dataset folder).
 
 Every dataset has a ``prompt`` column (a string, or a list of chat messages that the tokenizer's chat
-template turns into a string) and whatever columns its verifiers read (``answer`` for the built-ins).
+template turns into a string) and whatever columns its verifiers read (``answer`` for the built-ins),
+under these names once ``data.columns`` has renamed the data's own.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+if TYPE_CHECKING:
+    from rlkit.recipe.schema import DataConfig, DataSource
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataSourceError(ValueError):
+    """Data that cannot be read as the recipe asks: a split a folder does not have, a mapped column it lacks."""
+
+
+def renaming(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
+    """The data's columns that are kept -> their names in rlkit, for ``data.columns`` ``mapping`` (rlkit's
+    name -> the data's): mapped columns take rlkit's name; a column that already has a name mapped from
+    another is dropped (the mapping says which column that is); the others keep theirs."""
+    ours = {theirs: name for name, theirs in mapping.items()}
+    return {c: ours.get(c, c) for c in columns if c in ours or c not in mapping}
 
 
 @dataclass
@@ -30,7 +49,7 @@ def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     """
     pairs = [(a, b) for a in range(100) for b in range(100)]
     random.Random(seed).shuffle(pairs)
-    prompts = [f"{a}+{b}=" for a, b in pairs]
+    prompts: list = [f"{a}+{b}=" for a, b in pairs]
     if chat:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     rows = {"prompt": prompts, "answer": [str(a + b) for a, b in pairs]}
@@ -38,23 +57,71 @@ def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
 
 
-def load_local(path: str) -> Dataset:
-    suffix = Path(path).suffix
+def load_file(source: DataSource) -> Dataset:
+    """A local .jsonl/.json/.parquet/.csv file."""
+    suffix = Path(source.path).suffix
     if suffix not in LOCAL_FORMATS:
-        raise ValueError(f"{path}: unsupported data file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}")
-    return load_dataset(LOCAL_FORMATS[suffix], data_files=path, split="train")
+        raise DataSourceError(
+            f"{source.path}: unsupported data file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}"
+        )
+    return load_dataset(LOCAL_FORMATS[suffix], data_files=source.path, split="train")
 
 
-def load_task(task: str | None, train: str | None, eval: str | None, seed: int, eval_size: int) -> TaskData:
-    """The built-in ``task`` or the local ``train``/``eval`` files (eval defaults to a held-out slice)."""
-    if task is not None:
-        return addition_task(seed, eval_size, chat=task == "builtin:addition_chat")
-    train_set = load_local(train)
+def load_saved(source: DataSource) -> Dataset:
+    """A folder written by ``save_to_disk``: a Dataset, or the ``split`` of a DatasetDict (memory-mapped,
+    so opening one reads no rows)."""
+    saved = load_from_disk(source.path)
+    if isinstance(saved, Dataset):
+        if source.split is not None:
+            raise DataSourceError(
+                f"{source.path} holds one Dataset, which has no splits: remove split {source.split!r}"
+            )
+        return saved
+    assert isinstance(saved, DatasetDict)
+    splits = list(saved)
+    if source.split is None:
+        raise DataSourceError(
+            f"{source.path} is a DatasetDict with the splits {splits}: choose one, e.g. "
+            f"{{path: {source.path}, split: {splits[0]}}}"
+        )
+    if source.split not in saved:
+        raise DataSourceError(f"{source.path} has no split {source.split!r} (splits: {splits})")
+    return saved[source.split]
+
+
+def load_hub(source: DataSource) -> Dataset:
+    """``datasets.load_dataset(path, name, split=split)``: a Hub id (from the local cache with
+    HF_DATASETS_OFFLINE=1), or a local dataset folder."""
+    return load_dataset(source.path, source.name, split=source.split)
+
+
+LOADERS: dict[str, Callable[[DataSource], Dataset]] = {"file": load_file, "saved": load_saved, "hub": load_hub}
+
+
+def load_source(source: DataSource, columns: dict[str, str]) -> Dataset:
+    """One split of data, its columns renamed by ``columns`` (``data.columns``: rlkit's name -> the data's)."""
+    dataset = LOADERS[source.kind](source)
+    missing = {name: theirs for name, theirs in columns.items() if theirs not in dataset.column_names}
+    if missing:
+        name, theirs = next(iter(missing.items()))
+        raise DataSourceError(
+            f"data.columns.{name}: {source}: no {theirs!r} column to map to {name} (columns: {dataset.column_names})"
+        )
+    kept = renaming(dataset.column_names, columns)
+    return dataset.select_columns(list(kept)).rename_columns({c: name for c, name in kept.items() if c != name})
+
+
+def load_task(data: DataConfig, seed: int) -> TaskData:
+    """The built-in ``data.task``, or ``data.train``/``data.eval`` (eval defaults to a held-out slice of train)."""
+    if data.task is not None:
+        return addition_task(seed, data.eval_size, chat=data.task == "builtin:addition_chat")
+    assert data.train is not None  # the schema gives one of task and train
+    train_set = load_source(data.train, data.columns)
     if "prompt" not in train_set.column_names:
-        raise ValueError(f"{train}: no 'prompt' column (columns: {train_set.column_names})")
-    if eval is not None:
-        return TaskData(train=train_set, eval=load_local(eval))
-    split = train_set.train_test_split(test_size=min(eval_size, len(train_set) // 5), seed=seed)
+        raise DataSourceError(f"{data.train}: no 'prompt' column (columns: {train_set.column_names})")
+    if data.eval is not None:
+        return TaskData(train=train_set, eval=load_source(data.eval, data.columns))
+    split = train_set.train_test_split(test_size=min(data.eval_size, len(train_set) // 5), seed=seed)
     return TaskData(train=split["train"], eval=split["test"])
 
 

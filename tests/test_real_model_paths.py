@@ -33,6 +33,7 @@ from rlkit.models import (
     load_tokenizer,
 )
 from rlkit.recipe import load_recipe
+from rlkit.recipe.schema import DataConfig
 from rlkit.rollout import HFEngine, Sampling, sample
 from rlkit.rollout.hf import mask_after_eos
 from rlkit.trainer import Trainer
@@ -133,8 +134,8 @@ def test_engine_gets_the_tokenized_prompts_left_padded_and_shows_the_rendered_te
 
 
 def test_addition_chat_task_is_the_addition_task_as_user_messages():
-    plain = load_task("builtin:addition", None, None, seed=3, eval_size=50)
-    chat = load_task("builtin:addition_chat", None, None, seed=3, eval_size=50)
+    plain = load_task(DataConfig(task="builtin:addition", eval_size=50), seed=3)
+    chat = load_task(DataConfig(task="builtin:addition_chat", eval_size=50), seed=3)
     for split in ("train", "eval"):
         a, b = getattr(plain, split), getattr(chat, split)
         assert b["prompt"][:] == [[{"role": "user", "content": p}] for p in a["prompt"]]

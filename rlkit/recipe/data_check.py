@@ -1,9 +1,12 @@
-"""Checks of a recipe's data files that read them row by row, without ``datasets``: ``rlkit check``
-refuses a file that training would stop on, or silently train wrongly from, and says where: the file
-and its line (JSON lines, CSV) or row (a JSON array, Parquet; counted from 0, as ``datasets`` and the
-prompt-length check count them).
+"""Checks of a recipe's data: ``rlkit check`` refuses data that training would stop on, or silently train
+wrongly from, and says where. Local files are read row by row, without ``datasets``, and a problem is
+named with the file and its line (JSON lines, CSV) or row (a JSON array, Parquet; counted from 0, as
+``datasets`` and the prompt-length check count them). A ``save_to_disk`` folder is opened (memory-mapped)
+for its columns, first row and row count; a dataset ``datasets.load_dataset`` reads is checked from a
+local folder's first row, or a Hub dataset's copy in the local datasets cache, never over the network.
+Every check sees the columns as ``data.columns`` renames them (:func:`rlkit.data.renaming`).
 
-What is read is what ``datasets.load_dataset`` reads from these files (rlkit.data.load_local), with a
+What is read is what ``datasets.load_dataset`` reads from these files (rlkit.data.load_file), with a
 little more refused: a CSV row with fewer fields than the header (``datasets`` fills in nulls), a JSON
 line that is not an object (``datasets`` makes a ``text`` column of it), and files that mix string
 prompts with chat messages (``datasets`` loads them; tokenizing a batch of both fails).
@@ -14,10 +17,20 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datasets import DatasetInfo, load_dataset
+from datasets.packaged_modules.cache.cache import Cache
+
+from rlkit.data import DataSourceError, load_saved, renaming
+
+if TYPE_CHECKING:
+    from rlkit.recipe.schema import DataSource
 
 # columns the trainer passes to every verifier besides the dataset's (rlkit.trainer.loop.rewards_for)
 TRAINER_COLUMNS = ("completion_tokens",)
@@ -25,11 +38,22 @@ Row = dict  # column -> value
 
 
 class DataFileError(ValueError):
-    """A data file problem, phrased for the user; ``reward`` is the index of the reward entry involved."""
+    """A data problem, phrased for the user; ``reward`` is the index of the reward entry involved, ``column``
+    the key of ``data.columns`` that maps a column the data lacks."""
 
-    def __init__(self, message: str, reward: int | None = None):
+    def __init__(self, message: str, reward: int | None = None, column: str | None = None):
         super().__init__(message)
         self.reward = reward
+        self.column = column
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What checking one data source found: its rows (None where they are not counted without reading
+    them all) and, where its columns could not be checked, why (said to the user as a note)."""
+
+    rows: int | None
+    unchecked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,39 +84,146 @@ def verifier_columns(fn: Callable, kwargs: dict) -> tuple[str, ...]:
     )
 
 
+def check_mapping(source: str, columns: list[str], mapping: dict[str, str]) -> list[str]:
+    """The columns after ``mapping``; a mapped column that the data does not have is refused."""
+    for name, theirs in mapping.items():
+        if theirs not in columns:
+            raise DataFileError(f"{source}: no {theirs!r} column to map to {name} (columns: {columns})", column=name)
+    return list(renaming(columns, mapping).values())
+
+
 def check_columns(source: str, columns: list[str], readers: list[Reader]) -> None:
-    """A file's (or a built-in task's) columns hold the prompt and everything the verifiers read."""
+    """The columns of a source (or a built-in task), after the mapping, hold the prompt and everything
+    the verifiers read."""
     if "prompt" not in columns:
-        raise DataFileError(f"{source}: no 'prompt' column (columns: {columns})")
+        raise DataFileError(f"{source}: no 'prompt' column (columns: {columns}); map one with data.columns.prompt")
     for reader in readers:
         for column in reader.routes_on + reader.columns:
             if column not in columns:
                 raise DataFileError(
-                    f"{source}: no {column!r} column, which {_reads(reader, column)} (columns: {columns})", reader.index
+                    f"{source}: no {column!r} column, which {_reads(reader, column)} (columns: {columns}); "
+                    f"map one with data.columns.{column}",
+                    reader.index,
                 )
 
 
-def check_data_file(path: str, readers: list[Reader]) -> int:
-    """Read every row of a data file and check its prompt and the verifiers' columns; return the row count."""
+def check_source(source: DataSource, readers: list[Reader], mapping: dict[str, str]) -> SourceCheck:
+    """Check one data source (``data.train`` or ``data.eval``) as its kind is read (rlkit.data.LOADERS)."""
+    return SOURCE_CHECKS[source.kind](source, readers, mapping)
+
+
+def _check_file(source: DataSource, readers: list[Reader], mapping: dict[str, str]) -> SourceCheck:
+    return SourceCheck(rows=check_data_file(source.path, readers, mapping))
+
+
+def _check_saved(source: DataSource, readers: list[Reader], mapping: dict[str, str]) -> SourceCheck:
+    try:
+        dataset = load_saved(source)
+    except DataSourceError as e:  # a split the folder does not have
+        raise DataFileError(str(e)) from None
+    check_dataset(str(source), dataset.column_names, dataset[0] if len(dataset) else None, readers, mapping)
+    return SourceCheck(rows=len(dataset))
+
+
+def _check_hub(source: DataSource, readers: list[Reader], mapping: dict[str, str]) -> SourceCheck:
+    """A local dataset folder: its first row, streamed; a Hub id: the features and split sizes of its copy
+    in the local datasets cache, if there is one (no network call: the Hub may be slow or out of reach)."""
+    if Path(source.path).is_dir():
+        try:
+            first = next(iter(load_dataset(source.path, source.name, split=source.split, streaming=True)), None)
+        except (ValueError, FileNotFoundError) as e:  # a configuration, split or data files it does not have
+            raise DataFileError(f"{source}: {e}") from None
+        check_dataset(str(source), list(first or {}), first, readers, mapping)
+        return SourceCheck(rows=None)
+    info = cached_info(source)
+    if info is None:
+        return SourceCheck(
+            rows=None,
+            unchecked=f"{source} is not in the local datasets cache: its columns are checked when training loads it",
+        )
+    if source.split not in info.splits:
+        raise DataFileError(f"{source}: the cached copy has no split {source.split!r} (splits: {list(info.splits)})")
+    check_columns(str(source), check_mapping(str(source), list(info.features), mapping), readers)
+    return SourceCheck(rows=info.splits[source.split].num_examples)
+
+
+def cached_info(source: DataSource) -> DatasetInfo | None:
+    """The features and splits of a Hub dataset's configuration in the local datasets cache, found as
+    ``load_dataset`` finds it offline; None if it is not there."""
+    logger = logging.getLogger(Cache.__module__)  # it warns which cached copy it found; the check says
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        info = Cache(
+            repo_id=source.path,
+            dataset_name=source.path.split("/")[-1],
+            config_name=source.name,
+            version="auto",
+            hash="auto",
+        ).info
+    except ValueError:  # not cached, or several configurations cached and none named
+        return None
+    finally:
+        logger.setLevel(level)
+    return info if info.features is not None and info.splits is not None else None
+
+
+SOURCE_CHECKS: dict[str, Callable[[DataSource, list[Reader], dict[str, str]], SourceCheck]] = {
+    "file": _check_file,
+    "saved": _check_saved,
+    "hub": _check_hub,
+}
+
+
+def check_dataset(source: str, columns: list[str], first: Row | None, readers: list[Reader], mapping: dict) -> None:
+    """A dataset's columns (all rows have them: Arrow is typed), mapped, and its ``first`` row's prompt."""
+    if first is None:
+        raise DataFileError(f"{source} is empty: no rows")
+    check_columns(source, check_mapping(source, columns, mapping), readers)
+    prompt_kind(_renamed(first, mapping), f"{source} row 0")
+
+
+def check_data_file(path: str, readers: list[Reader], mapping: dict[str, str]) -> int:
+    """Read every row of a data file and check its prompt and the verifiers' columns (as ``mapping``
+    renames them); return the row count."""
     columns, rows = read_rows(path)
     if columns is not None:
-        check_columns(path, columns, readers)
+        check_columns(path, check_mapping(path, columns, mapping), readers)
     count, first = 0, None  # first: (place, kind) of the first prompt
+    keys: set[str] = set()  # JSON: the keys of the rows read so far, the columns datasets makes of them
     for place, row in rows:
         where = f"{path} {place}"
-        kind = prompt_kind(row, where)
+        keys.update(row)
+        try:
+            kind = _check_row(_renamed(row, mapping), where, readers, each_row_keyed=columns is None)
+        except DataFileError:
+            if columns is None:  # a missing key may be a mapped column no row has: say that first
+                check_mapping(path, sorted(keys), mapping)
+            raise
         first = first or (place, kind)
         if kind != first[1]:
             raise DataFileError(
                 f"{where}: the prompt is {kind}, but {first[0]}'s is {first[1]}: the prompts of a "
                 f"file are all strings or all chat messages"
             )
-        if columns is None:  # JSON: each row has its own keys
-            _check_keys(row, where, readers)
         count += 1
     if count == 0:
         raise DataFileError(f"{path} is empty: no rows")
+    if columns is None:
+        check_mapping(path, sorted(keys), mapping)
     return count
+
+
+def _check_row(row: Row, where: str, readers: list[Reader], each_row_keyed: bool) -> str:
+    """The kind of the row's prompt; the keys the verifiers read, where each row has its own (JSON)."""
+    kind = prompt_kind(row, where)
+    if each_row_keyed:
+        _check_keys(row, where, readers)
+    return kind
+
+
+def _renamed(row: Row, mapping: dict[str, str]) -> Row:
+    return {name: row[column] for column, name in renaming(list(row), mapping).items()}
 
 
 def prompt_kind(row: Row, where: str) -> str:
@@ -247,7 +378,7 @@ def _parquet(path: str) -> tuple[list[str], Iterator[tuple[str, Row]]]:
     return table.schema_arrow.names, rows()
 
 
-# file suffix -> reader; the types rlkit.data.load_local loads
+# file suffix -> reader; the types rlkit.data.load_file loads
 READERS = {
     ".jsonl": lambda path: (None, _json(path)),
     ".json": lambda path: (None, _json(path)),

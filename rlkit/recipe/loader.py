@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from rewards.scoring import RewardSpec, with_labels
 from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASK_COLUMNS, BUILTIN_TASK_ROWS, BUILTIN_TOKENIZERS
 from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
-from rlkit.recipe.data_check import DataFileError, Reader, check_columns, check_data_file, plural, verifier_columns
+from rlkit.recipe.data_check import DataFileError, Reader, check_columns, check_source, plural, verifier_columns
 from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
-from rlkit.recipe.schema import Recipe
+from rlkit.recipe.schema import DataSource, Recipe
 from rlkit.rollout.engine import engine_class
 
 
@@ -375,18 +376,28 @@ def _teacher_runs(recipe: Recipe) -> bool:
 
 
 def check_data(recipe: Recipe, where: Locator) -> None:
-    """Read the data files (the built-in tasks' columns are known), so that a file training would stop on,
-    or silently train wrongly from, fails here; then the splits must have the rows they need."""
+    """Read the data (the built-in tasks' columns are known), so that data training would stop on, or
+    silently train wrongly from, fails here; then the splits must have the rows they need."""
     readers = [_reader(i, spec) for i, spec in enumerate(recipe.rewards)]
     data = recipe.data
+    rows: int | None
     if data.task is not None:
         _read(where, ("data", "task"), lambda: check_columns(data.task, list(BUILTIN_TASK_COLUMNS), readers))
         rows = BUILTIN_TASK_ROWS
     else:
-        rows = _read(where, ("data", "train"), lambda: check_data_file(data.train, readers))
+        assert data.train is not None  # the schema gives one of task and train
+        rows = _check_source(where, "train", data.train, readers, data.columns)
         if data.eval is not None:
-            _read(where, ("data", "eval"), lambda: check_data_file(data.eval, readers))
+            _check_source(where, "eval", data.eval, readers, data.columns)
     check_splits(recipe, where, rows)
+
+
+def _check_source(where: Locator, key: str, source: DataSource, readers: list[Reader], columns: dict) -> int | None:
+    """Check ``data.<key>``; return its rows where known. What cannot be checked is said in a note."""
+    found = _read(where, ("data", key), lambda: check_source(source, readers, columns))
+    if found.unchecked is not None:
+        print(f"note: {where(('data', key))}: data.{key}: {found.unchecked}", file=sys.stderr)
+    return found.rows
 
 
 def _reader(index: int, spec: RewardSpec) -> Reader:
@@ -395,16 +406,24 @@ def _reader(index: int, spec: RewardSpec) -> Reader:
 
 
 def _read(where: Locator, key: tuple, check):
+    """Run a data ``check`` of the recipe key ``key``; its error names the key (``data.columns.<name>`` for
+    a mapped column the data lacks, with ``key``'s name) and the reward entry involved."""
     try:
         return check()
     except DataFileError as e:
-        raise _error(where, key, str(e), *([("rewards", e.reward)] if e.reward is not None else [])) from None
+        related = [("rewards", e.reward)] if e.reward is not None else []
+        if e.column is not None:
+            raise _error(where, ("data", "columns", e.column), f"{'.'.join(key)}: {e}", key, *related) from None
+        raise _error(where, key, str(e), *related) from None
 
 
-def check_splits(recipe: Recipe, where: Locator, rows: int) -> None:
+def check_splits(recipe: Recipe, where: Locator, rows: int | None) -> None:
     """The held-out split, made as rlkit.data.load_task makes it from ``rows`` (of the built-in task or the
-    train file), has rows and leaves some to train on, more than the warm starts validate on."""
+    train data; None where they are not counted), has rows and leaves some to train on, more than the warm
+    starts validate on."""
     data = recipe.data
+    if rows is None:
+        return
     if data.task is not None:  # the first eval_size problems; an eval file is not read
         held_out = data.eval_size
         if held_out >= rows:
@@ -414,9 +433,9 @@ def check_splits(recipe: Recipe, where: Locator, rows: int) -> None:
                 f"{held_out} held-out problems leave none of the {rows} of {data.task} to train on",
                 ("data", "task"),
             )
-    elif data.eval is not None:  # the eval file is the held-out set
+    elif data.eval is not None:  # the eval data is the held-out set
         held_out = 0
-    else:  # a slice of the train file, at most a fifth of it
+    else:  # a slice of the train data, at most a fifth of it
         if rows < data.eval_size:
             raise _error(
                 where,

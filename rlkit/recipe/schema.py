@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rewards.scoring import RewardSpec
 from rlkit.builtins import BUILTIN_MODELS, BUILTIN_TASKS, BUILTIN_TINY, BUILTIN_TINY_TEACHER
+from rlkit.recipe.data_check import READERS as DATA_FILE_TYPES  # suffix -> reader
 
 
 class Section(BaseModel):
@@ -123,17 +124,79 @@ class TeacherConfig(Section):
         return v if v in BUILTIN_MODELS else _existing_path(v, "teacher folder")
 
 
+# the files datasets' save_to_disk writes at the top of its folder: a Dataset's, a DatasetDict's
+SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
+
+
+class DataSource(Section):
+    """Where one split of data is read from; in a recipe, a plain string is its ``path``.
+
+    The ``path`` decides how it is read (rlkit/data.py): a local data file (.jsonl/.json/.parquet/.csv),
+    a folder written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict and its ``split``),
+    else anything ``datasets.load_dataset(path, name, split=split)`` reads: a Hub id, a local dataset folder.
+    """
+
+    path: str = Field(
+        description="a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder, or a Hub id "
+        "(or local dataset folder) for datasets.load_dataset"
+    )
+    name: str | None = Field(None, description="the configuration of a Hub dataset (load_dataset's name), e.g. main")
+    split: str | None = Field(
+        None, description="the split to read: required for a Hub dataset and a saved DatasetDict, e.g. train"
+    )
+
+    @property
+    def kind(self) -> Literal["file", "saved", "hub"]:
+        path = Path(self.path)
+        if path.is_file() or path.suffix in DATA_FILE_TYPES:
+            return "file"
+        if any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+            return "saved"
+        return "hub"
+
+    def __str__(self) -> str:
+        extras = [f"{key} {getattr(self, key)}" for key in ("name", "split") if getattr(self, key) is not None]
+        return self.path + (f" ({', '.join(extras)})" if extras else "")
+
+    @model_validator(mode="after")
+    def _fits_the_kind(self):
+        kind = self.kind
+        if kind == "file":
+            _existing_path(self.path, "data file")
+            if self.name is not None or self.split is not None:
+                raise ValueError(
+                    f"{self.path} is a data file, one split: name and split are for datasets folders and Hub ids"
+                )
+        elif kind == "saved" and self.name is not None:
+            raise ValueError(f"{self.path} is a save_to_disk folder, which has no configurations: remove name")
+        elif kind == "hub" and self.split is None:
+            raise ValueError(
+                f"{self.path} is not a local file or save_to_disk folder, so datasets.load_dataset reads it (a Hub "
+                f"id or a dataset folder), one split at a time: give split, e.g. {{path: {self.path}, split: train}}"
+            )
+        return self
+
+
 class DataConfig(Section):
     task: str | None = Field(
-        "builtin:addition", description=f"built-in task, one of {BUILTIN_TASKS}; null to use train/eval files"
+        "builtin:addition", description=f"built-in task, one of {BUILTIN_TASKS}; null to use train/eval data"
     )
-    train: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv with a 'prompt' column")
-    eval: str | None = Field(None, description="held-out file (default: a slice of train)")
+    train: DataSource | None = Field(
+        None,
+        description="training data with a 'prompt' column: a local file path, a save_to_disk folder, or "
+        "{path: HUB_ID, name: CONFIG, split: SPLIT} (see DataSource and docs/data.md)",
+    )
+    eval: DataSource | None = Field(None, description="held-out data, as train (default: a slice of train)")
+    columns: dict[str, str] = Field(
+        {},
+        description="rlkit's column names (prompt, and the columns the verifiers read) -> the data's own, "
+        "e.g. {prompt: question, answer: solution}: renamed when train and eval are loaded, the others kept",
+    )
     eval_size: int = Field(
         200,
         gt=0,
         description="held-out prompts used for evaluation: the first of the "
-        "built-in task's; without an eval file, a slice of the train file "
+        "built-in task's; without eval data, a slice of the train data "
         "of at most a fifth of it (it must have eval_size rows)",
     )
 
@@ -144,15 +207,26 @@ class DataConfig(Section):
             raise ValueError(f"unknown built-in task {v!r}; choose one of {BUILTIN_TASKS} or set task: null")
         return v
 
-    @field_validator("train", "eval")
+    @field_validator("train", "eval", mode="before")
     @classmethod
-    def _file_exists(cls, v):
-        return _existing_path(v, "data file")
+    def _path_alone(cls, v):
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("columns")
+    @classmethod
+    def _one_name_per_column(cls, v):
+        for ours, theirs in v.items():
+            first = next(name for name, column in v.items() if column == theirs)
+            if first != ours:
+                raise ValueError(f"{first} and {ours} both map to the data's {theirs!r}: a column is renamed once")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.task is None) == (self.train is None):
             raise ValueError("give exactly one of data.task (built-in) and data.train (a file)")
+        if self.task is not None and self.columns:
+            raise ValueError(f"data.columns maps the columns of data.train and data.eval; {self.task} has none to map")
         return self
 
 

@@ -89,7 +89,7 @@ class Trainer:
         cfg = recipe.trainer
         check_quantization_support(recipe.model.lora)
         self.objective = build_objective(recipe.objective)
-        self.data = load_task(recipe.data.task, recipe.data.train, recipe.data.eval, cfg.seed, recipe.data.eval_size)
+        self.data = load_task(recipe.data, cfg.seed)
         self.accelerator = Accelerator(
             log_with=recipe.log.trackers or None,
             project_dir=recipe.output_dir,
