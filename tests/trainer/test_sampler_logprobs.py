@@ -90,7 +90,7 @@ def test_concat_keeps_sampler_logprobs_padded_with_zeros():
 
 @pytest.mark.parametrize("order", ["greedy first", "sampled first"])
 def test_concat_refuses_batches_where_only_some_have_sampler_logprobs(order):
-    """Before, a greedy batch first dropped the others' log-probs silently; second, torch.cat failed on None."""
+    """Before: a greedy batch first silently dropped the others' log-probs; a greedy batch later raised AttributeError."""
     batches = [_batch(2, None), _batch(2, -1.0)]
     with pytest.raises(ValueError, match="only some have logp"):
         RolloutBatch.concat(batches if order == "greedy first" else batches[::-1], pad_token_id=0)
