@@ -289,6 +289,7 @@ class VLLMServerEngine(Engine):
 
 
 def _push_nccl(client: VLLMClient, state: dict[str, torch.Tensor]) -> None:
+    """Send ``state`` through vLLM's NCCL weight-transfer engine: (name, dtype, shape) of each, then the tensors."""
     metadata = [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
     client.update_named_params(metadata, iter(state.items()))
 
