@@ -53,7 +53,7 @@ def call(fn: Verifier, kwargs: dict, task: Task) -> Outcome:
         signal.setitimer(signal.ITIMER_REAL, task.timeout_s)
     try:
         result = fn([task.prompt], [task.completion], **{k: [v] for k, v in task.row.items()}, **kwargs)
-        if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):  # an async verifier
             result = asyncio.run(result)
         return Outcome(_single_score(result))
     except VerifierTimeout:

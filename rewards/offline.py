@@ -19,7 +19,10 @@ from rewards.scoring import RewardScorer, RewardSpec, Scores
 def read_completions(path: str | Path) -> tuple[list[str], list[str], dict[str, list], list[int]]:
     """(prompts, completions, columns, line numbers) of a jsonl file, blank lines skipped; ValueError
     naming the line if one is malformed."""
-    prompts, completions, rows, numbers = [], [], [], []
+    prompts: list[str] = []
+    completions: list[str] = []
+    rows: list[dict] = []  # the other columns of each line
+    numbers: list[int] = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():

@@ -70,14 +70,14 @@ class VerifierPool:
         self.size = workers
         self.workers = [_Worker(specs) for _ in range(workers)]
         self.tasks: list[Task] = []
-        self.outcomes: list[Outcome | None] = []
+        self.outcomes: dict[int, Outcome] = {}  # task index -> its outcome, as they arrive
         self.pending: deque[int] = deque()
         while not all(w.ready for w in self.workers):  # start-up errors surface here, not mid-training
             self._receive(None)
 
     def map(self, tasks: list[Task]) -> list[Outcome]:
         """Outcomes of ``tasks``, in order; a worker that dies or overruns gives its running task a failure."""
-        self.tasks, self.outcomes, self.pending = tasks, [None] * len(tasks), deque(range(len(tasks)))
+        self.tasks, self.outcomes, self.pending = tasks, {}, deque(range(len(tasks)))
         while self.pending or any(w.jobs for w in self.workers):
             for worker in self.workers:
                 # A few tasks queued ahead, so that a worker never waits for this (maybe busy) process.
@@ -94,7 +94,7 @@ class VerifierPool:
                     self._fail(worker, Outcome(None, "timeout", f"worker killed after {timeout} s"))
                 elif time.monotonic() > self._patience_ends(worker):
                     self._set_aside(worker)
-        return self.outcomes
+        return [self.outcomes[i] for i in range(len(tasks))]
 
     def _deadline(self, worker: _Worker) -> float:
         """When ``worker`` is killed if its running task has not answered."""
@@ -113,10 +113,10 @@ class VerifierPool:
         return min(self._deadline(worker), self._patience_ends(worker))
 
     def _receive(self, timeout: float | None) -> None:
-        for conn in wait([w.conn for w in self.workers], None if timeout == math.inf else timeout):
-            worker = next(w for w in self.workers if w.conn is conn)
+        ready = wait([w.conn for w in self.workers], None if timeout == math.inf else timeout)
+        for worker in [w for w in self.workers if w.conn in ready]:
             try:
-                message = conn.recv()
+                message = worker.conn.recv()
             except EOFError:  # the worker died (os._exit, segfault, OOM kill)
                 if not worker.ready:
                     raise RuntimeError(

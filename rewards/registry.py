@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-Verifier = Callable[..., list]
+Verifier = Callable[..., list | Awaitable[list]]  # plain or async
 
 VERIFIERS: dict[str, Verifier] = {}
 
@@ -69,6 +69,8 @@ def _import(target: str):
 def _exec_file(path: Path):
     """Import a ``.py`` file as a module named after it (not added to ``sys.modules``)."""
     module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    if module_spec is None or module_spec.loader is None:  # None only for a suffix importlib does not know
+        raise ImportError(f"{path}: Python cannot load this file as a module")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module

@@ -114,7 +114,7 @@ class RewardScorer:
             outcomes = self.pool.map(tasks)
         else:
             outcomes = [call(self.functions[t.spec], self.specs[t.spec].kwargs, t) for t in tasks]
-        per_verifier = {s.label: [None] * len(rows) for s in self.specs}
+        per_verifier: dict[str, list[float | None]] = {s.label: [None] * len(rows) for s in self.specs}
         failures = []
         for (k, i), outcome in zip(jobs, outcomes):
             spec = self.specs[k]

@@ -51,9 +51,9 @@ def all_gather_rows(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
     if world_size() == 1:
         return t, slice(0, t.shape[0])
     wire = _wire_device(t)
-    counts = [torch.zeros(1, dtype=torch.long, device=wire) for _ in range(world_size())]
-    dist.all_gather(counts, torch.tensor([t.shape[0]], dtype=torch.long, device=wire))
-    counts = [int(c) for c in counts]
+    gathered = [torch.zeros(1, dtype=torch.long, device=wire) for _ in range(world_size())]
+    dist.all_gather(gathered, torch.tensor([t.shape[0]], dtype=torch.long, device=wire))
+    counts = [int(c) for c in gathered]
     padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=wire)
     padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in counts]

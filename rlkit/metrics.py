@@ -63,7 +63,9 @@ class Metrics:
     @staticmethod
     def combine(states: list[dict]) -> dict[str, float]:
         """Final values from the states of several ranks (or several accumulators)."""
-        sums, counts, out = defaultdict(float), defaultdict(float), {}
+        sums: defaultdict[str, float] = defaultdict(float)
+        counts: defaultdict[str, float] = defaultdict(float)
+        out: dict[str, float] = {}
         for s in states:
             for k, v in s["sum"].items():
                 sums[k] += v

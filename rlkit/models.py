@@ -155,7 +155,8 @@ def build_tiny_bpe_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> L
     """Hidden 128, 2 layers, grouped-query attention, bfloat16 weights; EOS is end of text or end of
     turn, and the generation config carries Llama 3.1 Instruct's sampling defaults (temperature 0.6,
     top-p 0.9), which rlkit's rollouts must override."""
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TEXT, END_OF_TURN)]
+    vocab = tokenizer.get_vocab()
+    eos = [vocab[END_OF_TEXT], vocab[END_OF_TURN]]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -169,7 +170,7 @@ def build_tiny_bpe_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> L
         eos_token_id=eos,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).bfloat16()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, do_sample=True, temperature=0.6, top_p=0.9
     )

@@ -26,6 +26,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -97,6 +98,7 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
         if "activation_checkpointing" in SFTConfig.__dataclass_fields__
         else "gradient_checkpointing"
     )
+    no_checkpointing: dict[str, Any] = {checkpointing: False}  # a field name chosen at run time
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=cfg["max_steps"],
@@ -116,7 +118,7 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
         # precision and memory: plain fp32 training, no recomputation (TRL 1.16 defaults: bf16, checkpointing)
         bf16=False,
         fp16=False,
-        **{checkpointing: False},
+        **no_checkpointing,
         activation_offloading=False,
         torch_compile=False,
         use_liger_kernel=False,

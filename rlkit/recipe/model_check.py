@@ -116,7 +116,7 @@ def max_positions(folder: Path) -> int | None:
 def special_tokens(folder: Path) -> dict[str, str]:
     """bos/eos/unk/pad as tokenizer_config.json names them (a string, or a dict with 'content')."""
     config = _json(folder / "tokenizer_config.json")
-    named = {name: config.get(name) for name in SPECIAL_TOKENS if config.get(name) is not None}
+    named = {name: config[name] for name in SPECIAL_TOKENS if config.get(name) is not None}
     return {name: token["content"] if isinstance(token, dict) else token for name, token in named.items()}
 
 

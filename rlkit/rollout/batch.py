@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from rlkit.data import render_prompt, tokenize_prompts
-from rlkit.rollout.engine import Completions, Engine, Sampling
+from rlkit.rollout.engine import Completions, Engine, Sampling, Tokenizer
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RolloutBatch:
 
     @staticmethod
     def from_completions(
-        prompts: list, columns: dict[str, list], prompt_ids: list[list[int]], out: Completions, tokenizer
+        prompts: list, columns: dict[str, list], prompt_ids: list[list[int]], out: Completions, tokenizer: Tokenizer
     ) -> RolloutBatch:
         """The batch of ``out``, the engine's completions of ``prompts`` (with their token ids and dataset
         ``columns``, one entry per prompt), ``n = len(out) / len(prompts)`` rows per prompt."""
@@ -74,7 +75,7 @@ class RolloutBatch:
         """The groups where ``keep`` [n_groups] (bool) is True, renumbered 0..k-1 in their order."""
         rows = keep[self.group_ids]
         new_id = keep.long().cumsum(0) - 1
-        out = {}
+        out: dict[str, Any] = {}  # field name -> its selected rows
         for f in fields(self):
             value = getattr(self, f.name)
             if torch.is_tensor(value):
@@ -93,6 +94,8 @@ class RolloutBatch:
         left = lambda t, v: F.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
         right = lambda t, v: F.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
         offsets = torch.tensor([0] + [b.n_groups for b in batches[:-1]], device=batches[0].group_ids.device).cumsum(0)
+        rewards = _all_or_none([b.rewards for b in batches], "rewards")
+        logp = _all_or_none([b.logp for b in batches], "logp")
         return RolloutBatch(
             prompt_ids=torch.cat([left(b.prompt_ids, pad_token_id) for b in batches]),
             prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
@@ -105,9 +108,18 @@ class RolloutBatch:
             completions=[c for b in batches for c in b.completions],
             columns={k: [v for b in batches for v in b.columns[k]] for k in batches[0].columns},
             policy_version=torch.cat([b.policy_version for b in batches]),
-            rewards=None if batches[0].rewards is None else torch.cat([b.rewards for b in batches]),
-            logp=None if batches[0].logp is None else torch.cat([right(b.logp, 0.0) for b in batches]),
+            rewards=None if rewards is None else torch.cat(rewards),
+            logp=None if logp is None else torch.cat([right(t, 0.0) for t in logp]),
         )
+
+
+def _all_or_none(values: list[torch.Tensor | None], name: str) -> list[torch.Tensor] | None:
+    """``values`` when every batch has its ``name`` tensor, None when none has (concatenating a batch that
+    has it with one that has not would lose it or fail)."""
+    present = [v for v in values if v is not None]
+    if present and len(present) < len(values):
+        raise ValueError(f"cannot concatenate rollout batches where only some have {name}")
+    return present or None
 
 
 def sample(

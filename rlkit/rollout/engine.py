@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,27 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     greedy: bool = False
+
+
+class Tokenizer(Protocol):
+    """What rollouts use of the policy's tokenizer: a transformers tokenizer with a pad token
+    (:func:`rlkit.models.load_tokenizer` sets one)."""
+
+    @property
+    def pad_token_id(self) -> int: ...
+
+    @property
+    def bos_token_id(self) -> int | None: ...
+
+    def __call__(self, text: list[str]) -> BatchEncoding: ...
+
+    def apply_chat_template(self, conversation: list, **kwargs: Any) -> Any: ...
+
+    def pad(
+        self, encoded_inputs: dict[str, list[list[int]]], *, padding: bool, padding_side: str, return_tensors: str
+    ) -> BatchEncoding: ...
+
+    def batch_decode(self, sequences: torch.Tensor, *, skip_special_tokens: bool) -> list[str]: ...
 
 
 @dataclass
@@ -63,23 +87,24 @@ class Completions:
         A row ends at its first EOS or is truncated (no EOS): what follows an EOS is dropped."""
         eos = set(eos_token_ids)
         ends = [next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) for row in ids]
-        T = max(ends, default=0)
-        out_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)
-        out_logp = torch.zeros(len(ids), T) if logp is not None else None
-        for r, (row, end) in enumerate(zip(ids, ends)):
-            out_ids[r, :end] = torch.tensor(row[:end], dtype=torch.long)
-            if out_logp is not None:
-                out_logp[r, :end] = torch.tensor(logp[r][:end], dtype=torch.float32)
         lengths = torch.tensor(ends)
-        mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+        mask = (torch.arange(max(ends, default=0))[None, :] < lengths[:, None]).float()
         truncated = torch.tensor([not row[:end] or row[end - 1] not in eos for row, end in zip(ids, ends)])
         return Completions(
-            ids=out_ids.to(device),
+            ids=_cut_and_padded(ids, ends, pad_id, torch.long).to(device),
             mask=mask.to(device),
             truncated=truncated.to(device),
-            logp=None if out_logp is None else out_logp.to(device),
+            logp=None if logp is None else _cut_and_padded(logp, ends, 0.0, torch.float32).to(device),
             version=version,
         )
+
+
+def _cut_and_padded(rows: Sequence[Sequence[float]], ends: list[int], fill: float, dtype: torch.dtype) -> torch.Tensor:
+    """[len(rows), max(ends)]: row r's first ends[r] values, then ``fill``."""
+    out = torch.full((len(rows), max(ends, default=0)), fill, dtype=dtype)
+    for r, (row, end) in enumerate(zip(rows, ends)):
+        out[r, :end] = torch.tensor(row[:end], dtype=dtype)
+    return out
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,7 @@ class EngineSetup:
     """What the trainer tells an engine when it builds it."""
 
     model_path: str  # folder of the starting weights (after the warm start)
-    tokenizer: object  # the policy's tokenizer (pad and EOS ids)
+    tokenizer: Tokenizer  # the policy's tokenizer
     eos_token_ids: list[int]  # every id that ends a completion
     dtype: str  # "float32", "bfloat16" or "float16": what the trainer computes in
     device: torch.device  # the trainer process's device

@@ -131,17 +131,20 @@ class SampledTokenLogprobs:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.scores is not None:
-            self.steps.append(self._logp(input_ids[:, -1]))
+            self.steps.append(self._logp(self.scores, input_ids[:, -1]))
         self.scores = scores
         return scores
 
-    def _logp(self, tokens: torch.Tensor) -> torch.Tensor:
-        scores = self.scores.float() / self.temperature
-        return scores.gather(-1, tokens[:, None]).squeeze(-1) - scores.logsumexp(-1)
+    def _logp(self, scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[B] log softmax(scores / temperature) at ``tokens`` [B], from one step's ``scores`` [B,V]."""
+        scaled = scores.float() / self.temperature
+        return scaled.gather(-1, tokens[:, None]).squeeze(-1) - scaled.logsumexp(-1)
 
     def result(self, completion_ids: torch.Tensor) -> torch.Tensor:
         """[B,T] fp32 log-probs of ``completion_ids`` [B,T], the tokens ``generate`` returned."""
-        return torch.stack([*self.steps, self._logp(completion_ids[:, -1])], dim=1)
+        if self.scores is None:
+            raise RuntimeError("generate never called the log-prob recorder: it sampled no token")
+        return torch.stack([*self.steps, self._logp(self.scores, completion_ids[:, -1])], dim=1)
 
 
 def mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,6 +49,7 @@ class VLLMEngine(Engine):
     """Colocated vLLM: generation, weight sync by reference, a probe by prompt log-probs."""
 
     Options: ClassVar[type[EngineOptions]] = VLLMOptions
+    options: VLLMOptions
 
     def __init__(self, options: VLLMOptions, setup: EngineSetup):
         super().__init__(options, setup)

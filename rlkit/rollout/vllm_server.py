@@ -28,10 +28,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
@@ -39,6 +41,9 @@ from pydantic import Field, model_validator
 
 from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
 from rlkit.rollout.vllm import INSTALL, checkpoint_state, free_port, repack_cpu_output_layer
+
+if TYPE_CHECKING:
+    from trl.generation.vllm_client import VLLMClient
 
 
 class EngineUnavailable(RuntimeError):
@@ -82,21 +87,22 @@ class VLLMServerOptions(EngineOptions):
 
 class VLLMServerEngine(Engine):
     Options: ClassVar[type[EngineOptions]] = VLLMServerOptions
+    options: VLLMServerOptions
 
     def __init__(self, options: VLLMServerOptions, setup: EngineSetup):
         super().__init__(options, setup)
         self.server: subprocess.Popen | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="rlkit-vllm-server-"))
-        self.url, self.nccl = options.url, None
+        self.nccl: VLLMClient | None = None
         self.pushes = dist.get_rank() == 0 if dist.is_initialized() else True
         try:
-            self.url = self.url or self._start_server()
+            self.url = options.url or self._start_server()
             self.model = self._call("GET", "/v1/models")["data"][0]["id"]
             if options.weight_transfer == "nccl" and self.pushes:
                 from trl.generation.vllm_client import VLLMClient
 
                 self.nccl = VLLMClient(base_url=self.url, connection_timeout=options.timeout_s)
-                self._within(lambda: self.nccl.init_communicator(setup.device), "init_weight_transfer_engine")
+                self._within(partial(self.nccl.init_communicator, setup.device), "init_weight_transfer_engine")
         except BaseException:
             self.close()  # no server or scratch folder left behind
             raise
@@ -131,7 +137,7 @@ class VLLMServerEngine(Engine):
         if self.pushes:
             state = checkpoint_state(model)
             if self.nccl is not None:
-                self._within(lambda: self._push_nccl(state), "update_weights")
+                self._within(partial(_push_nccl, self.nccl, state), "update_weights")
             else:
                 self._push_file(state, version)
             self._call("POST", "/reset_prefix_cache")
@@ -173,10 +179,6 @@ class VLLMServerEngine(Engine):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _push_nccl(self, state: dict[str, torch.Tensor]) -> None:
-        metadata = [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
-        self.nccl.update_named_params(metadata, iter(state.items()))
-
     # ------------------------------------------------------------ the wire
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
         """One HTTP call with the deadline ``timeout_s``; the JSON answer ({} for an empty one)."""
@@ -200,7 +202,7 @@ class VLLMServerEngine(Engine):
             ) from None
         return json.loads(body) if body.strip() else {}
 
-    def _within(self, fn, what: str) -> None:
+    def _within(self, fn: Callable[[], Any], what: str) -> None:
         """Run ``fn`` (a call through TRL's client, which has no deadline of its own) within ``timeout_s``."""
         pool = ThreadPoolExecutor(max_workers=1)
         try:
@@ -286,9 +288,19 @@ class VLLMServerEngine(Engine):
         )
 
 
+def _push_nccl(client: VLLMClient, state: dict[str, torch.Tensor]) -> None:
+    """Send ``state`` through vLLM's NCCL weight-transfer engine: (name, dtype, shape) of each, then the tensors."""
+    metadata = [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
+    client.update_named_params(metadata, iter(state.items()))
+
+
 class WorkerExtension:
     """Methods vLLM mixes into each of the server's workers (``--worker-extension-cls``), called through
     ``/collective_rpc``."""
+
+    # the vLLM worker's own, which this class is mixed into
+    model_runner: Any
+    reload_weights: Callable[..., None]
 
     def rlkit_reload_weights(self, folder: str) -> None:
         """Reload every weight from the safetensors files in ``folder`` and refresh the tied output layer on

@@ -134,7 +134,7 @@ def export_merged(output_dir: str | Path, out: str | Path) -> Path:
     adapter = checkpoint / "model"
     if not (adapter / "adapter_config.json").is_file():
         raise ValueError(f"{adapter} is a full model, not a LoRA adapter: it loads with from_pretrained as it is")
-    base = PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    base = PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
     if not Path(base).is_dir():
         raise FileNotFoundError(f"{adapter}: its base model folder {base} (adapter_config.json) no longer exists")
     AutoPeftModelForCausalLM.from_pretrained(adapter, dtype="auto").merge_and_unload().save_pretrained(out)

@@ -64,23 +64,33 @@ def test_trainer_takes_logp_old_from_the_sampler_unless_told_to_recompute(tmp_pa
     assert metrics.result()["rollout/logp_diff_max"] <= 1e-5
 
 
-def test_concat_keeps_sampler_logprobs_padded_with_zeros():
-    def batch(T, value):
-        ones = torch.ones(2, T)
-        return RolloutBatch(
-            prompt_ids=torch.ones(2, 1, dtype=torch.long),
-            prompt_mask=torch.ones(2, 1, dtype=torch.long),
-            completion_ids=ones.long(),
-            completion_mask=ones,
-            loss_mask=ones,
-            group_ids=torch.tensor([0, 0]),
-            truncated=torch.zeros(2, dtype=torch.bool),
-            prompts=["a"] * 2,
-            completions=["b"] * 2,
-            columns={},
-            policy_version=torch.zeros(2, dtype=torch.long),
-            logp=ones * value,
-        )
+def _batch(T: int, logp_value: float | None) -> RolloutBatch:
+    """One group of 2 rows with T completion tokens, sampler log-probs all ``logp_value`` (None: greedy)."""
+    ones = torch.ones(2, T)
+    return RolloutBatch(
+        prompt_ids=torch.ones(2, 1, dtype=torch.long),
+        prompt_mask=torch.ones(2, 1, dtype=torch.long),
+        completion_ids=ones.long(),
+        completion_mask=ones,
+        loss_mask=ones,
+        group_ids=torch.tensor([0, 0]),
+        truncated=torch.zeros(2, dtype=torch.bool),
+        prompts=["a"] * 2,
+        completions=["b"] * 2,
+        columns={},
+        policy_version=torch.zeros(2, dtype=torch.long),
+        logp=None if logp_value is None else ones * logp_value,
+    )
 
-    both = RolloutBatch.concat([batch(2, -1.0), batch(3, -2.0)], pad_token_id=0)
+
+def test_concat_keeps_sampler_logprobs_padded_with_zeros():
+    both = RolloutBatch.concat([_batch(2, -1.0), _batch(3, -2.0)], pad_token_id=0)
     assert both.logp.tolist() == [[-1, -1, 0], [-1, -1, 0], [-2, -2, -2], [-2, -2, -2]]
+
+
+@pytest.mark.parametrize("order", ["greedy first", "sampled first"])
+def test_concat_refuses_batches_where_only_some_have_sampler_logprobs(order):
+    """Before: a greedy batch first silently dropped the others' log-probs; a greedy batch later raised AttributeError."""
+    batches = [_batch(2, None), _batch(2, -1.0)]
+    with pytest.raises(ValueError, match="only some have logp"):
+        RolloutBatch.concat(batches if order == "greedy first" else batches[::-1], pad_token_id=0)
