@@ -2,7 +2,7 @@
 
 Run directly (one process) or under ``accelerate launch``. With 7 held-out prompts on 2 ranks the
 shards hold 4 and 3 prompts: unpadded, rank 0 would call ``generate`` twice and rank 1 once. Rank 0
-writes {accuracy, reward, calls: generate calls of each rank} to ``--out`` as JSON.
+writes the evaluation record (:class:`EvalResult`) and calls (generate calls of each rank) to ``--out`` as JSON.
 """
 
 import argparse
@@ -43,7 +43,7 @@ def main():
         calls = gather_object([calls])
         if trainer.accelerator.is_main_process:
             with open(args.out, "w") as f:
-                json.dump({**result.__dict__, "calls": calls}, f)
+                json.dump({**result.record(), "calls": calls}, f)
         trainer.accelerator.wait_for_everyone()
 
 

@@ -31,7 +31,7 @@ OPD = [
 def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     """7 prompts in generate calls of 3: shards of 4 and 3 rows. Unpadded, rank 0 would call generate
     twice and rank 1 once, and rank 0 would wait for rank 1 forever (synced_gpus); the launch's timeout
-    catches that. Both evaluations score the same completions of the same weights, so accuracy
+    catches that. Both evaluations score the same completions of the same weights, so the score
     (a count of 0/1 scores over 7) is equal exactly; it is neither 0 nor 1, so a counted padding row
     (row 0, scored again) would change it."""
     one = subprocess.run(
@@ -53,8 +53,8 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
     assert one["calls"] == [3] and two["calls"] == [2, 2]
-    assert 0 < one["accuracy"] < 1
-    assert two["accuracy"] == one["accuracy"] and two["reward"] == one["reward"]
+    assert 0 < one["score"] < 1
+    assert two["score"] == one["score"] and two["reward"] == one["reward"]
 
 
 def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache, port: int):
