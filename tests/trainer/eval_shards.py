@@ -20,6 +20,7 @@ OVERRIDES = [
     "trainer.prompts_per_step=4",
     "log.trackers=[]",
     "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_code_sum}]",
+    "eval.metric=odd_code_sum",
 ]
 
 
