@@ -84,7 +84,7 @@ class HFEngine(Engine):
         with self.setup.live_policy() as model, _model_defaults(model, config):
             ids = enc.input_ids.repeat_interleave(n, 0).to(model.device)  # [B,P]
             attention = enc.attention_mask.repeat_interleave(n, 0).to(model.device)
-            processors = [recorder] if recorder else []  # first: it must see the raw scores
+            processors: list = [recorder] if recorder else []  # first: it must see the raw scores
             if sampling.seed is not None and not sampling.greedy:
                 seeds = [prompt_seed(sampling.seed, p) + j for p in prompt_ids for j in range(n)]
                 processors.append(SeededSampling(seeds, sampling.temperature, sampling.top_p, model.device))

@@ -96,8 +96,8 @@ class VLLMEngine(Engine):
         )
         if sampling.seed is not None:  # a generator per request: vLLM seeds its i-th sample with seed + i
             params = [params.clone() for _ in prompt_ids]
-            for p, ids in zip(params, prompt_ids):
-                p.seed = prompt_seed(sampling.seed, ids)
+            for request, prompt in zip(params, prompt_ids):
+                request.seed = prompt_seed(sampling.seed, prompt)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         rows = [c for o in outputs for c in o.outputs]  # prompt-major, n per prompt
         ids = [list(c.token_ids) for c in rows]
