@@ -94,7 +94,8 @@ def cmd_check(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     print(
         f"{args.recipe}: ok (objective {recipe.objective.get('preset', 'grpo')}, "
-        f"{recipe.trainer.steps} steps, output_dir {recipe.output_dir})"
+        f"{recipe.trainer.steps} steps, held-out {recipe.eval.metric}"
+        f"{f' pass@{recipe.eval.k}' if recipe.eval.k > 1 else ''}, output_dir {recipe.output_dir})"
     )
     return 0
 

@@ -249,6 +249,13 @@ def test_check_refuses_a_metric_that_names_no_reward(recipe, names, capsys):
     )
 
 
+def test_check_says_the_metric(capsys):
+    assert main(["check", "recipes/presets/dapo.yaml"]) == 0
+    assert "held-out exact_number, output_dir" in capsys.readouterr().out
+    assert main(["check", "recipes/presets/dapo.yaml", "eval.metric=total", "eval.k=8"]) == 0
+    assert "held-out total pass@8, output_dir" in capsys.readouterr().out
+
+
 def test_check_takes_reward_labels_and_refuses_the_reserved_one():
     named = "rewards=[{verifier: exact_number, name: correct}, {verifier: tests/trainer/parity_verifier.py:odd_length}]"
     for metric in ("correct", "odd_length", "total"):
