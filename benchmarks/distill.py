@@ -3,7 +3,8 @@
 Evaluates the warm-started teacher of ``recipes/distill.yaml`` on the held-out set (greedy, as the
 trainer evaluates the student), then trains ``opd``, ``opd_tip`` and ``opd_q3`` with
 :mod:`benchmarks.presets` (each from the same warm-started student) and writes ``OUT/distill.md``:
-student accuracy at the start and the end, the teacher's, and each preset's gain as a fraction of opd's.
+the student's held-out score (the recipe's ``eval.metric``, exact_number: exact-match accuracy) at the
+start and the end, the teacher's, and each preset's gain as a fraction of opd's.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from rlkit.trainer import Trainer
 PRESETS = ("opd", "opd_tip", "opd_q3")
 
 
-def teacher_accuracy(out: Path, seed: int | None) -> float:
-    """Held-out greedy accuracy of the recipe's teacher, evaluated as the trainer evaluates a policy."""
+def teacher_score(out: Path, seed: int | None) -> float:
+    """The held-out score of the recipe's teacher, evaluated as the trainer evaluates a policy."""
     overrides = [f"output_dir={out / 'teacher'}", "log.trackers=[]"] + (
         [] if seed is None else [f"trainer.seed={seed}"]
     )
@@ -32,7 +33,7 @@ def teacher_accuracy(out: Path, seed: int | None) -> float:
     recipe.objective, recipe.teacher = {"preset": "grpo", "kl": {"beta": 0.0}}, None
     trainer = Trainer(recipe)
     try:
-        return trainer.evaluate().accuracy
+        return trainer.evaluate().score
     finally:
         trainer.scorer.close()
         trainer.log.close()
@@ -47,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    teacher = teacher_accuracy(out, args.seed)
-    print(f"teacher held-out accuracy: {teacher:.3f}", flush=True)
+    teacher = teacher_score(out, args.seed)
+    print(f"teacher held-out score: {teacher:.3f}", flush=True)
     presets = args.presets.split(",")
     status = preset_runs.main(
         ["--presets", args.presets, "--out", str(out)]
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = out / preset / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
-            gains[preset] = (s["eval_start"]["accuracy"], s["eval_end"]["accuracy"])
+            gains[preset] = (s["eval_start"]["score"], s["eval_end"]["score"])
     lines = [
         "| preset | student start | student end | teacher | gain | gain / opd's gain |",
         "|---|---:|---:|---:|---:|---:|",

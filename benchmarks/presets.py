@@ -2,8 +2,8 @@
 
 Trains ``recipes/presets/<preset>.yaml`` for each preset, one after another, each as its own ``rlkit train``
 process into ``OUT/<preset>`` (a run already there is deleted first, so that every run starts fresh). Then
-writes ``OUT/presets.md`` (held-out accuracy at the start and at the end of RL and wall time, from each
-run's summary.json) and ``OUT/presets.png`` (learning curves, :mod:`rlkit.plot`), and prints the table.
+writes ``OUT/presets.md`` (the held-out metric, its score at the start and at the end of RL, and wall time,
+from each run's summary.json) and ``OUT/presets.png`` (learning curves, :mod:`rlkit.plot`), and prints the table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rlkit.objectives.presets import PRESETS
 from rlkit.plot import plot_runs
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "presets"
-HEADER = "| preset | accuracy at start | accuracy at end | change | wall s |\n|---|---:|---:|---:|---:|"
+HEADER = "| preset | held-out metric | at start | at end | change | wall s |\n|---|---|---:|---:|---:|---:|"
 
 
 def train(preset: str, steps: int | None, seed: int | None, run_dir: Path) -> int:
@@ -38,8 +38,12 @@ def train(preset: str, steps: int | None, seed: int | None, run_dir: Path) -> in
 def table_row(preset: str, run_dir: Path) -> str:
     """The preset's line of the table, from its run's summary.json."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    start, end = summary["eval_start"]["accuracy"], summary["eval_end"]["accuracy"]
-    return f"| {preset} | {start:.3f} | {end:.3f} | {end - start:+.3f} | {summary['wall_seconds']:.0f} |"
+    start, end = summary["eval_start"], summary["eval_end"]
+    change = end["score"] - start["score"]
+    return (
+        f"| {preset} | {end['metric']} (k={end['k']}) | {start['score']:.3f} | {end['score']:.3f} | {change:+.3f} "
+        f"| {summary['wall_seconds']:.0f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     for preset in presets:
         status = train(preset, args.steps, args.seed, out / preset)
         if status:
-            rows.append(f"| {preset} | failed (exit {status}) | | | |")
+            rows.append(f"| {preset} | failed (exit {status}) | | | | |")
         else:
             rows.append(table_row(preset, out / preset))
             finished.append(out / preset)
     table = "\n".join([HEADER, *rows])
     command = " ".join(["python -m benchmarks.presets", *(argv if argv is not None else sys.argv[1:])])
     (out / "presets.md").write_text(
-        f"# Objective presets\n\n`{command}`: recipes/presets/<preset>.yaml, held-out "
-        f"accuracy (eval/accuracy) at the start and at the end of RL.\n\n{table}\n\n"
+        f"# Objective presets\n\n`{command}`: recipes/presets/<preset>.yaml, the held-out metric "
+        f"(eval.metric, logged as eval/score) at the start and at the end of RL.\n\n{table}\n\n"
         "![learning curves](presets.png)\n"
     )
     if finished:

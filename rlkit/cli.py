@@ -14,6 +14,7 @@ def cmd_train(args) -> int:
     from rlkit.data import PromptTooLong
     from rlkit.distributed import collective_timed_out, peer_lost
     from rlkit.trainer import CheckpointNotShared, Trainer, TrainingDiverged  # heavy: once the recipe is valid
+    from rlkit.trainer.evaluation import EvalResult
     from rlkit.trainer.startup import LaunchRefused
 
     try:
@@ -39,8 +40,8 @@ def cmd_train(args) -> int:
         )
     return _leave(
         0,
-        f"held-out accuracy: {summary['eval_start']['accuracy']:.3f} at the start of RL -> "
-        f"{summary['eval_end']['accuracy']:.3f} after {summary['steps']} steps "
+        f"held-out {EvalResult(**summary['eval_start']).describe()} at the start of RL -> "
+        f"{EvalResult(**summary['eval_end']).describe()} after {summary['steps']} steps "
         f"({summary['wall_seconds']:.0f} s); run in {recipe.output_dir}",
     )
 
@@ -93,7 +94,8 @@ def cmd_check(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     print(
         f"{args.recipe}: ok (objective {recipe.objective.get('preset', 'grpo')}, "
-        f"{recipe.trainer.steps} steps, output_dir {recipe.output_dir})"
+        f"{recipe.trainer.steps} steps, held-out {recipe.eval.metric}"
+        f"{f' pass@{recipe.eval.k}' if recipe.eval.k > 1 else ''}, output_dir {recipe.output_dir})"
     )
     return 0
 
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the folder to write (default: RUN/merged)")
     p.set_defaults(fn=cmd_export)
     sub.add_parser("objectives", help="list objective parts and presets").set_defaults(fn=cmd_objectives)
-    p = sub.add_parser("plot", help="held-out accuracy and training reward of runs against step, as a PNG")
+    p = sub.add_parser("plot", help="held-out metric and training reward of runs against step, as a PNG")
     p.add_argument("runs", nargs="+", help="run folders (output_dir of a training run)")
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.set_defaults(fn=cmd_plot)

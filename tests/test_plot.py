@@ -26,11 +26,11 @@ def run(tmp_path):
     return write_run(
         tmp_path / "run_a",
         [
-            {"step": 0, "eval/accuracy": 0.25, "eval/reward": 0.25},
+            {"step": 0, "eval/score": 0.25, "eval/reward": 0.25},
             {"step": 10, "reward/mean": 0.5, "objective/kl": 0.01},
             "",
             {"step": 20, "reward/mean": 0.625},
-            {"step": 20, "eval/accuracy": 0.5, "eval/reward": 0.5},
+            {"step": 20, "eval/score": 0.5, "eval/reward": 0.5},
             '{"step": 30, "reward/me',  # a line still being written
         ],
         objective="ctpo",
@@ -38,7 +38,7 @@ def run(tmp_path):
 
 
 def test_read_series_returns_the_written_values(run):
-    assert read_series(run, "eval/accuracy") == ([0, 20], [0.25, 0.5])
+    assert read_series(run, "eval/score") == ([0, 20], [0.25, 0.5])
     assert read_series(run, "reward/mean") == ([10, 20], [0.5, 0.625])
     assert read_series(run, "missing/key") == ([], [])
 
@@ -63,7 +63,7 @@ def test_runs_are_labelled_by_folder(run, tmp_path):
 
 
 def test_plot_writes_a_png(run, tmp_path):
-    other = write_run(tmp_path / "run_b", [{"step": 0, "eval/accuracy": 0.1}, {"step": 5, "reward/mean": 0.2}])
+    other = write_run(tmp_path / "run_b", [{"step": 0, "eval/score": 0.1}, {"step": 5, "reward/mean": 0.2}])
     out = plot_runs([run, other], tmp_path / "plots" / "curves.png")
     assert out.read_bytes().startswith(PNG_MAGIC)
     height, width, _ = matplotlib.image.imread(out).shape  # decodes as a whole

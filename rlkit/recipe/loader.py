@@ -24,7 +24,7 @@ from rlkit.objectives import KINDS, build_objective, build_part, resolve_spec
 from rlkit.objectives.registry import TEACHER_NEEDS, part_class
 from rlkit.recipe.data_check import DataFileError, Reader, check_columns, check_source, plural, verifier_columns
 from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
-from rlkit.recipe.schema import DataSource, Recipe
+from rlkit.recipe.schema import TOTAL, DataSource, Recipe
 from rlkit.rollout.engine import engine_class
 
 
@@ -223,6 +223,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), make_output_dir: bo
     check_objective(recipe, where)
     check_teacher(recipe, where)
     check_rewards(recipe, where)
+    check_eval(recipe, where)
     check_engine(recipe, where)
     check_training(recipe, where)
     check_data(recipe, where)
@@ -329,6 +330,22 @@ def check_rewards(recipe: Recipe, where: Locator) -> None:
                 f"{where(('rewards', i))}: rewards.{i}: same label {labels[i]!r} as rewards."
                 f"{labels.index(labels[i])}; set 'name' to tell them apart"
             )
+
+
+def check_eval(recipe: Recipe, where: Locator) -> None:
+    """``eval.metric`` names the weighted total or one of the rewards, by the label its metrics carry."""
+    labels = [spec.label for spec in with_labels(recipe.rewards)]
+    if TOTAL in labels:  # the name would mean two things
+        i = labels.index(TOTAL)
+        raise _error(where, ("rewards", i), f"the label {TOTAL!r} names the weighted total in eval.metric; set 'name'")
+    if recipe.eval.metric not in (TOTAL, *labels):
+        raise _error(
+            where,
+            ("eval", "metric"),
+            f"{recipe.eval.metric!r} names no reward of this recipe; choose one of "
+            f"{[TOTAL, *labels]} ('total': the weighted total reward; the others: rewards by label)",
+            ("rewards",),
+        )
 
 
 def check_training(recipe: Recipe, where: Locator) -> None:

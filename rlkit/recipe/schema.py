@@ -330,6 +330,32 @@ class LogConfig(Section):
     trackers: list[Literal["tensorboard"]] = Field(["tensorboard"], description="accelerate trackers")
 
 
+TOTAL = "total"  # eval.metric's name for the weighted total reward
+
+
+class EvalConfig(Section):
+    """The held-out evaluation, run at the start, every ``log.eval_every`` steps and at the end on the
+    ``data.eval_size`` held-out prompts (docs/evaluation.md)."""
+
+    metric: str = Field(
+        TOTAL,
+        description="the held-out metric: 'total' (the weighted total reward, what RL maximises) or the label "
+        "of one of the recipe's rewards (its 'name', else the verifier's name)",
+    )
+    k: int = Field(
+        1,
+        ge=1,
+        description="completions per held-out prompt: 1, the greedy one (eval/score is the metric's mean); "
+        "k > 1, k sampled at eval.temperature (eval/score is mean@k, and eval/pass@k is logged)",
+    )
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the k > 1 completions")
+    pass_threshold: float = Field(
+        1.0,
+        description="a sampled completion passes when its metric score is at least this (pass@k): 1 is full "
+        "marks of a verifier scoring in [0, 1]; with metric 'total', the total a correct completion earns",
+    )
+
+
 class Recipe(Section):
     model: ModelConfig = ModelConfig()
     teacher: TeacherConfig | None = Field(None, description="teacher model, for objectives that distill from one")
@@ -346,4 +372,5 @@ class Recipe(Section):
     )
     trainer: TrainerConfig = TrainerConfig()
     log: LogConfig = LogConfig()
+    eval: EvalConfig = EvalConfig()
     output_dir: str = Field(description="where the run writes metrics, samples, checkpoints and summary.json")

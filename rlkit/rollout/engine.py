@@ -18,6 +18,7 @@ the other keys are the engine's :class:`EngineOptions`, validated by ``rlkit che
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -34,13 +35,27 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Sampling:
     """What to sample for each prompt: ``n`` completions of at most ``max_new_tokens`` tokens from
-    softmax(logits / temperature), nucleus-filtered at ``top_p``; or the argmax (``greedy``, evaluation)."""
+    softmax(logits / temperature), nucleus-filtered at ``top_p``; or the argmax (``greedy``, evaluation).
+
+    With a ``seed``, a prompt's completions are drawn from a random stream of its own, seeded from ``seed``
+    (and the prompt's tokens, :func:`prompt_seed`, where the engine seeds prompts one by one), so they do
+    not depend on the other prompts of the call, nor on how prompts are split into calls or over
+    processes (held-out pass@k); without, from the engine's stream (rollouts)."""
 
     n: int
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     greedy: bool = False
+    seed: int | None = None
+
+
+def prompt_seed(seed: int, prompt_ids: list[int]) -> int:
+    """The seed of one prompt's random stream, from ``seed`` and its token ids: 56 bits of blake2b (Python's
+    ``hash`` differs between processes). Its ``n`` completions use this seed plus 0 .. n - 1, as vLLM
+    seeds the samples of one request."""
+    digest = hashlib.blake2b(repr((seed, list(prompt_ids))).encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big")
 
 
 class Tokenizer(Protocol):

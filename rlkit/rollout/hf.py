@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
+from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling, prompt_seed
 
 if TYPE_CHECKING:  # imported lazily at run time, so that `rlkit check` stays light
     from transformers import GenerationConfig
@@ -54,12 +54,14 @@ class HFEngine(Engine):
         no minimum length; stops at any of the EOS ids or after ``max_new_tokens``."""
         from transformers import GenerationConfig
 
-        options = {} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        # seeded sampling decodes greedily on the scores SeededSampling randomised
+        draws = not sampling.greedy and sampling.seed is None
+        options = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0} if draws else {}
         tok = self.setup.tokenizer
         return GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=0,
-            do_sample=not sampling.greedy,
+            do_sample=draws,
             **options,
             typical_p=1.0,
             repetition_penalty=1.0,
@@ -82,12 +84,16 @@ class HFEngine(Engine):
         with self.setup.live_policy() as model, _model_defaults(model, config):
             ids = enc.input_ids.repeat_interleave(n, 0).to(model.device)  # [B,P]
             attention = enc.attention_mask.repeat_interleave(n, 0).to(model.device)
+            processors: list = [recorder] if recorder else []  # first: it must see the raw scores
+            if sampling.seed is not None and not sampling.greedy:
+                seeds = [prompt_seed(sampling.seed, p) + j for p in prompt_ids for j in range(n)]
+                processors.append(SeededSampling(seeds, sampling.temperature, sampling.top_p, model.device))
             out = model.generate(
                 input_ids=ids,
                 attention_mask=attention,
                 generation_config=config,
                 synced_gpus=self.setup.synced_gpus,
-                logits_processor=LogitsProcessorList([recorder] if recorder else []),
+                logits_processor=LogitsProcessorList(processors),
             )
         completion_ids = out[:, ids.shape[1] :]
         mask, truncated = mask_after_eos(completion_ids, self.setup.eos_token_ids)
@@ -108,6 +114,31 @@ class HFEngine(Engine):
         with self.setup.live_policy() as model:
             logits = model(torch.tensor([ids], device=model.device)).logits[0, :-1].float()
         return logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None]).squeeze(-1)
+
+
+class SeededSampling:
+    """A logits processor that turns greedy decoding into sampling from softmax(scores / temperature), top-p
+    filtered, with one random stream per row (a ``torch.Generator`` seeded with ``seeds[row]``), so a row's
+    tokens do not depend on the rows beside it. The Gumbel-max trick: with E_v ~ Exp(1) independent,
+    argmax_v (s_v / T - log E_v) is distributed as softmax(s / T) (-log E_v is Gumbel(0, 1)). ``generate``
+    calls it once per decoding step with the scores of every row, finished rows included, so each row's
+    stream advances by one draw of [V] per step."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
+        from transformers import TopPLogitsWarper
+
+        self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)  # -inf outside the nucleus
+        noise = torch.empty_like(scores)
+        for row, generator in zip(noise, self.generators):
+            row.exponential_(generator=generator)
+        return scores - noise.log()
 
 
 class SampledTokenLogprobs:

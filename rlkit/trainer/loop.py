@@ -17,7 +17,6 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -54,6 +53,7 @@ from rlkit.rollout import (
     sample,
 )
 from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
+from rlkit.trainer.evaluation import EvalResult, EvalTally
 from rlkit.trainer.logprobs import completion_scores
 from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
 from rlkit.trainer.startup import check_launch, check_sharding
@@ -66,12 +66,6 @@ EVAL_CHUNK = 256  # held-out prompts per generate call (memory only: results do 
 
 class TrainingDiverged(RuntimeError):
     """Raised when the loss or the gradients stay non-finite; the last checkpoint is intact."""
-
-
-@dataclass
-class EvalResult:
-    accuracy: float  # mean score of the first verifier on greedy completions
-    reward: float  # mean total reward on greedy completions
 
 
 def _process_group_kwargs(timeout_s: float) -> list:
@@ -250,9 +244,10 @@ class Trainer:
         t0 = time.time() - state.get("elapsed", 0.0)
         eval_start = state.get("eval_start")
         if eval_start is None:
-            eval_start = self.evaluate().__dict__
-            self.log.metrics(0, {f"eval/{k}": v for k, v in eval_start.items()})
-            self.log.write(f"held-out accuracy at the start of RL: {eval_start['accuracy']:.3f}")
+            start = self.evaluate()
+            self.log.metrics(0, start.metrics())
+            self.log.write(f"held-out {start.describe()} at the start of RL")
+            eval_start = start.record()
         bad_steps, step = 0, start_step
         for step in range(start_step + 1, cfg.steps + 1):
             metrics, samples = self.step(step)
@@ -279,7 +274,7 @@ class Trainer:
             "wall_seconds": time.time() - t0,
             "objective": self.objective.name,
             "eval_start": eval_start,
-            "eval_end": eval_end.__dict__,
+            "eval_end": eval_end.record(),
         }
         self.log.summary(summary)
         return summary
@@ -573,37 +568,39 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation and records
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        """Greedy completions on this rank's share of the held-out set, scored by the recipe's verifiers.
+        """The recipe's held-out metric (``eval:``, docs/evaluation.md) on this rank's share of the held-out
+        set: one greedy completion per prompt (k = 1), or k sampled at ``eval.temperature`` (mean@k, pass@k),
+        seeded per prompt from ``trainer.seed`` (:class:`Sampling`), so that neither the number of
+        processes nor EVAL_CHUNK changes them, and every evaluation of the run draws the same noise.
 
         Every rank makes the same number of ``generate`` calls, ceil(ceil(N / world) / EVAL_CHUNK): with
         sharded parameters every decoding step runs collectives (``synced_gpus``, FSDP's all-gathers), so
         a rank with one call more would wait forever. The shards (rows rank, rank + world, ...) are padded
         to ceil(N / world) rows with row 0, whose completions are not scored.
         """
+        cfg, max_new_tokens = self.recipe.eval, self.recipe.rollout.max_new_tokens
         rank, world, n = self.accelerator.process_index, self.accelerator.num_processes, len(self.data.eval)
         own, per_rank = range(rank, n, world), -(-n // world)
         shard = self.data.eval.select([*own, *[0] * (per_rank - len(own))])
-        first, total = torch.zeros(2), torch.zeros(2)  # host sums of the verifiers' Python floats
-        greedy = Sampling(n=1, max_new_tokens=self.recipe.rollout.max_new_tokens, greedy=True)
+        if cfg.k == 1:
+            sampling = Sampling(n=1, max_new_tokens=max_new_tokens, greedy=True)
+        else:
+            seed = self.recipe.trainer.seed
+            sampling = Sampling(n=cfg.k, max_new_tokens=max_new_tokens, temperature=cfg.temperature, seed=seed)
+        tally = EvalTally(cfg.metric, cfg.k, cfg.pass_threshold)
         for start in range(0, per_rank, EVAL_CHUNK):
             rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
             columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
-            out = self._sample(list(rows["prompt"]), columns, greedy)
-            real = slice(0, max(0, len(own) - start))  # the padding rows come last
-            scores = self.scorer(out.prompts[real], out.completions[real], {c: v[real] for c, v in out.columns.items()})
-            head = [s for s in scores.per_verifier[self.scorer.specs[0].label] if s is not None]
-            first += torch.tensor([sum(head), len(head)])
-            valid = [s for s in scores.total if not math.isnan(s)]
-            total += torch.tensor([sum(valid), len(valid)])
-        first, total = all_sum(first), all_sum(total)
-        return EvalResult(
-            accuracy=float(first[0] / first[1].clamp(min=1)), reward=float(total[0] / total[1].clamp(min=1))
-        )
+            out = self._sample(list(rows["prompt"]), columns, sampling)
+            real = slice(0, max(0, len(own) - start) * cfg.k)  # the padding rows come last
+            columns = {**out.columns, "completion_tokens": out.lengths.long().tolist()}  # as in training
+            tally.add(self.scorer(out.prompts[real], out.completions[real], {c: v[real] for c, v in columns.items()}))
+        return tally.result(all_sum(tally.sums))
 
     def _log_eval(self, step: int) -> EvalResult:
         result = self.evaluate()
-        self.log.metrics(step, {f"eval/{k}": v for k, v in result.__dict__.items()})
-        self.log.write(f"step {step}: held-out accuracy {result.accuracy:.3f}")
+        self.log.metrics(step, result.metrics())
+        self.log.write(f"step {step}: held-out {result.describe()}")
         return result
 
     def _rollout_metrics(self, metrics: Metrics, rollout: RolloutBatch, verifier_metrics: dict[str, float]) -> None:

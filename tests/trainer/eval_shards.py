@@ -1,8 +1,9 @@
 """Held-out evaluation of the untrained builtin:tiny in generate calls of EVAL_CHUNK = 3 prompts.
 
 Run directly (one process) or under ``accelerate launch``. With 7 held-out prompts on 2 ranks the
-shards hold 4 and 3 prompts: unpadded, rank 0 would call ``generate`` twice and rank 1 once. Rank 0
-writes {accuracy, reward, calls: generate calls of each rank} to ``--out`` as JSON.
+shards hold 4 and 3 prompts: unpadded, rank 0 would call ``generate`` twice and rank 1 once. Evaluates
+greedily (k = 1), then with k = 3 seeded samples per prompt; rank 0 writes ``{greedy: record, sampled:
+record}`` (:class:`EvalResult` records, with ``calls``: generate calls of each rank) to ``--out`` as JSON.
 """
 
 import argparse
@@ -20,6 +21,7 @@ OVERRIDES = [
     "trainer.prompts_per_step=4",
     "log.trackers=[]",
     "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_code_sum}]",
+    "eval.metric=odd_code_sum",
 ]
 
 
@@ -39,11 +41,14 @@ def main():
             return generate(*a, **kw)
 
         trainer.engine.generate = counted
-        result = trainer.evaluate()
-        calls = gather_object([calls])
+        records = {}
+        for name, changes in (("greedy", {}), ("sampled", {"k": 3, "temperature": 1.5})):
+            trainer.recipe = trainer.recipe.model_copy(update={"eval": trainer.recipe.eval.model_copy(update=changes)})
+            calls = 0
+            records[name] = {**trainer.evaluate().record(), "calls": gather_object([calls])}
         if trainer.accelerator.is_main_process:
             with open(args.out, "w") as f:
-                json.dump({**result.__dict__, "calls": calls}, f)
+                json.dump(records, f)
         trainer.accelerator.wait_for_everyone()
 
 

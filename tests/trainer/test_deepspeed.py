@@ -23,6 +23,7 @@ RUN = [
     "trainer.steps=1",
     "model.warm_start={max_steps: 5, batch_size: 8, target_accuracy: 1.0}",
     "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]",
+    "eval.metric=odd_length",
     "trainer.prompts_per_step=8",
     "rollout.samples_per_prompt=4",
     "data.eval_size=8",

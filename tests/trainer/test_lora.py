@@ -31,6 +31,7 @@ from tests.trainer.launching import ACCELERATE, ROOT
 SMALL = [
     "model.warm_start=null",
     "rewards=[{verifier: tests/trainer/parity_verifier.py:odd_length}]",
+    "eval.metric=odd_length",
     "trainer.prompts_per_step=4",
     "rollout.samples_per_prompt=4",
     "data.eval_size=8",

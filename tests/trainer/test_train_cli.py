@@ -75,17 +75,17 @@ def test_run_writes_summary_metrics_samples_and_tensorboard(run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["resumed_from"] is None and summary["wall_seconds"] > 0
     for key in ("eval_start", "eval_end"):
-        assert 0 <= summary[key]["accuracy"] <= 1
+        assert summary[key]["metric"] == "exact_number" and 0 <= summary[key]["score"] <= 1
     metrics = read_jsonl(out / "metrics.jsonl")
     train_lines = [m for m in metrics if "reward/mean" in m]
     assert [m["step"] for m in train_lines] == [2, 4]
     for key in ("objective/kl", "objective/clip_frac_low", "rollout/len_mean", "train/grad_norm", "train/lr"):
         assert key in train_lines[-1], key
-    assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2, 4]
+    assert [m["step"] for m in metrics if "eval/score" in m] == [0, 2, 4]
     samples = read_jsonl(out / "samples.jsonl")
     assert {s["step"] for s in samples} == {2, 4} and all("completion" in s and "reward" in s for s in samples)
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
-    assert "held-out accuracy at the start of RL" in log
+    assert "held-out exact_number" in log and "at the start of RL" in log
 
 
 def test_checkpoint_loads_with_plain_transformers(run):

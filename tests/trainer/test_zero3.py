@@ -31,9 +31,10 @@ OPD = [
 def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     """7 prompts in generate calls of 3: shards of 4 and 3 rows. Unpadded, rank 0 would call generate
     twice and rank 1 once, and rank 0 would wait for rank 1 forever (synced_gpus); the launch's timeout
-    catches that. Both evaluations score the same completions of the same weights, so accuracy
+    catches that. Both evaluations score the same completions of the same weights, so the score
     (a count of 0/1 scores over 7) is equal exactly; it is neither 0 nor 1, so a counted padding row
-    (row 0, scored again) would change it."""
+    (row 0, scored again) would change it. The same holds for k = 3 samples per prompt (pass@3, mean@3):
+    each prompt's samples are seeded by the prompt, not by the rank or the call it falls in."""
     one = subprocess.run(
         [sys.executable, "tests/trainer/eval_shards.py", "--out", str(tmp_path / "one.json")],
         cwd=ROOT,
@@ -52,9 +53,10 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
-    assert one["calls"] == [3] and two["calls"] == [2, 2]
-    assert 0 < one["accuracy"] < 1
-    assert two["accuracy"] == one["accuracy"] and two["reward"] == one["reward"]
+    for k in ("greedy", "sampled"):  # sampled: seeded per prompt, so the split over ranks changes nothing
+        assert one[k]["calls"] == [3] and two[k]["calls"] == [2, 2]
+        assert 0 < one[k]["score"] < 1 and one[k] == {**two[k], "calls": [3]}
+    assert 0 < one["sampled"]["pass_at_k"] < 1
 
 
 def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache, port: int):
