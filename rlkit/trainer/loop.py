@@ -2,13 +2,16 @@
 
 One step, as in docs/architecture.md::
 
-    sync weights to the engine (checked on a probe) -> prompts -> engine -> RolloutBatch -> verifiers -> rewards
-            -> scoring pass (old / reference log-probs, entropy) -> advantages
-            -> for each epoch, mini-batch: objective.prepare (global weights), then per micro-batch
-               forward -> token log-probs -> objective.loss -> backward; optimizer step
-            -> metrics (reduced over ranks) -> progress bar, trackers, samples, checkpoints
+    collect: prompts -> engine (synced to the policy, checked on a probe) -> RolloutBatch -> verifiers
+             -> rewards (-> DAPO refill rounds)
+    score:   no-grad pass over chunks of whole groups -> StepBatch (what objective.needs asks for)
+    objective.advantages
+    update:  for each epoch, mini-batch: objective.prepare (global weights), then per micro-batch
+             forward -> token log-probs -> objective.loss -> backward; optimizer step
+    metrics (reduced over ranks) -> progress bar, trackers, samples, checkpoints
 
-The loop never looks at which objective it runs: it computes what ``objective.needs`` asks for.
+The loop never looks at which objective it runs: it computes what ``objective.needs`` (a set of
+:class:`rlkit.objectives.Need`) asks for, and nothing else.
 """
 
 from __future__ import annotations
