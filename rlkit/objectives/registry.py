@@ -66,14 +66,11 @@ TEACHER_NEEDS = frozenset({Need.LOGP_TEACHER, Need.TEACHER_LOGITS, Need.STUDENT_
 
 def as_needs(declared: Iterable[str], owner: str) -> frozenset[Need]:
     """``declared`` (members or their strings) as members; an unknown one is an error naming ``owner``."""
-    needs = set()
-    for need in declared:
-        if need not in Need._value2member_map_:
-            raise ValueError(
-                f"{owner}.needs: unknown need {need!r}; the trainer provides {', '.join(n.value for n in Need)}"
-            )
-        needs.add(Need(need))
-    return frozenset(needs)
+    known = [need.value for need in Need]
+    unknown = sorted(str(need) for need in declared if need not in known)
+    if unknown:
+        raise ValueError(f"{owner}.needs: unknown need {unknown[0]!r}; the trainer provides {', '.join(known)}")
+    return frozenset(Need(need) for need in declared)
 
 
 @dataclass(frozen=True)

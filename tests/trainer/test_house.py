@@ -58,7 +58,7 @@ def test_kl_in_reward_uses_the_scoring_pass_and_no_forward_of_its_own(trainer):
     reference = trainer.reference.model
     assert reference is not policy
     rollout = trainer.rollout(1)
-    rollout.rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    rollout.rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0], device=rollout.group_ids.device)
     n_chunks = len(trainer._group_chunks(len(rollout)))
     assert n_chunks == 3
     policy_calls, reference_calls = counting_forwards(policy), counting_forwards(reference)
