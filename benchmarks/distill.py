@@ -29,9 +29,12 @@ def teacher_score(out: Path, seed: int | None) -> float:
     )
     recipe = load_recipe(preset_runs.RECIPES.parent / "distill.yaml", overrides)
     teacher = recipe.teacher
-    recipe.model = ModelConfig(path=teacher.path, dtype=teacher.dtype, warm_start=teacher.warm_start)
-    recipe.objective, recipe.teacher = {"preset": "grpo", "kl": {"beta": 0.0}}, None
-    trainer = Trainer(recipe)
+    as_policy = {
+        "model": ModelConfig(path=teacher.path, dtype=teacher.dtype, warm_start=teacher.warm_start),
+        "objective": {"preset": "grpo", "kl": {"beta": 0.0}},
+        "teacher": None,
+    }
+    trainer = Trainer(recipe.model_copy(update=as_policy))  # a recipe is frozen: a variant, not an edit
     try:
         return trainer.evaluate().score
     finally:

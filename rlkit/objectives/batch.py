@@ -7,6 +7,7 @@ the policy. Groups (the G completions of one prompt) are always whole on one ran
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
@@ -19,6 +20,8 @@ class StepBatch:
     logp_old: torch.Tensor | None = None  # [B,T] proximal log-probs log pi_old: the policy at the start of
     # the step, when several optimizer steps share a rollout batch; None = on-policy (pi_old = sg(pi_theta))
     logp_behaviour: torch.Tensor | None = None  # [B,T] log mu: the sampler's log-probs of the sampled tokens
+    logp_trainer: torch.Tensor | None = None  # [B,T] the trainer's log pi of the sampled tokens under the policy
+    # at rollout time, from its no-grad scoring pass (Need.LOGP_TRAINER)
     logp_ref: torch.Tensor | None = None  # [B,T] frozen reference model log-probs
     logp_teacher: torch.Tensor | None = None  # [B,T] frozen teacher log-probs of the sampled tokens
     entropy: torch.Tensor | None = None  # [B,T] policy entropy at rollout time (nats)
@@ -37,7 +40,7 @@ class StepBatch:
     def rows(self, index) -> StepBatch:
         """The sub-batch of rows ``index`` (a slice, index tensor or boolean mask)."""
         cut = lambda t: None if t is None else t[index]  # noqa: E731
-        changes = {
+        changes: dict[str, Any] = {
             f.name: cut(getattr(self, f.name))
             for f in fields(self)
             if torch.is_tensor(getattr(self, f.name)) or getattr(self, f.name) is None

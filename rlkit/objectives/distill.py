@@ -24,9 +24,9 @@ from torch.utils.checkpoint import checkpoint
 from rlkit.distributed import all_gather_rows, all_sum
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, fp32
-from rlkit.objectives.registry import register_part
+from rlkit.objectives.registry import Need, register_part
 from rlkit.objectives.selection import Selection, decimal
-from rlkit.objectives.surrogates import Surrogate, clipped_pg, token_log_ratio
+from rlkit.objectives.surrogates import Surrogate, SurrogateInputs, clipped_pg, token_log_ratio
 
 # ------------------------------------------------------------------------------------ divergences
 
@@ -116,13 +116,14 @@ class OPDSampled(Surrogate):
     (Tinker's plain importance-sampling loss). ``reward_coef`` mixes in the task's advantage A_i [b].
     """
 
-    needs = frozenset({"logp_old", "logp_teacher"})
+    needs = frozenset({Need.LOGP_OLD, Need.LOGP_TEACHER})
     coef: float = Field(1.0, ge=0)  # negative: away from the teacher
     reward_coef: float = Field(0.0, ge=0)  # negative: against the task reward
     eps_low: float | None = None
     eps_high: float | None = None
 
-    def loss(self, logp, batch, metrics):
+    def loss(self, inputs, batch, metrics):
+        logp = inputs.logp
         old = logp.detach() if batch.logp_old is None else batch.logp_old
         gap = torch.where(batch.mask > 0, fp32(old) - fp32(batch.logp_teacher), 0.0)
         adv = -self.coef * gap + self.reward_coef * fp32(batch.advantages)[:, None]
@@ -150,7 +151,7 @@ class Distill(Surrogate):
     chunk 512 (TIP Table 9). Logs the divergence and the top-1 agreement of the two models on those tokens.
     """
 
-    needs = frozenset({"student_logits"})
+    needs = frozenset({Need.STUDENT_LOGITS})
     beta: float = Field(1.0, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
     chunk: int = Field(512, ge=1)
@@ -158,12 +159,15 @@ class Distill(Surrogate):
     def reads_advantages(self) -> bool:
         return False
 
-    def loss(self, logp, batch, metrics):
-        raise ValueError("the distill surrogate needs logits: call Objective.loss with logits and teacher_logits")
-
-    def divergence(self, logits, teacher_logits, batch: StepBatch, keep: torch.Tensor, metrics: Metrics):
-        """Per-token loss [b,T] from student logits [n,V] (with gradient) and teacher logits [n,V], packed
-        at the n True positions of ``keep`` [b,T]."""
+    def loss(self, inputs: SurrogateInputs, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
+        """Per-token loss [b,T] from the student's logits [n,V] (with gradient) and the teacher's [n,V],
+        packed at the n True entries of ``inputs.positions`` [b,T]."""
+        logits, teacher_logits, keep = inputs.logits, inputs.teacher_logits, inputs.positions
+        if logits is None or teacher_logits is None or keep is None:
+            raise ValueError(
+                f"the {self.name} surrogate needs the student's and the teacher's logits: call Objective.loss "
+                "with logits and teacher_logits"
+            )
         loss = token_divergence(logits, teacher_logits, keep, self.beta, self.temperature, self.chunk)
         metrics.mean("objective/distill_div_kept", loss.detach(), keep.float())
         with torch.no_grad():
@@ -226,7 +230,7 @@ class TIP(Selection):
     over all valid tokens and over the kept ones, the teacher-student top-1 agreement, kept fraction.
     """
 
-    needs = frozenset({"logits", "teacher_logits"})
+    needs = frozenset({Need.LOGITS, Need.TEACHER_LOGITS})
     rule: Literal["soft_or", "q3", "entropy"] = "soft_or"
     rho: float = Field(0.5, gt=0, le=1)
     clip_quantile: float = Field(0.98, gt=0, le=1)

@@ -23,7 +23,7 @@ from pydantic import Field
 from rlkit.distributed import all_sum
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, fp32
-from rlkit.objectives.registry import Part, register_part
+from rlkit.objectives.registry import Need, Part, register_part
 
 
 def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -46,7 +46,7 @@ def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str) -> t
 class Regulariser(Part):
     """A KL-to-reference term: beta times a per-token estimate, in the loss or in the reward."""
 
-    needs = frozenset({"logp_ref"})
+    needs = frozenset({Need.LOGP_REF})
 
     beta: float = Field(0.0, ge=0)  # a negative beta would reward moving away from the reference
     estimator: Literal["k1", "k2", "k3", "k1+", "k2+", "k3+"] = "k3"
@@ -105,22 +105,18 @@ class KLInReward(Regulariser):
     k is the estimator on the policy at rollout time vs the reference (verl's default ``kl`` = k1, hence
     the default here); the sequence sum is what verl's outcome estimators see after summing its
     token-level rewards. Only a fixed beta (verl also has an adaptive controller). The rollout-time
-    log-probs of the sampled tokens come from :meth:`on_logits` (so on-policy steps, which have no
-    ``logp_old``, get them too). Nothing is added to the loss.
+    log-probs of the sampled tokens are the trainer's scoring pass's own (``logp_trainer``: on-policy
+    steps, which have no ``logp_old``, get them too, and no [B,T,V] logits are formed for them). Nothing
+    is added to the loss.
     """
 
-    needs = frozenset({"logp_ref", "logits"})
+    needs = frozenset({Need.LOGP_REF, Need.LOGP_TRAINER})
     estimator: Literal["k1", "k2", "k3"] = "k1"
-
-    def on_logits(self, logits, completion_ids, mask, group_ids=None, teacher_logits=None):
-        logits = fp32(logits)
-        picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
-        return {"kl_rollout_logp": picked - torch.logsumexp(logits, -1)}
 
     def reward_penalty(self, batch, metrics):
         if not self.beta:
             return 0.0
-        kl = kl_estimate(fp32(batch.extras["kl_rollout_logp"]), fp32(batch.logp_ref), self.estimator)
+        kl = kl_estimate(fp32(batch.logp_trainer), fp32(batch.logp_ref), self.estimator)
         penalty = self.beta * torch.where(batch.mask > 0, kl, 0.0).sum(-1)
         if metrics is not None:
             metrics.mean("objective/kl", kl, batch.mask)

@@ -5,7 +5,7 @@ Usage on plain tensors, inside any training loop (the trainer does exactly this)
     objective = build_objective({"preset": "dapo", "surrogate": {"eps_high": 0.3}})
     batch = StepBatch(mask=mask, advantages=torch.zeros(B), group_ids=group_ids,  # [B,T], [B], [B]
                       logp_old=logp_old)          # + whatever objective.needs lists (None = on-policy)
-    # parts that need "logits": batch.extras = objective.on_logits(logits, completion_ids, mask, group_ids)
+    # parts that need Need.LOGITS: batch.extras = objective.on_logits(logits, completion_ids, mask, group_ids)
     batch.advantages = objective.advantages(rewards, batch)          # rewards [B]
     metrics = Metrics()
     weights = objective.prepare(batch, metrics)                      # once per optimizer step, whole batch
@@ -32,9 +32,9 @@ from rlkit.metrics import Metrics
 from rlkit.objectives.aggregation import Aggregation
 from rlkit.objectives.batch import StepBatch, fp32, group_has_signal, group_index
 from rlkit.objectives.kl import Regulariser
-from rlkit.objectives.registry import Part, RolloutFilter
+from rlkit.objectives.registry import Need, Part, RolloutFilter
 from rlkit.objectives.selection import Selection
-from rlkit.objectives.surrogates import Surrogate
+from rlkit.objectives.surrogates import Surrogate, SurrogateInputs
 from rlkit.objectives.weighting import Weighting
 
 KL_WEIGHTS = "kl_weights"  # StepBatch.extras key of a KL term's own weights (KLPenalty aggregation: token_mean)
@@ -60,11 +60,10 @@ class Objective:
         return [self.advantage, self.surrogate, self.aggregation, *self.selection, *self.weighting, *active_kl]
 
     @property
-    def needs(self) -> frozenset[str]:
-        """What the trainer must provide: subset of logp_old, logp_ref, entropy, logits, logp_teacher,
-        teacher_logits, student_logits (see Part.needs).
+    def needs(self) -> frozenset[Need]:
+        """What the trainer must provide: the union of the parts' :attr:`Part.needs`.
         With ``entropy_bonus`` the trainer must also pass the current entropy (with gradient) to loss."""
-        return frozenset().union(*(p.needs for p in self.parts))
+        return frozenset[Need]().union(*(p.needs for p in self.parts))
 
     @property
     def rollout_filter(self) -> RolloutFilter | None:
@@ -84,10 +83,10 @@ class Objective:
     ) -> dict[str, torch.Tensor]:
         """Every part's statistics from the no-grad scoring pass of a chunk of whole groups
         (logits [b,T,V], completion_ids [b,T], mask [b,T], group_ids [b], and the teacher's logits
-        [b,T,V] when a part needs "teacher_logits") -> name -> [b,T]."""
+        [b,T,V] when a part needs :attr:`Need.TEACHER_LOGITS`) -> name -> [b,T]."""
         out: dict[str, torch.Tensor] = {}
         for part in self.parts:
-            if "logits" in part.needs:
+            if Need.LOGITS in part.needs:
                 out.update(part.on_logits(logits, completion_ids, mask, group_ids, teacher_logits=teacher_logits))
         return out
 
@@ -112,8 +111,8 @@ class Objective:
         for rule in self.selection:
             mask = rule.select(mask, batch, metrics)
         weights = self.aggregation.weights(mask, batch, metrics)
-        for rule in self.weighting:
-            weights = rule.weigh(weights, mask, batch, metrics)
+        for weighting in self.weighting:
+            weights = weighting.weigh(weights, mask, batch, metrics)
         kl_weights = self.kl.token_weights(mask)
         if kl_weights is not None:  # travels with the rows of the batch to each micro-batch's loss
             batch.extras[KL_WEIGHTS] = kl_weights
@@ -141,15 +140,10 @@ class Objective:
         ``logp``, ``weights``: [b,T]; ``entropy``: [b,T] current policy entropy (with gradient; needed
         when ``entropy_bonus`` != 0, logged when given); ``batch``: the micro-batch's rows of the step;
         ``logits`` (with gradient), ``teacher_logits``: [n,V] at the n :meth:`active_tokens` of the
-        micro-batch (row-major), when the surrogate needs "student_logits".
+        micro-batch (row-major), when the surrogate needs :attr:`Need.STUDENT_LOGITS`.
         """
-        if "student_logits" in self.surrogate.needs:
-            if logits is None or teacher_logits is None:
-                raise ValueError(f"{self.surrogate.name} needs the student's and the teacher's logits")
-            active = self.active_tokens(batch, weights)
-            surrogate = self.surrogate.divergence(logits, teacher_logits, batch, active, metrics)
-        else:
-            surrogate = self.surrogate.loss(logp, batch, metrics)
+        positions = None if logits is None else self.active_tokens(batch, weights)
+        surrogate = self.surrogate.loss(SurrogateInputs(logp, logits, teacher_logits, positions), batch, metrics)
         kl, kl_weights = self.kl.loss(logp, batch, metrics), batch.extras.get(KL_WEIGHTS)
         per_token = surrogate + kl if kl_weights is None else surrogate
         if self.entropy_bonus:

@@ -10,10 +10,16 @@ A preset is a few lines of part specs. A recipe picks one and overrides any part
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+from rlkit.objectives.advantages import AdvantageEstimator
+from rlkit.objectives.aggregation import Aggregation
+from rlkit.objectives.kl import Regulariser
 from rlkit.objectives.objective import Objective
-from rlkit.objectives.registry import KINDS, PARTS, build_part
+from rlkit.objectives.registry import KINDS, PARTS, Part, build_part
+from rlkit.objectives.selection import Selection
+from rlkit.objectives.surrogates import Surrogate
+from rlkit.objectives.weighting import Weighting
 
 NO_KL = {"type": "kl", "beta": 0.0}
 
@@ -162,16 +168,28 @@ def resolve_spec(config: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+KindBase = TypeVar("KindBase", bound=Part)
+
+
+def build_slot(kind: str, spec: dict, base: type[KindBase]) -> KindBase:
+    """:func:`build_part` for a slot whose parts are ``base``s: a user's ``module:Class`` of another kind is
+    refused here, not mid-run."""
+    part = build_part(kind, spec)
+    if not isinstance(part, base):
+        raise TypeError(f"{kind} part {spec.get('type')!r} is not an rlkit {base.__name__}")
+    return part
+
+
 def build_objective(config: dict[str, Any]) -> Objective:
     """Assemble an :class:`Objective` from ``{preset: NAME, <slot>: {...}, ...}``."""
     spec = resolve_spec(config)
     return Objective(
-        advantage=build_part("advantage", spec["advantage"]),
-        surrogate=build_part("surrogate", spec["surrogate"]),
-        aggregation=build_part("aggregation", spec["aggregation"]),
-        kl=build_part("kl", spec["kl"] or NO_KL),
-        selection=tuple(build_part("selection", s) for s in spec["selection"]),
-        weighting=tuple(build_part("weighting", s) for s in spec["weighting"]),
+        advantage=build_slot("advantage", spec["advantage"], AdvantageEstimator),
+        surrogate=build_slot("surrogate", spec["surrogate"], Surrogate),
+        aggregation=build_slot("aggregation", spec["aggregation"], Aggregation),
+        kl=build_slot("kl", spec["kl"] or NO_KL, Regulariser),
+        selection=tuple(build_slot("selection", s, Selection) for s in spec["selection"]),
+        weighting=tuple(build_slot("weighting", s, Weighting) for s in spec["weighting"]),
         entropy_bonus=float(spec["entropy_bonus"]),
         name=spec["name"],
     )

@@ -20,15 +20,57 @@ be an import path ``package.module:Class`` for a user's own part.
 
 from __future__ import annotations
 
+import enum
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 KINDS = ("advantage", "surrogate", "aggregation", "selection", "weighting", "kl")
-TEACHER_NEEDS = frozenset({"logp_teacher", "teacher_logits", "student_logits"})  # needs that run the teacher
+
+
+class Need(str, enum.Enum):
+    """What a part asks the trainer to compute for it (:attr:`Part.needs`); the trainer computes exactly
+    the union over the objective's parts and nothing else. A ``str`` enum: a user's part may declare its
+    needs as the strings (``"logp_ref"``), which are checked when its class is defined."""
+
+    #: ``StepBatch.logp_old``: the proximal policy's log-probs, when several optimizer steps share a
+    #: rollout batch (the sampler's, or recomputed: ``rollout.logp_old``); None on one update per batch
+    LOGP_OLD = "logp_old"
+    #: ``StepBatch.logp_ref``: the frozen reference model's log-probs (the reference is loaded only then)
+    LOGP_REF = "logp_ref"
+    #: ``StepBatch.logp_trainer``: the trainer's own log-probs of the sampled tokens under the policy at
+    #: rollout time, from its no-grad scoring pass (which then runs even on-policy)
+    LOGP_TRAINER = "logp_trainer"
+    #: ``StepBatch.entropy``: the policy's entropy at rollout time, from the scoring pass
+    ENTROPY = "entropy"
+    #: the scoring pass projects every position to the vocabulary and calls :meth:`Part.on_logits`
+    #: with the policy's logits [b,T,V]
+    LOGITS = "logits"
+    #: ``StepBatch.logp_teacher``: the teacher's log-probs of the sampled tokens (the scoring pass runs it)
+    LOGP_TEACHER = "logp_teacher"
+    #: the scoring pass also hands the teacher's logits [b,T,V] to :meth:`Part.on_logits`
+    TEACHER_LOGITS = "teacher_logits"
+    #: each training micro-batch's forward hands the policy's logits (with gradient) and the teacher's
+    #: (without) at the active tokens to the surrogate (:class:`rlkit.objectives.surrogates.SurrogateInputs`)
+    STUDENT_LOGITS = "student_logits"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TEACHER_NEEDS = frozenset({Need.LOGP_TEACHER, Need.TEACHER_LOGITS, Need.STUDENT_LOGITS})  # needs that run the teacher
+
+
+def as_needs(declared: Iterable[str], owner: str) -> frozenset[Need]:
+    """``declared`` (members or their strings) as members; an unknown one is an error naming ``owner``."""
+    known = [need.value for need in Need]
+    unknown = sorted(str(need) for need in declared if need not in known)
+    if unknown:
+        raise ValueError(f"{owner}.needs: unknown need {unknown[0]!r}; the trainer provides {', '.join(known)}")
+    return frozenset(Need(need) for need in declared)
 
 
 @dataclass(frozen=True)
@@ -49,15 +91,17 @@ class Part(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: inputs this part reads from the StepBatch besides mask/advantages/group ids: any of "logp_old",
-    #: "logp_ref", "entropy" (policy entropy at rollout time), "logits" (the trainer must run its no-grad
-    #: scoring pass, even on-policy, and call :meth:`on_logits`), "logp_teacher" (the teacher's log-probs
-    #: of the sampled tokens), "teacher_logits" (the scoring pass also runs the teacher and passes its
-    #: logits to :meth:`on_logits`), "student_logits" (each training micro-batch's forward hands the
-    #: policy's logits, with gradient, and the teacher's logits on the same rows, without, to the loss).
-    needs: ClassVar[frozenset[str]] = frozenset()
+    #: what the trainer must compute for this part besides mask/advantages/group ids (see :class:`Need`)
+    needs: ClassVar[frozenset[Need]] = frozenset()
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Every part class's needs become :class:`Need` members when the class is defined (so when a
+        recipe's ``module:Class`` is imported): a misspelt string stops the build, naming the class."""
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.needs = as_needs(cls.needs, f"{cls.__module__}.{cls.__qualname__}")
 
     @classmethod
     def description(cls) -> str:
@@ -68,9 +112,9 @@ class Part(BaseModel):
 
         ``logits``: [b,T,V] of the policy at rollout time, ``logits[:, t]`` scoring ``completion_ids[:, t]``
         [b,T]; ``mask``: [b,T]; ``group_ids``: [b] (any labels; every group of the chunk is whole);
-        ``teacher_logits``: [b,T,V] of the teacher on the same tokens (parts that need "teacher_logits").
-        Returns name -> [b,T] tensors, which the trainer concatenates into ``StepBatch.extras``.
-        Only parts that declare the need "logits" are called.
+        ``teacher_logits``: [b,T,V] of the teacher on the same tokens (parts that need
+        :attr:`Need.TEACHER_LOGITS`). Returns name -> [b,T] tensors, which the trainer concatenates into
+        ``StepBatch.extras``. Only parts that declare :attr:`Need.LOGITS` are called.
         """
         return {}
 

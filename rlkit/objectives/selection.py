@@ -26,7 +26,7 @@ import torch
 from rlkit.distributed import all_gather_rows, all_sum
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, group_has_signal, group_index, group_sum
-from rlkit.objectives.registry import Part, RolloutFilter, register_part
+from rlkit.objectives.registry import Need, Part, RolloutFilter, register_part
 
 
 class Selection(Part):
@@ -227,7 +227,7 @@ def top_fraction(score: torch.Tensor, mask: torch.Tensor, fraction: float) -> to
 class TopTokens(Selection):
     """Shared by token rules that keep the top fraction of tokens by a score."""
 
-    needs = frozenset({"entropy"})
+    needs = frozenset({Need.ENTROPY})
 
     def keep_tokens(self, name, score, mask, fraction, metrics):
         out = top_fraction(score, mask, fraction)

@@ -1,7 +1,9 @@
 """Per-token policy losses (quantities to minimise; padding and selection are handled by the weights).
 
-Every surrogate maps ``logp`` [b,T] (with gradient) and the step batch's ``logp_old``, ``advantages`` [b]
-and ``mask`` [b,T] to a loss [b,T]. Each row is computed from that row alone, so any split of rows into
+Every surrogate has one call signature, ``loss(inputs: SurrogateInputs, batch, metrics) -> [b,T]``: it maps
+the micro-batch forward's ``inputs.logp`` [b,T] (with gradient; the distillation surrogate reads the
+logits in ``inputs`` instead) and the step batch's ``logp_old``, ``advantages`` [b] and ``mask`` [b,T] to a
+loss [b,T]. Each row is computed from that row alone, so any split of rows into
 micro-batches gives the same per-token losses. When ``logp_old`` is None the update is on-policy and
 ``logp.detach()`` stands in for it (ratio 1, as in TRL).
 
@@ -19,6 +21,7 @@ widens with the token position. Log-ratios are computed in fp32; masked position
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -26,19 +29,35 @@ from pydantic import Field
 
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, fp32
-from rlkit.objectives.registry import Part, register_part
+from rlkit.objectives.registry import Need, Part, register_part
 
 LOG_RATIO_LIMIT = 20.0  # verl's per-token guard: exp() of a larger log-ratio overflows in fp16/bf16
 LOG_RHO_MAX = 10.0  # verl/CTPO guard on sequence and cumulative log-ratios (ratio <= e^10 ~ 22026)
 
 
+@dataclass(frozen=True)
+class SurrogateInputs:
+    """What a training micro-batch's forward gives its surrogate (``Objective.loss`` builds it).
+
+    ``logits`` and ``teacher_logits`` are there only for a surrogate that needs
+    :attr:`Need.STUDENT_LOGITS`: [n,V] at the n True entries of ``positions`` [b,T] (row-major), the
+    policy's with gradient, the teacher's without.
+    """
+
+    logp: torch.Tensor  # [b,T] log pi_theta of the sampled tokens, with gradient
+    logits: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+
 class Surrogate(Part):
-    needs = frozenset({"logp_old"})
+    needs = frozenset({Need.LOGP_OLD})
     #: the loss and its gradient are exactly 0 on every token of a row whose advantage is 0 (the clipped
     #: policy-gradient family: l = max(-A rho, -A clip(rho)) = 0 at A = 0): the trainer may skip such rows
     vanishes_at_zero_advantage: ClassVar[bool] = False
 
-    def loss(self, logp: torch.Tensor, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
+    def loss(self, inputs: SurrogateInputs, batch: StepBatch, metrics: Metrics) -> torch.Tensor:
+        """Per-token loss [b,T] of the micro-batch ``batch`` (see the module docstring)."""
         raise NotImplementedError
 
     def reads_advantages(self) -> bool:
@@ -119,8 +138,8 @@ class PPOClip(ClippedSurrogate):
     Papers: PPO (1707.06347), GRPO (2402.03300), DAPO (2503.14476).
     """
 
-    def loss(self, logp, batch, metrics):
-        log_ratio = token_log_ratio(logp, batch)
+    def loss(self, inputs, batch, metrics):
+        log_ratio = token_log_ratio(inputs.logp, batch)
         metrics.mean("objective/ppo_kl", -log_ratio, batch.mask)
         return clipped_pg(log_ratio, batch.advantages[:, None], *self.window(), batch.mask, metrics)[0]
 
@@ -145,8 +164,8 @@ class GSPO(ClippedSurrogate):
     eps_low: float = 3e-4
     eps_high: float = 4e-4
 
-    def loss(self, logp, batch, metrics):
-        log_s = seq_log_ratio(logp, batch).clamp(max=LOG_RHO_MAX)
+    def loss(self, inputs, batch, metrics):
+        log_s = seq_log_ratio(inputs.logp, batch).clamp(max=LOG_RHO_MAX)
         rows = (batch.mask.sum(-1, keepdim=True) > 0).float()
         loss, _ = clipped_pg(log_s, batch.advantages[:, None], *self.window(), rows, metrics)
         return loss.expand_as(batch.mask)
@@ -163,7 +182,8 @@ class GSPOToken(ClippedSurrogate):
     eps_low: float = 3e-4
     eps_high: float = 4e-4
 
-    def loss(self, logp, batch, metrics):
+    def loss(self, inputs, batch, metrics):
+        logp = inputs.logp
         log_s = with_token_gradient(seq_log_ratio(logp, batch), logp).clamp(max=LOG_RHO_MAX)
         return clipped_pg(log_s, batch.advantages[:, None], *self.window(), batch.mask, metrics)[0]
 
@@ -192,8 +212,8 @@ class CTPO(Surrogate):
     eps_c: float | None = Field(0.05, gt=0)
     power: float = 0.5
 
-    def loss(self, logp, batch, metrics):
-        m = batch.mask
+    def loss(self, inputs, batch, metrics):
+        logp, m = inputs.logp, batch.mask
         position = fp32(m).cumsum(-1).clamp(min=1)
         log_ratio = token_log_ratio(logp, batch)
         metrics.mean("objective/ppo_kl", -log_ratio, m)

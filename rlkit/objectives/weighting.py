@@ -10,7 +10,7 @@ from pydantic import Field
 
 from rlkit.metrics import Metrics
 from rlkit.objectives.batch import StepBatch, group_index, group_sum
-from rlkit.objectives.registry import Part, register_part
+from rlkit.objectives.registry import Need, Part, register_part
 
 
 class Weighting(Part):
@@ -21,10 +21,9 @@ class Weighting(Part):
 def chunked_log_normaliser(logits: torch.Tensor, chunk: int) -> torch.Tensor:
     """logsumexp over the vocabulary [b,T,1] in fp32, one vocabulary chunk at a time (no fp32 copy of
     the whole [b,T,V] logits)."""
-    out = None
-    for v0 in range(0, logits.shape[-1], chunk):
-        part = torch.logsumexp(logits[..., v0 : v0 + chunk].float(), -1, keepdim=True)
-        out = part if out is None else torch.logaddexp(out, part)
+    out = torch.logsumexp(logits[..., :chunk].float(), -1, keepdim=True)
+    for v0 in range(chunk, logits.shape[-1], chunk):
+        out = torch.logaddexp(out, torch.logsumexp(logits[..., v0 : v0 + chunk].float(), -1, keepdim=True))
     return out
 
 
@@ -71,7 +70,7 @@ class TWGRPO(Weighting):
     trainer must run that pass with ``group_ids`` and every group whole in each chunk.
     """
 
-    needs = frozenset({"logits"})
+    needs = frozenset({Need.LOGITS})
 
     alpha: float = Field(1.7, ge=0)  # weights lie in [1, alpha]: a negative alpha would reverse some tokens' gradient
     normalise: Literal["max", "minmax"] = "max"

@@ -17,7 +17,11 @@ from rlkit.recipe.data_check import READERS as DATA_FILE_TYPES  # suffix -> read
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every recipe section: unknown keys are errors, and a validated recipe is frozen (assigning
+    a field raises), so the options a run reads cannot change under it; derive a variant with
+    ``model_copy(update=...)``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _existing_path(value: str | None, what: str) -> str | None:

@@ -72,10 +72,10 @@ def completion_scores(
         if temperature != 1.0:
             logits = logits / temperature  # in the model's dtype: an fp32 copy of [n,V] would be the memory peak
         logp, entropy = chunked_token_scores(logits, ids, torch.nn.Identity(), 1.0, with_entropy)
+        if positions is None:
+            logits = logits.view(*keep.shape, -1)
     else:
         logp, entropy = chunked_token_scores(hidden, ids, head, temperature, with_entropy)
-    if positions is None and with_logits:
-        logits = logits.view(*keep.shape, -1)
     return TokenScores(
         logp=unpack(logp, keep), entropy=None if entropy is None else unpack(entropy, keep), logits=logits
     )

@@ -2,13 +2,16 @@
 
 One step, as in docs/architecture.md::
 
-    sync weights to the engine (checked on a probe) -> prompts -> engine -> RolloutBatch -> verifiers -> rewards
-            -> scoring pass (old / reference log-probs, entropy) -> advantages
-            -> for each epoch, mini-batch: objective.prepare (global weights), then per micro-batch
-               forward -> token log-probs -> objective.loss -> backward; optimizer step
-            -> metrics (reduced over ranks) -> progress bar, trackers, samples, checkpoints
+    collect: prompts -> engine (synced to the policy, checked on a probe) -> RolloutBatch -> verifiers
+             -> rewards (-> DAPO refill rounds)
+    score:   no-grad pass over chunks of whole groups -> StepBatch (what objective.needs asks for)
+    objective.advantages
+    update:  for each epoch, mini-batch: objective.prepare (global weights), then per micro-batch
+             forward -> token log-probs -> objective.loss -> backward; optimizer step
+    metrics (reduced over ranks) -> progress bar, trackers, samples, checkpoints
 
-The loop never looks at which objective it runs: it computes what ``objective.needs`` asks for.
+The loop never looks at which objective it runs: it computes what ``objective.needs`` (a set of
+:class:`rlkit.objectives.Need`) asks for, and nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import contextlib
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +44,7 @@ from rlkit.models import (
     resolve_model_path,
 )
 from rlkit.objectives import StepBatch, build_objective
-from rlkit.objectives.registry import TEACHER_NEEDS
+from rlkit.objectives.registry import TEACHER_NEEDS, Need
 from rlkit.recipe import Recipe
 from rlkit.recipe.loader import position_limit
 from rlkit.rollout import (
@@ -68,6 +73,38 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss or the gradients stay non-finite; the last checkpoint is intact."""
 
 
+@dataclass
+class ScoringRecord:
+    """What the no-grad scoring pass computes, chunk by chunk (whole groups, in row order); a list stays
+    empty where the objective does not need it."""
+
+    logp: list[torch.Tensor] = field(default_factory=list)  # [b,T] the policy's log-probs at rollout time
+    entropy: list[torch.Tensor] = field(default_factory=list)  # [b,T]
+    logp_ref: list[torch.Tensor] = field(default_factory=list)  # [b,T]
+    logp_teacher: list[torch.Tensor] = field(default_factory=list)  # [b,T]
+    extras: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the parts' on_logits, name -> [b,T]
+
+    def extras_by_name(self) -> dict[str, torch.Tensor]:
+        """The parts' statistics of every chunk, name -> [B,T] (``StepBatch.extras``)."""
+        names = self.extras[0] if self.extras else {}
+        return {name: torch.cat([chunk[name] for chunk in self.extras]) for name in names}
+
+
+def cat_rows(chunks: list[torch.Tensor]) -> torch.Tensor | None:
+    """Per-chunk [b,T] tensors as one [B,T], or None where none was computed."""
+    return torch.cat(chunks) if chunks else None
+
+
+Value = TypeVar("Value")
+
+
+def required(value: Value | None, what: str) -> Value:
+    """``value``, which the step has filled in by this point (``what`` names it if it has not)."""
+    if value is None:
+        raise ValueError(f"{what} is missing")
+    return value
+
+
 def _process_group_kwargs(timeout_s: float) -> list:
     """The recipe's collective timeout, and gloo for multi-process CPU runs: accelerate's own collectives
     need it too (docs/architecture.md, "Running on a CPU"). A single process must not ask for a backend,
@@ -79,11 +116,39 @@ def _process_group_kwargs(timeout_s: float) -> list:
 
 class Trainer:
     def __init__(self, recipe: Recipe):
+        """The run's parts, in order: each setup step below says why it is where it is. ``recipe`` is
+        frozen (rlkit/recipe/schema.py): what the run reads from it cannot change once it starts."""
         self.recipe = recipe
         cfg = recipe.trainer
         check_quantization_support(recipe.model.lora)
         self.objective = build_objective(recipe.objective)
         self.data = load_task(recipe.data, cfg.seed)
+        self._setup_accelerator()
+        self._split_prompts_over_ranks()
+        # one process per node builds and caches (nodes may not share RLKIT_CACHE), the others then load
+        with self.accelerator.local_main_process_first():
+            start_path = resolve_model_path(recipe.model.path)
+            self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
+            self._check_prompts()
+            start_path = self._warm_start(start_path)
+        set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
+        model = self._setup_model_and_optimizer(start_path)
+        self.reference = self._prepare_reference(start_path) if Need.LOGP_REF in self.objective.needs else None
+        self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
+
+        self.version = 0  # the policy version: optimizer updates applied so far (resumed from checkpoints)
+        self.engine = self._build_engine(
+            start_path, eos_token_ids(self.tokenizer, model), getattr(model.config, "max_position_embeddings", None)
+        )
+        self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
+        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers, recipe.model_dump())
+
+    # ---------------------------------------------------------------- setup steps
+    def _setup_accelerator(self) -> None:
+        """The Accelerator (the recipe's mixed precision and collective timeout, gloo on multi-process CPU
+        runs), then the check that the launch gave the run what the recipe asks for: before any model
+        loads, so a wrong launch stops at once."""
+        recipe, cfg = self.recipe, self.recipe.trainer
         self.accelerator = Accelerator(
             log_with=recipe.log.trackers or None,
             project_dir=recipe.output_dir,
@@ -91,39 +156,47 @@ class Trainer:
             kwargs_handlers=_process_group_kwargs(cfg.collective_timeout_s),
         )
         check_launch(self.accelerator, cfg)  # before any training: what the launch asked for, or stop
-        world = self.accelerator.num_processes
+
+    def _split_prompts_over_ranks(self) -> None:
+        """Each rank's share of the step's prompts: groups are whole on one rank and every rank's
+        mini-batches hold whole groups, so the prompts must divide evenly (docs/architecture.md)."""
+        cfg, world = self.recipe.trainer, self.accelerator.num_processes
         if cfg.prompts_per_step % (world * cfg.mini_batches):
             raise ValueError(
                 f"trainer.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number "
                 f"of processes ({world}) times trainer.mini_batches ({cfg.mini_batches})"
             )
         self.prompts_per_rank = cfg.prompts_per_step // world
-        # one process per node builds and caches (nodes may not share RLKIT_CACHE), the others then load
-        with self.accelerator.local_main_process_first():
-            start_path = resolve_model_path(recipe.model.path)
-            self.tokenizer = load_tokenizer(start_path)  # the warm start keeps it as it is
-            lengths = prompt_lengths(self.data, self.tokenizer)  # every prompt, before any training
-            if recipe.rollout.prompt_overflow == "error":
-                check_prompt_lengths(lengths, recipe.rollout.max_prompt_tokens)
-            check_room(
-                lengths, recipe.rollout.max_prompt_tokens, recipe.rollout.max_new_tokens, *position_limit(recipe)
-            )
-            if recipe.model.warm_start is not None:
-                start_path = warm_start(
-                    start_path,
-                    self.data.train,
-                    recipe.model.warm_start,
-                    cfg.seed,
-                    log=self.accelerator.is_local_main_process,
-                )
-        set_seed(cfg.seed, device_specific=True)  # different sampling per rank, same init everywhere
-        if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed insists on a batch size; rlkit
-            # feeds no dataloader and forms its own micro-batches, so this number only satisfies the check
-            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
-            ds_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-            ds_config["gradient_clipping"] = cfg.max_grad_norm or 0.0  # the engine clips inside its step; 0 = off
+
+    def _check_prompts(self) -> None:
+        """Every prompt of the task, tokenized, fits the recipe's limits: before the warm start and the
+        model load, so that a prompt too long fails in seconds rather than mid-run."""
+        recipe = self.recipe
+        lengths = prompt_lengths(self.data, self.tokenizer)  # every prompt, before any training
+        if recipe.rollout.prompt_overflow == "error":
+            check_prompt_lengths(lengths, recipe.rollout.max_prompt_tokens)
+        check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.rollout.max_new_tokens, *position_limit(recipe))
+
+    def _warm_start(self, start_path):
+        """The model RL starts from: ``start_path``, or the recipe's cached supervised warm start of it."""
+        recipe, cfg = self.recipe, self.recipe.trainer
+        if recipe.model.warm_start is None:
+            return start_path
+        return warm_start(
+            start_path,
+            self.data.train,
+            recipe.model.warm_start,
+            cfg.seed,
+            log=self.accelerator.is_local_main_process,
+        )
+
+    def _setup_model_and_optimizer(self, start_path):
+        """The policy and AdamW on its trainable parameters (only the adapters with LoRA), prepared by
+        accelerate, with the LR schedule; then the check that ZeRO-3 or FSDP really sharded the policy.
+        Returns the policy as loaded (its config and generation settings)."""
+        recipe, cfg = self.recipe, self.recipe.trainer
+        self._configure_deepspeed()
         model = load_policy(start_path, recipe.model, self.accelerator.device)
-        self.updates_per_step = cfg.mini_batches * cfg.epochs_per_rollout
         trainable = [p for p in model.parameters() if p.requires_grad]  # only the adapters with LoRA
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Not passed to accelerator.prepare: accelerate would step it once per process at every call (and
@@ -138,17 +211,20 @@ class Trainer:
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         check_sharding(self.accelerator, self.model)
-        self.reference = self._prepare_reference(start_path) if "logp_ref" in self.objective.needs else None
-        self.teacher = self._prepare_teacher() if self.objective.needs & TEACHER_NEEDS else None
+        return model
 
-        self.version = 0  # the policy version: optimizer updates applied so far (resumed from checkpoints)
-        self.engine = self._build_engine(
-            start_path, eos_token_ids(self.tokenizer, model), getattr(model.config, "max_position_embeddings", None)
-        )
-        self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
-        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers, recipe.model_dump())
+    def _configure_deepspeed(self) -> None:
+        """The recipe's settings that DeepSpeed reads from its own config, written there before ``prepare``."""
+        if self.accelerator.state.deepspeed_plugin is None:
+            return
+        cfg = self.recipe.trainer
+        # DeepSpeed insists on a batch size; rlkit feeds no dataloader and forms its own micro-batches, so
+        # this number only satisfies the check
+        ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+        ds_config["gradient_clipping"] = cfg.max_grad_norm or 0.0  # the engine clips inside its step; 0 = off
 
-    # ---------------------------------------------------------------- setup helpers
+    # ---------------------------------------------------------------- frozen models and the engine
     def _prepare_reference(self, path):
         """The KL reference: with LoRA, the policy with its adapters disabled (no second copy)."""
         if self.recipe.model.lora is not None:
@@ -207,11 +283,17 @@ class Trainer:
         return build_engine(r.engine, setup)
 
     @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per RL step: ``epochs_per_rollout`` passes over the rollout batch, each of
+        ``mini_batches`` mini-batches."""
+        return self.recipe.trainer.mini_batches * self.recipe.trainer.epochs_per_rollout
+
+    @property
     def _needs_proximal(self) -> bool:
         """The objective compares the policy with the one at the start of the step (``logp_old``) and the
         policy changes within the step (several optimizer steps per rollout batch). With one optimizer
         step the proximal policy is the current one, sg(pi_theta): ratio 1, nothing to compute."""
-        return self.updates_per_step > 1 and "logp_old" in self.objective.needs
+        return self.updates_per_step > 1 and Need.LOGP_OLD in self.objective.needs
 
     @property
     def _sharded(self) -> bool:
@@ -285,8 +367,9 @@ class Trainer:
         t = time.time()
         rollout = self.collect(step, metrics)
         metrics.mean("time/rollout_s", time.time() - t)
+        rewards = required(rollout.rewards, "the rollout's rewards")
         batch = self.score(rollout, progress=(step - 1) / self.recipe.trainer.steps, metrics=metrics)
-        batch.advantages = self.objective.advantages(rollout.rewards, batch, metrics)
+        batch.advantages = self.objective.advantages(rewards, batch, metrics)
         t = time.time()
         if self.accelerator.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.accelerator.device)
@@ -300,7 +383,7 @@ class Trainer:
             {
                 "prompt": rollout.prompts[i],
                 "completion": rollout.completions[i],
-                "reward": float(rollout.rewards[i]),
+                "reward": float(rewards[i]),
                 "advantage": float(batch.advantages[i]),
             }
             for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)
@@ -409,7 +492,7 @@ class Trainer:
         check of the behaviour log-probs against the trainer's (:meth:`_behaviour_metrics`)."""
         batch = StepBatch(
             mask=rollout.loss_mask,
-            advantages=torch.zeros_like(rollout.rewards),
+            advantages=torch.zeros_like(required(rollout.rewards, "the rollout's rewards")),
             group_ids=rollout.group_ids,
             truncated=rollout.truncated,
             progress=progress,
@@ -420,42 +503,43 @@ class Trainer:
         )
         needs = self.objective.needs
         recompute = self._needs_proximal and self.recipe.rollout.logp_old == "recompute"
-        with_logits = "logits" in needs
-        with_entropy = "entropy" in needs
-        outputs: dict[str, list[torch.Tensor]] = {}
+        with_logits = Need.LOGITS in needs
+        with_entropy = Need.ENTROPY in needs
+        with_policy = recompute or with_entropy or with_logits or Need.LOGP_TRAINER in needs
+        record = ScoringRecord()
         for rows in self._group_chunks(len(rollout)):
             chunk = batch.rows(rows)
             teacher = None
-            if needs & {"logp_teacher", "teacher_logits"}:
-                teacher = self._forward(self.teacher, chunk, with_logits="teacher_logits" in needs)
-                outputs.setdefault("logp_teacher", []).append(teacher.logp)
-            if recompute or with_entropy or with_logits:
+            if needs & {Need.LOGP_TEACHER, Need.TEACHER_LOGITS}:
+                teacher = self._forward(self.teacher, chunk, with_logits=Need.TEACHER_LOGITS in needs)
+                record.logp_teacher.append(teacher.logp)
+            if with_policy:
                 s = self._forward(self.model, chunk, with_entropy=with_entropy, with_logits=with_logits)
-                outputs.setdefault("logp_old", []).append(s.logp)
-                outputs.setdefault("entropy", []).append(s.entropy)
-                if with_logits:
-                    stats = self.objective.on_logits(
-                        s.logits,
-                        chunk.completion_ids,
-                        chunk.mask,
-                        chunk.group_ids,
-                        teacher_logits=teacher.logits if teacher else None,
+                record.logp.append(s.logp)
+                if s.entropy is not None:
+                    record.entropy.append(s.entropy)
+                if s.logits is not None:
+                    record.extras.append(
+                        self.objective.on_logits(
+                            s.logits,
+                            rollout.completion_ids[rows],
+                            chunk.mask,
+                            chunk.group_ids,
+                            teacher_logits=teacher.logits if teacher else None,
+                        )
                     )
-                    for k, v in stats.items():
-                        outputs.setdefault(f"extras.{k}", []).append(v)
             if self.reference is not None:
-                outputs.setdefault("logp_ref", []).append(self.reference.logp(chunk))
-        trainer_logp = torch.cat(outputs["logp_old"]) if "logp_old" in outputs else None
+                record.logp_ref.append(self.reference.logp(chunk))
+        trainer_logp = cat_rows(record.logp)
         self._behaviour_metrics(rollout, batch, trainer_logp, metrics)
         if self._needs_proximal:
             batch.logp_old = trainer_logp if recompute else rollout.logp
-        if with_entropy:
-            batch.entropy = torch.cat(outputs["entropy"])
-        if self.reference is not None:
-            batch.logp_ref = torch.cat(outputs["logp_ref"])
-        if "logp_teacher" in outputs:
-            batch.logp_teacher = torch.cat(outputs["logp_teacher"])
-        batch.extras = {k[len("extras.") :]: torch.cat(v) for k, v in outputs.items() if k.startswith("extras.")}
+        if Need.LOGP_TRAINER in needs:
+            batch.logp_trainer = trainer_logp
+        batch.entropy = cat_rows(record.entropy)
+        batch.logp_ref = cat_rows(record.logp_ref)
+        batch.logp_teacher = cat_rows(record.logp_teacher)
+        batch.extras = record.extras_by_name()
         return batch
 
     def _behaviour_metrics(
@@ -470,7 +554,7 @@ class Trainer:
         if trainer_logp is None:
             trainer_logp = self._forward(self.model, batch.rows(rows)).logp
         mask = rollout.completion_mask[rows]
-        diff = (rollout.logp[rows] - trainer_logp).abs() * mask
+        diff = (required(rollout.logp, "the rollout's behaviour log-probs")[rows] - trainer_logp).abs() * mask
         metrics.mean("rollout/logp_diff_mean", diff, mask)
         metrics.max("rollout/logp_diff_max", diff.max())
         metrics.mean("rollout/policy_version_lag", (self.version - rollout.policy_version).float())
@@ -508,7 +592,7 @@ class Trainer:
         chunks = self._micro_batches(batch, active)
         n_real, n_micro = len(chunks), int(all_max(torch.tensor(len(chunks), device=weights.device)))
         chunks += [active[:1]] * (n_micro - n_real)  # padding micro-batches, given zero weight below
-        with_logits = "student_logits" in self.objective.needs
+        with_logits = Need.STUDENT_LOGITS in self.objective.needs
         for i, rows in enumerate(chunks):
             rows_batch = batch.rows(rows)
             real = i < n_real
@@ -604,7 +688,7 @@ class Trainer:
         return result
 
     def _rollout_metrics(self, metrics: Metrics, rollout: RolloutBatch, verifier_metrics: dict[str, float]) -> None:
-        rewards = rollout.rewards
+        rewards = required(rollout.rewards, "the rollout's rewards")
         valid = ~torch.isnan(rewards)
         metrics.mean("reward/mean", rewards, valid)
         metrics.mean("reward/std", rewards[valid].std() if valid.sum() > 1 else 0.0)
@@ -650,7 +734,8 @@ class Trainer:
         budget = self.recipe.trainer.micro_batch_tokens
         if budget is None:
             return list(rows.split(self.recipe.trainer.micro_batch_size))
-        return split_by_tokens(rows, (batch.prompt_mask.sum(-1) + batch.mask.sum(-1))[rows], budget)
+        prompt_mask = required(batch.prompt_mask, "StepBatch.prompt_mask")
+        return split_by_tokens(rows, (prompt_mask.sum(-1) + batch.mask.sum(-1))[rows], budget)
 
     def _group_chunks(self, n_rows: int) -> list[slice]:
         """Row slices of whole groups, about ``micro_batch_size`` rows each (scoring pass)."""

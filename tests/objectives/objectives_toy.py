@@ -74,6 +74,7 @@ def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows
     batch.logp_ref = batch.logp_ref if "logp_ref" in needs else None
     batch.entropy = batch.entropy if "entropy" in needs else None
     batch.logp_teacher = batch.logp_teacher if "logp_teacher" in needs else None
+    batch.logp_trainer = token_logp(old_logits, tokens) if "logp_trainer" in needs else None  # the rollout policy
     if rows is not None:
         theta, batch, rewards, old_logits, tokens = (
             theta[rows],

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlkit.metrics import Metrics
-from rlkit.objectives import StepBatch, build_part
+from rlkit.objectives import StepBatch, SurrogateInputs, build_part
 
 D = torch.double
 
@@ -107,7 +107,7 @@ def equal_length_case(seed):
         group_ids=torch.arange(3).repeat_interleave(4),
         logp_old=logp + 0.1 * torch.randn(b, t, generator=gen, dtype=D),
     )
-    loss = build_part("surrogate", {"type": "ppo_clip"}).loss(logp, batch, Metrics())  # 0 where A = 0
+    loss = build_part("surrogate", {"type": "ppo_clip"}).loss(SurrogateInputs(logp), batch, Metrics())  # 0 where A = 0
     return mask, batch, loss
 
 

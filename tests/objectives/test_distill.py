@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlkit.metrics import Metrics
-from rlkit.objectives import StepBatch, build_part
+from rlkit.objectives import StepBatch, SurrogateInputs, build_part
 from rlkit.objectives.distill import entropy_and_divergences, jsd, step_quantile, token_divergence
 
 P_S, P_T = (0.5, 0.5), (0.9, 0.1)
@@ -101,7 +101,7 @@ def test_sampled_reverse_kl_gradient_is_the_full_reverse_kl_gradient_in_expectat
             group_ids=torch.zeros(1, dtype=torch.long),
             logp_teacher=teacher[y].view(1, 1),
         )
-        (grad,) = torch.autograd.grad(part.loss(logp, batch, Metrics()).sum(), theta)
+        (grad,) = torch.autograd.grad(part.loss(SurrogateInputs(logp), batch, Metrics()).sum(), theta)
         expected += probs[y] * grad
     logp_all = theta.log_softmax(-1)
     (grad_kl,) = torch.autograd.grad((logp_all.exp() * (logp_all - teacher)).sum(), theta)
@@ -122,7 +122,7 @@ def test_sampled_surrogate_mixes_task_advantage_and_clips():
     part = build_part(
         "surrogate", {"type": "opd_sampled", "coef": 2.0, "reward_coef": 0.1, "eps_low": 0.2, "eps_high": 0.2}
     )
-    loss = part.loss(logp, batch, Metrics())
+    loss = part.loss(SurrogateInputs(logp), batch, Metrics())
     # A = -2 (old - teacher) + 0.1 * 0.5: token 0: -2(-1) + .05 = 2.05, ratio e^0.5 clipped at 1.2;
     # token 1: -2(1) + .05 = -1.95, ratio 1
     torch.testing.assert_close(loss.detach(), torch.tensor([[-2.05 * 1.2, 1.95]], dtype=torch.float64))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlkit.metrics import Metrics
-from rlkit.objectives import StepBatch, build_part
+from rlkit.objectives import StepBatch, SurrogateInputs, build_part
 from rlkit.objectives.aggregation import SeqMeanTokenMean
 
 D = torch.double
@@ -26,7 +26,7 @@ def batch_of(adv, mask, logp_old=None):
 def loss_and_grad(surrogate, logp, batch, weights=None):
     logp = logp.clone().requires_grad_(True)
     metrics = Metrics()
-    loss = surrogate.loss(logp, batch, metrics)
+    loss = surrogate.loss(SurrogateInputs(logp), batch, metrics)
     weights = batch.mask if weights is None else weights
     (weights * loss).sum().backward()
     return loss.detach(), logp.grad, metrics.result()

@@ -39,8 +39,7 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(recipe_for("grpo", tmp))
-        trainer.recipe.trainer.micro_batch_size = 4
+        trainer = Trainer(recipe_for("grpo", tmp, "trainer.micro_batch_size=4"))
         world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
         model = trainer.accelerator.unwrap_model(trainer.model)
         if world > 1:

@@ -43,8 +43,12 @@ def recipe_for(preset: str, output_dir: str, *extra: str):
 def step_gradient(trainer: Trainer, micro: str) -> torch.Tensor:
     """``micro``: rows per micro-batch ("4"), or a token budget ("t10": ``micro_batch_tokens``)."""
     tokens = micro.startswith("t")
-    trainer.recipe.trainer.micro_batch_tokens = int(micro[1:]) if tokens else None
-    trainer.recipe.trainer.micro_batch_size = 16 if tokens else int(micro)
+    options = {
+        "micro_batch_tokens": int(micro[1:]) if tokens else None,
+        "micro_batch_size": 16 if tokens else int(micro),
+    }
+    recipe = trainer.recipe  # frozen: the trainer gets a variant of it between two gradients, not an edit
+    trainer.recipe = recipe.model_copy(update={"trainer": recipe.trainer.model_copy(update=options)})
     world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
     torch.manual_seed(1234)  # the same full batch on every rank
     with torch.no_grad():
