@@ -50,11 +50,10 @@ class RunLog:
         self.accelerator = accelerator
         self.dir = Path(output_dir)
         self.main = accelerator.is_main_process
-        self.bar = None
+        self.bar = tqdm(total=total_steps, desc="rl", dynamic_ncols=True, disable=not self.main)
         self.hf_bars = hf_logging.is_progress_bar_enabled()
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.bar = tqdm(total=total_steps, desc="rl", dynamic_ncols=True)
             # transformers' own bars (a checkpoint's "Writing model shards") would each break this one
             hf_logging.disable_progress_bar()
             if log.trackers:
@@ -75,15 +74,14 @@ class RunLog:
         self.bar.update(step)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
-        if self.main:
-            self.bar.update(1)
-            self.bar.set_postfix(
-                {
-                    "reward": _fmt(metrics.get("reward/mean")),
-                    "kl": _fmt(metrics.get("objective/kl")),
-                    "len": _fmt(metrics.get("rollout/len_mean")),
-                }
-            )
+        self.bar.update(1)
+        self.bar.set_postfix(
+            {
+                "reward": _fmt(metrics.get("reward/mean")),
+                "kl": _fmt(metrics.get("objective/kl")),
+                "len": _fmt(metrics.get("rollout/len_mean")),
+            }
+        )
 
     def metrics(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -115,10 +113,9 @@ class RunLog:
             (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            if self.hf_bars:
-                hf_logging.enable_progress_bar()
+        self.bar.close()
+        if self.main and self.hf_bars:
+            hf_logging.enable_progress_bar()
         self.accelerator.end_training()
 
 
