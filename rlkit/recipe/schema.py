@@ -251,7 +251,8 @@ class TrainerConfig(Section):
 
 
 class LogConfig(Section):
-    TRACKERS: ClassVar = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)  # not "all": what is installed
+    # accelerate's tracker names, less "all" (whichever are installed): a recipe names the ones it logs to
+    TRACKERS: ClassVar = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)
 
     every: int = Field(10, gt=0, description="steps between metric lines and completion samples")
     eval_every: int = Field(50, ge=0, description="steps between held-out evaluations (0 = start and end only)")
