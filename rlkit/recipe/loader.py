@@ -26,6 +26,7 @@ from rlkit.recipe.data_check import DataFileError, Reader, check_columns, check_
 from rlkit.recipe.model_check import check_model_folder, positions_of, same_tokenizer
 from rlkit.recipe.schema import TOTAL, DataSource, Recipe
 from rlkit.rollout.engine import engine_class
+from rlkit.trackers import missing_library
 
 
 class RecipeError(ValueError):
@@ -227,6 +228,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), make_output_dir: bo
     check_engine(recipe, where)
     check_training(recipe, where)
     check_data(recipe, where)
+    check_trackers(recipe, where)
     check_output_dir(recipe, where, make_output_dir)
     return recipe
 
@@ -390,6 +392,15 @@ def _value(recipe: Recipe, key: str) -> str:
 
 def _teacher_runs(recipe: Recipe) -> bool:
     return recipe.teacher is not None and bool(build_objective(recipe.objective).needs & TEACHER_NEEDS)
+
+
+def check_trackers(recipe: Recipe, where: Locator) -> None:
+    """A tracker whose library is not installed would be left out of the run without a word (accelerate
+    says so at debug level only): refuse it here, with what installs it."""
+    for i, name in enumerate(recipe.log.trackers):
+        problem = missing_library(name)
+        if problem is not None:
+            raise _error(where, ("log", "trackers", i), problem)
 
 
 def check_data(recipe: Recipe, where: Locator) -> None:

@@ -7,8 +7,9 @@ loader reports with their key path, the YAML line and the closest valid key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from accelerate.utils import LoggerType
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.scoring import RewardSpec
@@ -328,10 +329,26 @@ class TrainerConfig(Section):
 
 
 class LogConfig(Section):
+    # accelerate's tracker names, less "all" (whichever are installed): a recipe names the ones it logs to
+    TRACKERS: ClassVar = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)
+
     every: int = Field(10, gt=0, description="steps between metric lines and completion samples")
     eval_every: int = Field(50, ge=0, description="steps between held-out evaluations (0 = start and end only)")
-    samples: int = Field(2, ge=0, description="completions shown (and saved) at each log step")
-    trackers: list[Literal["tensorboard"]] = Field(["tensorboard"], description="accelerate trackers")
+    samples: int = Field(2, ge=0, description="completions shown, saved and tabled (trackers) at each log step")
+    trackers: list[str] = Field(
+        ["tensorboard"],
+        description=f"accelerate's experiment trackers, any of {', '.join(TRACKERS)} (docs/tracking.md)",
+    )
+    project: str = Field("rlkit", description="the trackers' project (mlflow: experiment; tensorboard: subfolder)")
+    run_name: str | None = Field(None, description="the run's name in the trackers (default: output_dir's folder name)")
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, v):
+        unknown = [name for name in v if name not in cls.TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}; choose from {', '.join(cls.TRACKERS)}")
+        return v
 
 
 TOTAL = "total"  # eval.metric's name for the weighted total reward

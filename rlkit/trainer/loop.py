@@ -141,7 +141,7 @@ class Trainer:
             start_path, eos_token_ids(self.tokenizer, model), getattr(model.config, "max_position_embeddings", None)
         )
         self.scorer = RewardScorer(recipe.rewards, workers=cfg.reward_workers)
-        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log.trackers, recipe.model_dump())
+        self.log = RunLog(self.accelerator, recipe.output_dir, cfg.steps, recipe.log, recipe.model_dump())
 
     # ---------------------------------------------------------------- setup steps
     def _setup_accelerator(self) -> None:

@@ -3,6 +3,8 @@
 Only the main process writes. ``metrics.jsonl`` has one JSON object per logged step; on resume, lines
 after the checkpoint's step are dropped so the file continues exactly where the checkpoint was; a
 fresh run in a folder that holds old records starts them anew.
+
+Trackers are accelerate's (``log.trackers``), set up as :mod:`rlkit.trackers` says (docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
+
+from rlkit.recipe.schema import LogConfig
+from rlkit.trackers import CompletionTable, tracker_setup
 
 
 class _DropNotice(logging.Filter):
@@ -39,19 +44,22 @@ if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
 
 
 class RunLog:
-    def __init__(self, accelerator, output_dir: str | Path, total_steps: int, trackers: list[str], config: dict):
+    def __init__(self, accelerator, output_dir: str | Path, total_steps: int, log: LogConfig, config: dict):
+        """``log.trackers`` start on the main process, as ``log.project``, the run named ``log.run_name``
+        (default: the output folder's name)."""
         self.accelerator = accelerator
         self.dir = Path(output_dir)
         self.main = accelerator.is_main_process
-        self.bar = None
+        self.bar = tqdm(total=total_steps, desc="rl", dynamic_ncols=True, disable=not self.main)
         self.hf_bars = hf_logging.is_progress_bar_enabled()
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.bar = tqdm(total=total_steps, desc="rl", dynamic_ncols=True)
             # transformers' own bars (a checkpoint's "Writing model shards") would each break this one
             hf_logging.disable_progress_bar()
-        if trackers:
-            accelerator.init_trackers("rlkit", config=_flatten(config))
+            if log.trackers:
+                run_name = log.run_name or self.dir.resolve().name
+                kwargs = {name: tracker_setup(name).init_kwargs(run_name, self.dir) for name in log.trackers}
+                accelerator.init_trackers(log.project, config=_flatten(config), init_kwargs=kwargs)
 
     def start_at(self, step: int) -> None:
         """Start a fresh run (``step`` 0: earlier records in the folder are cleared) or resume one:
@@ -66,15 +74,14 @@ class RunLog:
         self.bar.update(step)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
-        if self.main:
-            self.bar.update(1)
-            self.bar.set_postfix(
-                {
-                    "reward": _fmt(metrics.get("reward/mean")),
-                    "kl": _fmt(metrics.get("objective/kl")),
-                    "len": _fmt(metrics.get("rollout/len_mean")),
-                }
-            )
+        self.bar.update(1)
+        self.bar.set_postfix(
+            {
+                "reward": _fmt(metrics.get("reward/mean")),
+                "kl": _fmt(metrics.get("objective/kl")),
+                "len": _fmt(metrics.get("rollout/len_mean")),
+            }
+        )
 
     def metrics(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -91,6 +98,11 @@ class RunLog:
                 f.write(json.dumps({"step": step, **row}) + "\n")
         for row in rows:
             self.write(f"  step {step}  reward {row['reward']:+.2f}  {row['prompt']!r} -> {row['completion']!r}")
+        table = CompletionTable.of(step, rows)
+        for tracker in self.accelerator.trackers:
+            log_table = tracker_setup(tracker.name).log_table
+            if log_table is not None:
+                log_table(tracker, table)
 
     def write(self, text: str) -> None:
         if self.main:
@@ -101,10 +113,9 @@ class RunLog:
             (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            if self.hf_bars:
-                hf_logging.enable_progress_bar()
+        self.bar.close()
+        if self.main and self.hf_bars:
+            hf_logging.enable_progress_bar()
         self.accelerator.end_training()
 
 
