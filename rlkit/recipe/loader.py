@@ -11,6 +11,7 @@ import difflib
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def describe_errors(
     return "\n".join(out)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), make_output_dir: bool = False) -> Recipe:
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), make_output_dir: bool = False) -> Recipe:
     """Read (with its ``base:`` chain), override and validate a recipe; raise :class:`RecipeError`
     naming every problem with its file and line (or override). ``make_output_dir``: create output_dir (a
     run writes there next); else only make sure it could be, leaving nothing behind."""
@@ -483,7 +484,7 @@ def check_splits(recipe: Recipe, where: Locator, rows: int | None) -> None:
             )
     for key, warm in (
         ("model", recipe.model.warm_start),
-        ("teacher", recipe.teacher.warm_start if _teacher_runs(recipe) else None),
+        ("teacher", recipe.teacher.warm_start if recipe.teacher is not None and _teacher_runs(recipe) else None),
     ):
         if warm is not None and warm.val_size >= rows - held_out:
             raise _error(
