@@ -3,7 +3,6 @@ skipped where there are fewer, such as this project's CPU machines and CI. Tests
 which lives in its own virtualenv (README, "Engines"); they are skipped where it is not installed."""
 
 import importlib.util
-import socket
 
 import pytest
 import torch
@@ -19,11 +18,3 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA device(s), {available} available"))
         if item.get_closest_marker("vllm") and not has_vllm:
             item.add_marker(pytest.mark.skip(reason="needs vLLM (its own virtualenv: README, 'Engines')"))
-
-
-@pytest.fixture
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on, for a test's own process group."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -13,6 +13,7 @@ import pytest
 import rlkit.launcher
 from rlkit.cli import main
 from rlkit.launcher import CONFIGS, LaunchError, accelerate_command, resolve_config
+from tests.ports import free_port
 
 ROOT = Path(__file__).parents[2]
 RLKIT = str(Path(sys.executable).parent / "rlkit")
@@ -134,7 +135,7 @@ def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path):
             "trainer.steps=2",
             f"output_dir={out}",
             "--main_process_port",
-            "29663",
+            str(free_port()),
         ],
         cwd=ROOT,
         env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},

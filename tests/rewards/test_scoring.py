@@ -193,11 +193,11 @@ def test_pool_matches_in_process_scoring(pooled):
 
 
 def test_pool_survives_a_stuck_and_a_dead_worker(pooled):
-    start = time.monotonic()
+    """deaf_sleep ignores its alarm for 60 s: the pool kills its worker (the message says when), and the
+    others score on; the next batch finds the pool whole."""
     scores = pooled(
         ["p"] * 2, ["ab", "abc"], {"value": [1, 1], "seconds": [0, 0], "hang": ["yes", "no"], "die": ["no", "yes"]}
     )
-    assert time.monotonic() - start < 10
     assert [(f.label, f.index, f.kind, f.message) for f in scores.failures] == [
         ("deaf_sleep", 0, "timeout", "worker killed after 2.1 s"),
         ("die", 1, "error", "verifier worker process died"),

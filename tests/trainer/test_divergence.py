@@ -50,7 +50,6 @@ def test_nan_loss_stops_a_deepspeed_run(tmp_path):
             "log.eval_every=0",
         ],
         tmp_path / "cache",
-        port=29551,
     )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"training stopped: non-finite loss or gradients in {MAX_BAD_STEPS} consecutive steps" in result.stderr

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).parents[2]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
@@ -29,7 +31,7 @@ def run(command: list[str], out: Path, cache: Path) -> None:
 
 def test_fsdp2_shards_and_gives_the_gradient_of_one_process(tmp_path):
     run([sys.executable], tmp_path / "one", tmp_path / "cache")
-    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29619"], tmp_path / "two", tmp_path / "cache")
+    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port())], tmp_path / "two", tmp_path / "cache")
     one = torch.load(tmp_path / "one.rank0")
     ranks = [torch.load(tmp_path / f"two.rank{r}") for r in (0, 1)]
     sizes = [n for _, n in one["shards"]]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rlkit.objectives import PRESETS
+from tests.ports import free_port
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -48,7 +49,7 @@ def gradients(tmp_path_factory):
             "--dynamo_backend",
             "no",
             "--main_process_port",
-            "29533",
+            str(free_port()),
             str(HERE / "grad_step.py"),
             *TWO_PROCESSES,
             "--out",

@@ -26,6 +26,7 @@ from rlkit.recipe import load_recipe
 from rlkit.recipe.schema import LoraSettings
 from rlkit.trainer import Trainer
 from rlkit.trainer.checkpoint import export_merged
+from tests.ports import free_port
 from tests.trainer.launching import ACCELERATE, ROOT
 
 SMALL = [
@@ -219,7 +220,7 @@ def gradients(tmp_path_factory):
                 "--dynamo_backend",
                 "no",
                 "--main_process_port",
-                "29587",
+                str(free_port()),
                 *script,
                 "--micro",
                 "2",

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -105,38 +104,34 @@ def test_second_run_reuses_the_cached_warm_start(env, run, tmp_path):
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
-    # keep every checkpoint: with pruning, step 2's can vanish (at step 6) between two looks for it
+    """The first run is killed (SIGKILL) in step 3, right after its step-2 checkpoint was written (its
+    kill switch, a verifier, fires at step 3's scoring); the same command then resumes from step 2."""
+    kill_switch = "{verifier: tests/trainer/kill_switch.py:dies_once_file_exists, weight: 0.0}"
     args = (
-        "trainer.steps=8",
+        "trainer.steps=4",
         "trainer.save_every=2",
-        "trainer.keep_checkpoints=8",
         "log.every=1",
         "log.eval_every=0",
         "log.trackers=[]",
+        f"rewards=[{{verifier: exact_number}}, {kill_switch}]",
     )
-    first = subprocess.Popen(
+    checkpoint_2 = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
+    first = subprocess.run(
         train_command(tmp_path, *args),
         cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        env={**env, "KILL_SWITCH_FILE": str(checkpoint_2)},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    marker = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not marker.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.02)  # six more steps take about a second: the kill lands well before the run ends
-    assert first.poll() is None, f"the first run ended (exit {first.returncode}) before it could be killed"
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert marker.exists(), "the first run never wrote its step-2 checkpoint"
+    assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
+    assert [c.name for c in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
     log = train(env, tmp_path, *args)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["steps"] == 8
-    assert summary["resumed_from"] in (2, 4, 6)
-    assert "resumed from" in log
+    assert (summary["resumed_from"], summary["steps"]) == (2, 4)
+    assert f"resumed from {checkpoint_2.parent} (step 2)" in log
     steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in m]
-    assert steps == list(range(1, 9))
+    assert steps == [1, 2, 3, 4]
 
 
 def test_a_checkpoint_whose_trainer_state_is_truncated_is_skipped_on_resume(env, tmp_path):

@@ -47,7 +47,6 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
         "zero3",
         ["tests/trainer/eval_shards.py", "--out", str(tmp_path / "two.json")],
         tmp_path / "cache",
-        29611,
         timeout=300,
     )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
@@ -57,8 +56,8 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     assert two["accuracy"] == one["accuracy"] and two["reward"] == one["reward"]
 
 
-def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache, port: int):
-    result = launch(launcher, [*script, *OPD, *overrides, f"output_dir={output_dir}"], cache, port)
+def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache):
+    result = launch(launcher, [*script, *OPD, *overrides, f"output_dir={output_dir}"], cache)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
 
@@ -78,7 +77,6 @@ def opd_zero3(tmp_path_factory, cache):
         ["trainer.micro_batch_size=4"],
         tmp_path_factory.mktemp("zero3"),
         cache,
-        29614,
     )
 
 
@@ -101,7 +99,7 @@ def test_distillation_under_zero3_equals_ddp(opd_zero3, cache, tmp_path):
     models and the DDP run found them built, so this also checks that a run from an empty cache
     samples as one from a full cache (an in-process build once reseeded rank 0's global RNG, and
     ~10% of the weights then differed by 2 x lr after one step)."""
-    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path, cache, 29615)
+    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path, cache)
     for step in (1, 2):
         assert max_difference(model_at(ddp, step), model_at(opd_zero3, step)) < LR / 20
     assert max_difference(model_at(ddp, 2), model_at(ddp, 1)) > 1e-4  # the second step moved the weights
@@ -112,6 +110,6 @@ def test_zero3_run_resumed_from_step_1_equals_the_uninterrupted_run(opd_zero3, c
     directory) resumes from its sharded state to step 2, with the same weights as the run that went
     on: same prompts, sampling RNG, optimizer moments and step count, so equal to fp32 rounding."""
     shutil.copytree(opd_zero3 / "checkpoints" / "step-000001", tmp_path / "checkpoints" / "step-000001")
-    run("zero3", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], tmp_path, cache, 29616)
+    run("zero3", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], tmp_path, cache)
     assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == 1
     assert max_difference(model_at(tmp_path, 2), model_at(opd_zero3, 2)) < 1e-6
