@@ -37,7 +37,7 @@ SHUTDOWN_S = 30  # torchrun's grace between SIGTERM and SIGKILL when a worker fa
 HANG_S = TIMEOUT_S + SHUTDOWN_S + 120  # a hang guard only: the jobs end in ~1 s (killed) and ~45 s (stopped)
 
 
-def start(tmp_path: Path) -> subprocess.Popen:
+def start(tmp_path: Path, cache: Path) -> subprocess.Popen:
     out = tmp_path / "run"
     command = [
         RLKIT,
@@ -57,7 +57,7 @@ def start(tmp_path: Path) -> subprocess.Popen:
         "--main_process_port",
         str(free_port()),
     ]
-    env = {**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "RLKIT_CACHE": str(cache)}
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=(tmp_path / "stdout").open("w"), stderr=(tmp_path / "stderr").open("w")
     )
@@ -78,13 +78,13 @@ def rank(workers: list[psutil.Process], index: int) -> psutil.Process:
 
 
 @pytest.fixture
-def start_job(tmp_path):
+def start_job(tmp_path, shared_cache):
     """Starts the job and returns it with its two ranks once it trains; afterwards, whatever happened,
     no process of it is left (stopped ones are continued, then killed)."""
     processes = []
 
     def start_job() -> tuple[subprocess.Popen, list[psutil.Process]]:
-        job = start(tmp_path)
+        job = start(tmp_path, shared_cache)
         processes.append(psutil.Process(job.pid))
         wait_for_training(job, tmp_path)
         workers = [p for p in processes[0].children(recursive=True) if "rlkit.cli" in p.cmdline()]

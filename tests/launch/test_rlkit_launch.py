@@ -116,7 +116,7 @@ def test_cli_refuses_fsdp_on_cpu_and_a_bad_recipe_before_launching(monkeypatch, 
     assert "flags after -- are for rlkit launch, not rlkit check" in capsys.readouterr().err
 
 
-def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path):
+def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path, shared_cache):
     out = tmp_path / "run"
     result = subprocess.run(
         [
@@ -138,7 +138,7 @@ def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path):
             str(free_port()),
         ],
         cwd=ROOT,
-        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "RLKIT_CACHE": str(shared_cache)},
         capture_output=True,
         text=True,
         timeout=600,

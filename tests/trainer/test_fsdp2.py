@@ -29,9 +29,9 @@ def run(command: list[str], out: Path, cache: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_fsdp2_shards_and_gives_the_gradient_of_one_process(tmp_path):
-    run([sys.executable], tmp_path / "one", tmp_path / "cache")
-    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port())], tmp_path / "two", tmp_path / "cache")
+def test_fsdp2_shards_and_gives_the_gradient_of_one_process(tmp_path, shared_cache):
+    run([sys.executable], tmp_path / "one", shared_cache)
+    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port())], tmp_path / "two", shared_cache)
     one = torch.load(tmp_path / "one.rank0")
     ranks = [torch.load(tmp_path / f"two.rank{r}") for r in (0, 1)]
     sizes = [n for _, n in one["shards"]]

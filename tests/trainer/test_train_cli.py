@@ -98,14 +98,10 @@ def test_checkpoint_loads_with_plain_transformers(run):
         assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
 
 
-def test_second_run_reuses_the_cached_warm_start(env, run, tmp_path):
-    log = train(env, tmp_path, "trainer.steps=1", "log.trackers=[]")
-    assert "warm start: cached" in log
-
-
 def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
     """The first run is killed (SIGKILL) in step 3, right after its step-2 checkpoint was written (its
-    kill switch, a verifier, fires at step 3's scoring); the same command then resumes from step 2."""
+    kill switch, a verifier, fires at step 3's scoring); the same command then resumes from step 2. Both
+    find the warm start that the module's first run trained in the cache."""
     kill_switch = "{verifier: tests/trainer/kill_switch.py:dies_once_file_exists, weight: 0.0}"
     args = (
         "trainer.steps=4",
@@ -129,7 +125,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
     log = train(env, tmp_path, *args)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["resumed_from"], summary["steps"]) == (2, 4)
-    assert f"resumed from {checkpoint_2.parent} (step 2)" in log
+    assert f"resumed from {checkpoint_2.parent} (step 2)" in log and "warm start: cached" in log
     steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in m]
     assert steps == [1, 2, 3, 4]
 

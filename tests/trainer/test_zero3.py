@@ -28,7 +28,7 @@ OPD = [
 ]
 
 
-def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
+def test_evaluation_with_unequal_shards_matches_one_process(tmp_path, shared_cache):
     """7 prompts in generate calls of 3: shards of 4 and 3 rows. Unpadded, rank 0 would call generate
     twice and rank 1 once, and rank 0 would wait for rank 1 forever (synced_gpus); the launch's timeout
     catches that. Both evaluations score the same completions of the same weights, so accuracy
@@ -40,13 +40,13 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "RLKIT_CACHE": str(shared_cache)},
     )
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch(
         "zero3",
         ["tests/trainer/eval_shards.py", "--out", str(tmp_path / "two.json")],
-        tmp_path / "cache",
+        shared_cache,
         timeout=300,
     )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
