@@ -171,9 +171,10 @@ def test_4bit_without_bitsandbytes_stops_at_start_up(monkeypatch):
         check_quantization_support(LoraSettings(load_in_4bit=True))
 
 
-def test_lora_is_added_after_the_warm_start(tmp_path):
-    """Through the CLI, with a short warm start: the adapter's base is the warm-started folder."""
-    env = {**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}
+def test_lora_is_added_after_the_warm_start(tmp_path, shared_cache):
+    """Through the CLI, with a short warm start (test_deepspeed.py's, so usually found in the session's
+    cache): the adapter's base is the warm-started folder."""
+    env = {**os.environ, "RLKIT_CACHE": str(shared_cache)}
     result = subprocess.run(
         [
             sys.executable,
@@ -196,7 +197,7 @@ def test_lora_is_added_after_the_warm_start(tmp_path):
     base = Path(
         PeftConfig.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000001" / "model").base_model_name_or_path
     )
-    assert base.parent == tmp_path / "cache" / "warm_start"
+    assert base.parent == shared_cache / "warm_start"
     assert json.loads((base / "warm_start.json").read_text())["steps"] == 5
 
 

@@ -3,6 +3,7 @@ start, and resuming an interrupted run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,35 +55,30 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+RUN = ("trainer.steps=6", "trainer.save_every=2", "trainer.keep_checkpoints=2", "log.every=2", "log.eval_every=2")
+
+
 @pytest.fixture(scope="module")
 def run(env, tmp_path_factory):
+    """A 6-step run from an empty cache: it trains the warm start, which the module's other runs find."""
     out = tmp_path_factory.mktemp("run")
-    log = train(
-        env,
-        out,
-        "trainer.steps=4",
-        "trainer.save_every=2",
-        "trainer.keep_checkpoints=1",
-        "log.every=2",
-        "log.eval_every=2",
-    )
-    return out, log
+    return out, train(env, out, *RUN)
 
 
 def test_run_writes_summary_metrics_samples_and_tensorboard(run):
     out, log = run
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["resumed_from"] is None and summary["wall_seconds"] > 0
+    assert summary["steps"] == 6 and summary["resumed_from"] is None and summary["wall_seconds"] > 0
     for key in ("eval_start", "eval_end"):
         assert 0 <= summary[key]["accuracy"] <= 1
     metrics = read_jsonl(out / "metrics.jsonl")
     train_lines = [m for m in metrics if "reward/mean" in m]
-    assert [m["step"] for m in train_lines] == [2, 4]
+    assert [m["step"] for m in train_lines] == [2, 4, 6]
     for key in ("objective/kl", "objective/clip_frac_low", "rollout/len_mean", "train/grad_norm", "train/lr"):
         assert key in train_lines[-1], key
-    assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2, 4]
+    assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2, 4, 6]
     samples = read_jsonl(out / "samples.jsonl")
-    assert {s["step"] for s in samples} == {2, 4} and all("completion" in s and "reward" in s for s in samples)
+    assert {s["step"] for s in samples} == {2, 4, 6} and all("completion" in s and "reward" in s for s in samples)
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
     assert "held-out accuracy at the start of RL" in log
 
@@ -90,7 +86,7 @@ def test_run_writes_summary_metrics_samples_and_tensorboard(run):
 def test_checkpoint_loads_with_plain_transformers(run):
     out, _ = run
     checkpoints = sorted((out / "checkpoints").iterdir())
-    assert [c.name for c in checkpoints] == ["step-000004"]  # keep_checkpoints=1 pruned step 2
+    assert [c.name for c in checkpoints] == ["step-000004", "step-000006"]  # keep_checkpoints=2 pruned step 2
     model = AutoModelForCausalLM.from_pretrained(checkpoints[0] / "model")
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[0] / "model")
     ids = tokenizer("12+34=", return_tensors="pt").input_ids
@@ -130,23 +126,17 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(env, run, tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
-def test_a_checkpoint_whose_trainer_state_is_truncated_is_skipped_on_resume(env, tmp_path):
-    args = (
-        "trainer.steps=4",
-        "trainer.save_every=2",
-        "trainer.keep_checkpoints=2",
-        "log.every=1",
-        "log.eval_every=0",
-        "log.trackers=[]",
-    )
-    train(env, tmp_path, *args)
-    latest = tmp_path / "checkpoints" / "step-000004"
+def test_a_checkpoint_whose_trainer_state_is_truncated_is_skipped_on_resume(env, run, tmp_path):
+    """The module's run, its last checkpoint's trainer state cut short (what a run killed while writing it
+    in place left), resumes from the checkpoint before it."""
+    shutil.copytree(run[0], tmp_path, dirs_exist_ok=True)
+    latest = tmp_path / "checkpoints" / "step-000006"
     state = latest / "trainer_state.json"
-    state.write_text(state.read_text()[:20])  # what a run killed while writing it in place left
-    log = train(env, tmp_path, *args)
+    state.write_text(state.read_text()[:20])
+    log = train(env, tmp_path, *RUN)
     assert f"warning: skipping checkpoint {latest}: trainer_state.json is unreadable (" in log
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (summary["resumed_from"], summary["steps"]) == (2, 4)
-    assert json.loads(state.read_text())["step"] == 4  # saved again, whole
+    assert (summary["resumed_from"], summary["steps"]) == (4, 6)
+    assert json.loads(state.read_text())["step"] == 6  # saved again, whole
     steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in m]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [2, 4, 6]
