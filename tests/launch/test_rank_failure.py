@@ -108,6 +108,7 @@ def wait_for_end(job: subprocess.Popen, workers: list[psutil.Process]) -> None:
     assert job.returncode != 0
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_job(start_job, tmp_path):
     job, workers = start_job()
     rank(workers, 1).kill()
@@ -121,6 +122,7 @@ def test_killed_rank_ends_the_job(start_job, tmp_path):
     assert "[rank0]: Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_stopped_rank_ends_the_job_after_the_collective_timeout(start_job, tmp_path):
     job, workers = start_job()
     rank(workers, 1).suspend()  # SIGSTOP

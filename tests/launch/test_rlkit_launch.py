@@ -116,6 +116,7 @@ def test_cli_refuses_fsdp_on_cpu_and_a_bad_recipe_before_launching(monkeypatch, 
     assert "flags after -- are for rlkit launch, not rlkit check" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path, shared_cache):
     out = tmp_path / "run"
     result = subprocess.run(

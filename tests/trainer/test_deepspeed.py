@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.trainer.launching import launch
 
+pytestmark = pytest.mark.slow  # four two-process launches, one with a JIT-compiled optimizer
+
 MAX_GRAD_NORM = 0.01
 RUN = [
     "-m",

@@ -13,6 +13,8 @@ import torch
 from rlkit.objectives import PRESETS
 from tests.ports import free_port
 
+pytestmark = pytest.mark.slow  # its fixture launches two processes
+
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 # 4 prompts x 4 samples = 16 rows: one micro-batch of 16, four of 4, or by a budget of 10 tokens (rows

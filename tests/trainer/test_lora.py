@@ -171,6 +171,7 @@ def test_4bit_without_bitsandbytes_stops_at_start_up(monkeypatch):
         check_quantization_support(LoraSettings(load_in_4bit=True))
 
 
+@pytest.mark.slow
 def test_lora_is_added_after_the_warm_start(tmp_path, shared_cache):
     """Through the CLI, with a short warm start (test_deepspeed.py's, so usually found in the session's
     cache): the adapter's base is the warm-started folder."""
@@ -238,6 +239,7 @@ def gradients(tmp_path_factory):
     return torch.load(tmp / "one.pt"), torch.load(tmp / "two.pt")
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_adapter_gradient_of_one(gradients):
     one, two = gradients
     # r = 4 on 4 layers: A [r,in] and B [out,r] for q, k, v, o (128 -> 128) and gate, up, down (128 <-> 512)

@@ -19,6 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlkit.cache import MARKER
 from tests.trainer.launching import launch_nodes
 
+pytestmark = pytest.mark.slow  # two-node runs, each from empty caches
+
 RUN = [
     "-m",
     "rlkit.cli",

@@ -13,6 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+pytestmark = pytest.mark.slow  # runs through the CLI, the first training the warm start
+
 ROOT = Path(__file__).parents[2]
 SMALL = [
     "trainer.prompts_per_step=4",

@@ -11,6 +11,8 @@ import pytest
 
 from tests.trainer.launching import ROOT, launch, max_difference, model_at
 
+pytestmark = pytest.mark.slow  # two-process launches
+
 # on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
 # and the teacher's distributions differ, so the reverse KL has a gradient); 2 steps, a checkpoint after each
 LR = 2e-3  # the tolerances below are fractions of it
