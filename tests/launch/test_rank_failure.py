@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rlkit.distributed import collective_timed_out, peer_lost
+from rlkit.models import builtin_tiny_path
 from tests.ports import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -78,9 +79,13 @@ def rank(workers: list[psutil.Process], index: int) -> psutil.Process:
 
 
 @pytest.fixture
-def start_job(tmp_path, shared_cache):
+def start_job(tmp_path, shared_cache, monkeypatch):
     """Starts the job and returns it with its two ranks once it trains; afterwards, whatever happened,
-    no process of it is left (stopped ones are continued, then killed)."""
+    no process of it is left (stopped ones are continued, then killed). The built-in model is built in the
+    cache first: rank 1 waits for rank 0's build in a collective, which on a busy machine can outlast the
+    short collective timeout."""
+    monkeypatch.setenv("RLKIT_CACHE", str(shared_cache))
+    builtin_tiny_path()
     processes = []
 
     def start_job() -> tuple[subprocess.Popen, list[psutil.Process]]:
