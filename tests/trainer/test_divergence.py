@@ -36,7 +36,6 @@ def test_nan_loss_skips_updates_then_stops(tmp_path):
         assert worker.process.wait(timeout=10) is not None
 
 
-@pytest.mark.slow
 def test_nan_loss_stops_a_deepspeed_run(tmp_path, shared_cache):
     result = launch(
         "zero2",

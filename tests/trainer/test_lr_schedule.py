@@ -43,7 +43,6 @@ def test_one_process(tmp_path, shared_cache, monkeypatch):
     assert logged_lrs(tmp_path) == pytest.approx(EXPECTED, rel=1e-9)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["ddp", "zero2"])
 def test_two_processes(launcher, tmp_path, shared_cache):
     command = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml", *OVERRIDES, f"output_dir={tmp_path}"]
