@@ -3,7 +3,7 @@ skipped where there are fewer, such as this project's CPU machines and CI. Tests
 which lives in its own virtualenv (README, "Engines"); they are skipped where it is not installed."""
 
 import importlib.util
-import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +21,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs vLLM (its own virtualenv: README, 'Engines')"))
 
 
-@pytest.fixture
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on, for a test's own process group."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """An RLKIT_CACHE for the runs that need the built-in models (and a warm start) but do not test how
+    they are built: each is built once per session instead of once per test, in a process of its own."""
+    return tmp_path_factory.mktemp("rlkit-cache")

@@ -4,6 +4,7 @@ import torch
 
 from rlkit.data import addition_task, load_task, render_prompt
 from rlkit.models import build_char_tokenizer, build_tiny_model
+from rlkit.recipe.schema import DataConfig
 from rlkit.rollout import HFEngine, Sampling, sample
 
 
@@ -21,22 +22,27 @@ def test_chat_prompts_go_through_the_template():
     assert render_prompt("1+1=", tok) == "1+1="
 
 
-def test_addition_task_is_seeded_and_holds_out_unseen_problems():
+def test_addition_task_holds_out_a_seeded_share_of_all_ten_thousand_problems():
     a, b = addition_task(seed=3, eval_size=50), addition_task(seed=3, eval_size=50)
     assert a.eval["prompt"][:] == b.eval["prompt"][:]
     assert len(a.train) == 10_000 - 50 and len(a.eval) == 50
+    every_problem = {(f"{x}+{y}=", str(x + y)) for x in range(100) for y in range(100)}
+    rows = [(p, ans) for split in (a.train, a.eval) for p, ans in zip(split["prompt"], split["answer"])]
+    assert len(rows) == 10_000 and set(rows) == every_problem  # each problem once, with its sum as the answer
     assert not set(a.eval["prompt"]) & set(a.train["prompt"])
-    for prompt, answer in zip(a.eval["prompt"][:5], a.eval["answer"][:5]):
-        x, y = prompt.rstrip("=").split("+")
-        assert int(x) + int(y) == int(answer)
     assert addition_task(seed=4, eval_size=50).eval["prompt"][:] != a.eval["prompt"][:]
 
 
-def test_local_jsonl_with_held_out_slice(tmp_path):
+def test_local_jsonl_holds_out_a_seeded_slice_of_at_most_a_fifth(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(f'{{"prompt": "q{i}", "answer": "{i}"}}\n' for i in range(20)))
-    data = load_task(None, str(path), None, seed=0, eval_size=4)
-    assert len(data.train) == 16 and len(data.eval) == 4
+    data = load_task(DataConfig(task=None, train=str(path), eval_size=10), seed=0)
+    assert len(data.train) == 16 and len(data.eval) == 4  # eval_size 10 capped at 20 // 5
+    rows = [(p, ans) for split in (data.train, data.eval) for p, ans in zip(split["prompt"], split["answer"])]
+    assert sorted(rows) == sorted((f"q{i}", str(i)) for i in range(20))  # every row once, answers with prompts
+    again = load_task(DataConfig(task=None, train=str(path), eval_size=10), seed=0)
+    assert again.eval["prompt"] == data.eval["prompt"]
+    assert load_task(DataConfig(task=None, train=str(path), eval_size=10), seed=1).eval["prompt"] != data.eval["prompt"]
 
 
 def test_hf_engine_groups_masks_and_truncation():
@@ -60,12 +66,29 @@ def test_hf_engine_groups_masks_and_truncation():
     assert batch.completions[0] == tok.decode(batch.completion_ids[0], skip_special_tokens=True)
 
 
-def test_greedy_generation_is_deterministic():
+def greedy_by_hand(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
+    """The argmax token after each full forward of the prompt alone (no padding, no KV cache), until EOS."""
+    ids, new = tok(prompt).input_ids, []
+    with torch.no_grad():
+        while len(new) < max_new_tokens and tok.eos_token_id not in new:
+            new.append(int(model(torch.tensor([ids + new])).logits[0, -1].argmax()))
+    return new
+
+
+def test_greedy_generation_equals_an_argmax_decode_of_each_prompt_alone():
+    """In one left-padded, KV-cached batch; this seed's model ends the first prompt with EOS at once and
+    runs the second to the token limit (the top two logits differ by 0.087 at least, far above fp32 noise)."""
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=1).eval()
-    engine, greedy = HFEngine.on(model, tok, [tok.eos_token_id]), Sampling(n=1, max_new_tokens=4, greedy=True)
-    torch.manual_seed(0)
-    a = sample(engine, ["1+1="], {}, greedy)
-    torch.manual_seed(1)
-    b = sample(engine, ["1+1="], {}, greedy)
-    assert a.completions == b.completions and a.logp is None  # no behaviour log-probs for the argmax
+    prompts, limit = ["12+34=", "7+5="], 8
+    batch = sample(
+        HFEngine.on(model, tok, [tok.eos_token_id]), prompts, {}, Sampling(n=1, max_new_tokens=limit, greedy=True)
+    )
+    expected = [greedy_by_hand(model, tok, p, limit) for p in prompts]
+    assert [len(e) for e in expected] == [1, limit] and expected[0] == [tok.eos_token_id]
+    for ids, mask, new in zip(batch.completion_ids, batch.completion_mask, expected):
+        assert ids.tolist() == new + [tok.pad_token_id] * (limit - len(new))
+        assert mask.tolist() == [1.0] * len(new) + [0.0] * (limit - len(new))
+    assert batch.truncated.tolist() == [False, True]
+    assert batch.completions == [tok.decode(e, skip_special_tokens=True) for e in expected]
+    assert batch.logp is None  # no behaviour log-probs for the argmax

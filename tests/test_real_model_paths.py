@@ -440,6 +440,7 @@ def test_packed_positions_give_the_logits_and_logprobs_of_those_positions(tok, m
 # ---------------------------------------------------------------- the recipe, end to end
 
 
+@pytest.mark.slow
 def test_tiny_bpe_recipe_runs_end_to_end_and_saves_a_loadable_checkpoint(tmp_path, cache):
     # a short warm start: TRL's SFT on chat prompts with assistant-turn completions, then RL
     command = [

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from tests.ports import free_port
 from tests.trainer.launching import ACCELERATE, ROOT, max_difference, model_at
 
 # on-policy distillation, both models untrained; 2 steps, a checkpoint after each (as tests/trainer/test_zero3.py)
@@ -29,7 +30,7 @@ OPD = [
 ]
 
 
-def run(config: str, script: list[str], overrides: list[str], output_dir, port: int):
+def run(config: str, script: list[str], overrides: list[str], output_dir):
     command = [
         ACCELERATE,
         "launch",
@@ -40,7 +41,7 @@ def run(config: str, script: list[str], overrides: list[str], output_dir, port: 
         "--mixed_precision",
         "no",
         "--main_process_port",
-        str(port),
+        str(free_port()),
         *script,
         *OPD,
         *overrides,
@@ -60,18 +61,18 @@ def run(config: str, script: list[str], overrides: list[str], output_dir, port: 
 
 @pytest.mark.gpu(2)
 def test_fsdp2_shards_trains_like_ddp_and_resumes(tmp_path):
-    fsdp = run("fsdp2", ["tests/trainer/partitions.py"], ["trainer.micro_batch_size=4"], tmp_path / "fsdp", 29621)
+    fsdp = run("fsdp2", ["tests/trainer/partitions.py"], ["trainer.micro_batch_size=4"], tmp_path / "fsdp")
     partitions = json.loads((fsdp / "partitions.json").read_text())
     for name in ("model", "teacher"):  # every dimension of the tiny models is even: half of each on each rank
         assert partitions[name]["held"] == [partitions[name]["full"] // 2] * 2, name
 
     # fp32 (no mixed precision, no TF32 matmuls by default): sums in another order, as on CPU
-    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path / "ddp", 29622)
+    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path / "ddp")
     for step in (1, 2):
         assert max_difference(model_at(ddp, step), model_at(fsdp, step)) < 1e-5
 
     resumed = tmp_path / "resumed"
     shutil.copytree(fsdp / "checkpoints" / "step-000001", resumed / "checkpoints" / "step-000001")
-    run("fsdp2", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], resumed, 29623)
+    run("fsdp2", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], resumed)
     assert json.loads((resumed / "summary.json").read_text())["resumed_from"] == 1
     assert max_difference(model_at(resumed, 2), model_at(fsdp, 2)) < 1e-5

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlkit.trainer.loop import MAX_BAD_STEPS
+from tests.ports import free_port
 
 ROOT = Path(__file__).parents[2]
 RLKIT = str(Path(sys.executable).parent / "rlkit")
@@ -25,7 +26,7 @@ SMALL = [
 ]
 
 
-def launch(config: str, port: int, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def launch(config: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             RLKIT,
@@ -38,7 +39,7 @@ def launch(config: str, port: int, tmp_path: Path, *overrides: str) -> subproces
             "--num_processes",
             "2",
             "--main_process_port",
-            str(port),
+            str(free_port()),
         ],
         cwd=ROOT,
         env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
@@ -50,7 +51,7 @@ def launch(config: str, port: int, tmp_path: Path, *overrides: str) -> subproces
 
 @pytest.mark.gpu(2)
 def test_zero3_bf16_run_passes_the_start_up_checks(tmp_path):
-    result = launch("zero3", 29671, tmp_path, "trainer.steps=2")
+    result = launch("zero3", tmp_path, "trainer.steps=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "step-000002" / "model" / "config.json").is_file()
 
@@ -58,7 +59,7 @@ def test_zero3_bf16_run_passes_the_start_up_checks(tmp_path):
 @pytest.mark.gpu(2)
 def test_fsdp2_is_sharded_and_stops_a_nan_run(tmp_path):
     result = launch(
-        "fsdp2", 29672, tmp_path, "trainer.steps=20", "objective.surrogate={type: tests.trainer.nan_parts:NaNSurrogate}"
+        "fsdp2", tmp_path, "trainer.steps=20", "objective.surrogate={type: tests.trainer.nan_parts:NaNSurrogate}"
     )
     assert result.returncode != 0 and "launch asked for" not in result.stderr, result.stderr[-3000:]
     assert f"training stopped: non-finite loss or gradients in {MAX_BAD_STEPS} consecutive steps" in result.stderr

@@ -15,6 +15,7 @@ import torch
 from rlkit.metrics import Metrics
 from rlkit.recipe import load_recipe
 from rlkit.trainer import Trainer
+from tests.ports import free_port
 from tests.trainer.launching import ACCELERATE, ROOT
 
 SMALL = [
@@ -97,7 +98,7 @@ def test_two_gpu_ddp_run(tmp_path):
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29571",
+        str(free_port()),
     ]
     metrics = run_steps(launcher, tmp_path)
     assert [m["step"] for m in metrics if "train/lr" in m] == [1, 2, 3]

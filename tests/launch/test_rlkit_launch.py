@@ -13,6 +13,7 @@ import pytest
 import rlkit.launcher
 from rlkit.cli import main
 from rlkit.launcher import CONFIGS, LaunchError, accelerate_command, resolve_config
+from tests.ports import free_port
 
 ROOT = Path(__file__).parents[2]
 RLKIT = str(Path(sys.executable).parent / "rlkit")
@@ -115,7 +116,8 @@ def test_cli_refuses_fsdp_on_cpu_and_a_bad_recipe_before_launching(monkeypatch, 
     assert "flags after -- are for rlkit launch, not rlkit check" in capsys.readouterr().err
 
 
-def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path):
+@pytest.mark.slow
+def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path, shared_cache):
     out = tmp_path / "run"
     result = subprocess.run(
         [
@@ -134,10 +136,10 @@ def test_two_cpu_processes_train_through_rlkit_launch_ddp(tmp_path):
             "trainer.steps=2",
             f"output_dir={out}",
             "--main_process_port",
-            "29663",
+            str(free_port()),
         ],
         cwd=ROOT,
-        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "RLKIT_CACHE": str(shared_cache)},
         capture_output=True,
         text=True,
         timeout=600,

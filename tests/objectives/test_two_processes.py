@@ -6,11 +6,12 @@ import torch.multiprocessing as mp
 from objectives_toy import step_gradient, two_rank_worker
 
 from rlkit.objectives import PRESETS, build_objective
+from tests.ports import free_port
 
 
-def test_every_preset_has_the_same_gradient_on_one_and_two_processes(tmp_path, free_port):
+def test_every_preset_has_the_same_gradient_on_one_and_two_processes(tmp_path):
     out = tmp_path / "grads.pt"
-    mp.spawn(two_rank_worker, args=(2, free_port, str(out)), nprocs=2, join=True)
+    mp.spawn(two_rank_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     two = torch.load(out)
     assert set(two) == set(PRESETS)
     for name in PRESETS:

@@ -47,7 +47,7 @@ def nobody_processes() -> list[int]:
 def nothing_left_running():
     assert nobody_processes() == [], "processes of nobody were running before the test"
     yield
-    deadline = time.monotonic() + 2  # SIGKILL is delivered asynchronously
+    deadline = time.monotonic() + 30  # SIGKILL is delivered asynchronously; a hang guard, not a bound
     while nobody_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert nobody_processes() == []
@@ -94,16 +94,18 @@ def test_malformed_test_case_is_rejected():
         run_tests("pass", [{"input": "1", "expected": "1"}])
 
 
+# The call's whole budget is sandbox.STARTUP_S + timeout_s per test (7 s here): a test left running past
+# it raises TimeoutError. So verdicts [False, True] mean the first test was killed by its own limits, in
+# time for the second (the same code, ending at once) to run and pass.
+
+
 def test_infinite_loop_is_killed(mode):
-    start = time.monotonic()
-    assert run_tests("while True:\n    pass", PASS, FAST) == [False]
-    assert time.monotonic() - start < FAST.timeout_s + 1.5
+    spin = "def spin(forever):\n    while forever:\n        pass\n"
+    assert run_tests(spin, [{"assert": "spin(True)"}, {"assert": "spin(False)"}], FAST) == [False, True]
 
 
 def test_sleeping_forever_is_killed_by_wall_clock(mode):
-    start = time.monotonic()
-    assert run_tests("import time\ntime.sleep(60)", PASS, FAST) == [False]
-    assert time.monotonic() - start < FAST.timeout_s + 1.5
+    assert run_tests("import time", [{"assert": "time.sleep(60)"}, {"assert": "time.sleep(0)"}], FAST) == [False, True]
 
 
 def test_fork_bomb_is_contained(mode):

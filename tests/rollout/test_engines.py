@@ -13,6 +13,7 @@ from rlkit.recipe import RecipeError, load_recipe
 from rlkit.rollout import EngineOutOfSync
 from rlkit.rollout.vllm_server import EngineUnavailable, VLLMServerEngine, VLLMServerOptions
 from rlkit.trainer import Trainer
+from tests.ports import free_port
 
 ENGINE = "tests.rollout.copy_engine:CopyEngine"
 SMALL = [
@@ -107,8 +108,8 @@ def test_a_server_that_does_not_answer_is_named_with_the_call(tmp_path):
     listener.close()
 
 
-def test_a_server_that_is_not_there_is_named(free_port):
-    url = f"http://127.0.0.1:{free_port}"
+def test_a_server_that_is_not_there_is_named():
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(EngineUnavailable, match=rf"the vLLM server at {url} did not answer GET /v1/models"):
         VLLMServerEngine(VLLMServerOptions(type="vllm_server", url=url, timeout_s=5), setup=None)
 

@@ -15,6 +15,7 @@ from rlkit.recipe import load_recipe
 from rlkit.rollout import EngineOutOfSync, EngineSetup, Sampling, build_engine
 from rlkit.trainer import Trainer
 from rlkit.trainer.logprobs import completion_scores
+from tests.ports import free_port
 
 pytestmark = pytest.mark.vllm
 PROMPTS = ["12+34=", "7+5=", "99+99="]
@@ -183,7 +184,7 @@ def test_training_on_a_vllm_engine_checks_every_step(tmp_path, kind):
     assert all(r["rollout/policy_version_lag"] == 0 for r in steps)
 
 
-def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
+def test_two_ranks_with_one_colocated_engine_each(tmp_path):
     command = [
         sys.executable,
         "-m",
@@ -197,7 +198,7 @@ def test_two_ranks_with_one_colocated_engine_each(tmp_path, free_port):
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(free_port),
+        str(free_port()),
         "-m",
         "rlkit.cli",
         "train",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).parents[2]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 LAUNCHERS = {
@@ -59,7 +61,7 @@ LAUNCHERS = {
 }
 
 
-def launch(launcher: str, args: list[str], cache: Path, port: int, timeout: int = 900) -> subprocess.CompletedProcess:
+def launch(launcher: str, args: list[str], cache: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run ``python args...`` on two processes with ``launcher`` (a key of LAUNCHERS) from the repository root."""
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # it turns DeepSpeed into DDP
     env["RLKIT_CACHE"] = str(cache)
@@ -69,7 +71,7 @@ def launch(launcher: str, args: list[str], cache: Path, port: int, timeout: int 
     if launcher == "ddp":
         env["ACCELERATE_USE_CPU"] = "true"
     return subprocess.run(
-        [*LAUNCHERS[launcher], "--main_process_port", str(port), *args],
+        [*LAUNCHERS[launcher], "--main_process_port", str(free_port()), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -86,11 +88,11 @@ def max_difference(a, b) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def launch_nodes(args: list[list[str]], envs: list[dict], port: int, timeout: int) -> list[subprocess.CompletedProcess]:
+def launch_nodes(args: list[list[str]], envs: list[dict], timeout: int) -> list[subprocess.CompletedProcess]:
     """Two simulated nodes, one process each: ``python args[r]...`` on node r with the extra environment
     ``envs[r]`` (its RLKIT_CACHE; ACCELERATE_USE_CPU=true on a CPU, its GPU on a GPU machine), both started
     at once. A node still running after ``timeout`` seconds fails the test (a hang) and both are killed."""
-    nodes, logs = [], [tempfile.TemporaryFile("w+") for _ in args]  # noqa: SIM115 (closed below); files: a full pipe would block a node
+    port, nodes, logs = free_port(), [], [tempfile.TemporaryFile("w+") for _ in args]  # noqa: SIM115 (closed below); files: a full pipe would block a node
     for rank, (node_args, env, log) in enumerate(zip(args, envs, logs)):
         command = [
             ACCELERATE,

@@ -2,7 +2,7 @@
 processes, launched with the shipped configs) make the same update as DDP: one RL step (two optimizer
 updates) in several micro-batches under ZeRO equals DDP with one micro-batch, weight for weight. The
 recipe's clipping, active here, reaches DeepSpeed (the configs carry none). The DDP launch also builds
-the warm start (one process trains it, the other waits for the cache). With optimizer offload, accelerate
+the warm start where the session's cache lacks it (one process trains it, the other waits for the cache). With optimizer offload, accelerate
 swaps torch's AdamW for DeepSpeed's CPU Adam (its C++ op is JIT-compiled on first use, a few minutes, then
 cached under TORCH_EXTENSIONS_DIR): the same arithmetic in fp32, in another order, hence the same tolerance."""
 
@@ -13,6 +13,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from tests.trainer.launching import launch
+
+pytestmark = pytest.mark.slow  # four two-process launches, one with a JIT-compiled optimizer
 
 MAX_GRAD_NORM = 0.01
 RUN = [
@@ -33,21 +35,16 @@ RUN = [
 ]
 
 
-def train(launcher: str, micro: int, output_dir: Path, port: int, cache: Path):
-    result = launch(launcher, [*RUN, f"trainer.micro_batch_size={micro}", f"output_dir={output_dir}"], cache, port)
+def train(launcher: str, micro: int, output_dir: Path, cache: Path):
+    result = launch(launcher, [*RUN, f"trainer.micro_batch_size={micro}", f"output_dir={output_dir}"], cache)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return AutoModelForCausalLM.from_pretrained(output_dir / "checkpoints" / "step-000001" / "model")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def ddp_model(tmp_path_factory, cache):
+def ddp_model(tmp_path_factory, shared_cache):
     out = tmp_path_factory.mktemp("ddp")
-    model = train("ddp", 64, out, 29541, cache)
+    model = train("ddp", 64, out, shared_cache)
     grad_norms = [
         m["train/grad_norm"]
         for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -57,8 +54,8 @@ def ddp_model(tmp_path_factory, cache):
     return model
 
 
-@pytest.mark.parametrize("launcher,port", [("zero2", 29542), ("zero3", 29543), ("zero3_offload", 29544)])
-def test_zero_update_equals_ddp(ddp_model, cache, launcher, port, tmp_path):
-    model = train(launcher, 4, tmp_path, port, cache)  # 16 rows per rank and mini-batch: 4 micro-batches
+@pytest.mark.parametrize("launcher", ["zero2", "zero3", "zero3_offload"])
+def test_zero_update_equals_ddp(ddp_model, shared_cache, launcher, tmp_path):
+    model = train(launcher, 4, tmp_path, shared_cache)  # 16 rows per rank and mini-batch: 4 micro-batches
     differences = [(a - b).abs().max().item() for a, b in zip(model.parameters(), ddp_model.parameters())]
     assert max(differences) < 1e-5

@@ -36,7 +36,7 @@ def test_nan_loss_skips_updates_then_stops(tmp_path):
         assert worker.process.wait(timeout=10) is not None
 
 
-def test_nan_loss_stops_a_deepspeed_run(tmp_path):
+def test_nan_loss_stops_a_deepspeed_run(tmp_path, shared_cache):
     result = launch(
         "zero2",
         [
@@ -49,8 +49,7 @@ def test_nan_loss_stops_a_deepspeed_run(tmp_path):
             "trainer.prompts_per_step=4",
             "log.eval_every=0",
         ],
-        tmp_path / "cache",
-        port=29551,
+        shared_cache,
     )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"training stopped: non-finite loss or gradients in {MAX_BAD_STEPS} consecutive steps" in result.stderr

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from tests.ports import free_port
+
+pytestmark = pytest.mark.slow  # a torchrun launch
 
 ROOT = Path(__file__).parents[2]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -27,9 +32,9 @@ def run(command: list[str], out: Path, cache: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_fsdp2_shards_and_gives_the_gradient_of_one_process(tmp_path):
-    run([sys.executable], tmp_path / "one", tmp_path / "cache")
-    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29619"], tmp_path / "two", tmp_path / "cache")
+def test_fsdp2_shards_and_gives_the_gradient_of_one_process(tmp_path, shared_cache):
+    run([sys.executable], tmp_path / "one", shared_cache)
+    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port())], tmp_path / "two", shared_cache)
     one = torch.load(tmp_path / "one.rank0")
     ranks = [torch.load(tmp_path / f"two.rank{r}") for r in (0, 1)]
     sizes = [n for _, n in one["shards"]]

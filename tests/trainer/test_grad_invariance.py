@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from rlkit.objectives import PRESETS
+from tests.ports import free_port
+
+pytestmark = pytest.mark.slow  # its fixture launches two processes
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -48,7 +51,7 @@ def gradients(tmp_path_factory):
             "--dynamo_backend",
             "no",
             "--main_process_port",
-            "29533",
+            str(free_port()),
             str(HERE / "grad_step.py"),
             *TWO_PROCESSES,
             "--out",

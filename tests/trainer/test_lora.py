@@ -26,6 +26,7 @@ from rlkit.recipe import load_recipe
 from rlkit.recipe.schema import LoraSettings
 from rlkit.trainer import Trainer
 from rlkit.trainer.checkpoint import export_merged
+from tests.ports import free_port
 from tests.trainer.launching import ACCELERATE, ROOT
 
 SMALL = [
@@ -171,9 +172,11 @@ def test_4bit_without_bitsandbytes_stops_at_start_up(monkeypatch):
         check_quantization_support(LoraSettings(load_in_4bit=True))
 
 
-def test_lora_is_added_after_the_warm_start(tmp_path):
-    """Through the CLI, with a short warm start: the adapter's base is the warm-started folder."""
-    env = {**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")}
+@pytest.mark.slow
+def test_lora_is_added_after_the_warm_start(tmp_path, shared_cache):
+    """Through the CLI, with a short warm start (test_deepspeed.py's, so usually found in the session's
+    cache): the adapter's base is the warm-started folder."""
+    env = {**os.environ, "RLKIT_CACHE": str(shared_cache)}
     result = subprocess.run(
         [
             sys.executable,
@@ -196,7 +199,7 @@ def test_lora_is_added_after_the_warm_start(tmp_path):
     base = Path(
         PeftConfig.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000001" / "model").base_model_name_or_path
     )
-    assert base.parent == tmp_path / "cache" / "warm_start"
+    assert base.parent == shared_cache / "warm_start"
     assert json.loads((base / "warm_start.json").read_text())["steps"] == 5
 
 
@@ -220,7 +223,7 @@ def gradients(tmp_path_factory):
                 "--dynamo_backend",
                 "no",
                 "--main_process_port",
-                "29587",
+                str(free_port()),
                 *script,
                 "--micro",
                 "2",
@@ -237,6 +240,7 @@ def gradients(tmp_path_factory):
     return torch.load(tmp / "one.pt"), torch.load(tmp / "two.pt")
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_adapter_gradient_of_one(gradients):
     one, two = gradients
     # r = 4 on 4 layers: A [r,in] and B [out,r] for q, k, v, o (128 -> 128) and gate, up, down (128 <-> 512)

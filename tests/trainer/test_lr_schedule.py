@@ -3,20 +3,15 @@ engine: a linear schedule with warmup gives the same LR sequence on 1 process, 2
 DeepSpeed ZeRO-2 processes, equal to the one worked out by hand."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.trainer.launching import ROOT, launch
+from rlkit.recipe import load_recipe
+from rlkit.trainer import Trainer
+from tests.trainer.launching import launch
 
 LR = 1e-3
-RECIPE = [
-    "-m",
-    "rlkit.cli",
-    "train",
-    "recipes/quickstart.yaml",
+OVERRIDES = [
     "model.warm_start=null",
     "log.trackers=[]",
     "trainer.steps=3",
@@ -42,21 +37,15 @@ def logged_lrs(output_dir) -> list[float]:
     return [m["train/lr"] for m in lines if "train/lr" in m]
 
 
-def test_one_process(tmp_path):
-    result = subprocess.run(
-        [sys.executable, *RECIPE, f"output_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "c")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_one_process(tmp_path, shared_cache, monkeypatch):
+    monkeypatch.setenv("RLKIT_CACHE", str(shared_cache))
+    Trainer(load_recipe("recipes/quickstart.yaml", [*OVERRIDES, f"output_dir={tmp_path}"])).train()
     assert logged_lrs(tmp_path) == pytest.approx(EXPECTED, rel=1e-9)
 
 
-@pytest.mark.parametrize("launcher,port", [("ddp", 29561), ("zero2", 29562)])
-def test_two_processes(launcher, port, tmp_path):
-    result = launch(launcher, [*RECIPE, f"output_dir={tmp_path}"], tmp_path / "c", port)
+@pytest.mark.parametrize("launcher", ["ddp", "zero2"])
+def test_two_processes(launcher, tmp_path, shared_cache):
+    command = ["-m", "rlkit.cli", "train", "recipes/quickstart.yaml", *OVERRIDES, f"output_dir={tmp_path}"]
+    result = launch(launcher, command, shared_cache)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert logged_lrs(tmp_path) == pytest.approx(EXPECTED, rel=1e-9)

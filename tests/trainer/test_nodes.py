@@ -19,6 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlkit.cache import MARKER
 from tests.trainer.launching import launch_nodes
 
+pytestmark = pytest.mark.slow  # two-node runs, each from empty caches
+
 RUN = [
     "-m",
     "rlkit.cli",
@@ -34,7 +36,7 @@ RUN = [
 TIMEOUT = 600  # seconds; a fresh two-node run takes about 2 min on a busy 2-core machine
 
 
-def run_nodes(output_dirs, caches, port, steps, devices=None):
+def run_nodes(output_dirs, caches, steps, devices=None):
     """``steps`` steps on two nodes; ``devices``: each node's GPU (None: CPU processes, gloo)."""
     args = [[*RUN, f"trainer.steps={steps}", f"output_dir={out}"] for out in output_dirs]
     envs = [
@@ -44,7 +46,7 @@ def run_nodes(output_dirs, caches, port, steps, devices=None):
         }
         for cache, device in zip(caches, devices or [None, None])
     ]
-    return launch_nodes(args, envs, port, TIMEOUT)
+    return launch_nodes(args, envs, TIMEOUT)
 
 
 def model_folder(output_dir, step):
@@ -56,7 +58,7 @@ def nodes(tmp_path_factory):
     """One step on two nodes that share nothing: their caches and output_dirs."""
     caches = [tmp_path_factory.mktemp(f"cache{rank}") for rank in range(2)]
     outs = [tmp_path_factory.mktemp(f"out{rank}") for rank in range(2)]
-    results = run_nodes(outs, caches, 29681, steps=1)
+    results = run_nodes(outs, caches, steps=1)
     for result in results:
         assert result.returncode == 0, result.stdout[-4000:]
     return caches, outs
@@ -77,7 +79,7 @@ def test_nodes_with_their_own_folders_train_and_save_a_model(nodes):
 
 def test_checkpoint_on_one_node_only_is_refused_at_start_up(nodes):
     caches, outs = nodes
-    results = run_nodes(outs, caches, 29682, steps=2)  # node 0 holds step 1, node 1 has no checkpoint
+    results = run_nodes(outs, caches, steps=2)  # node 0 holds step 1, node 1 has no checkpoint
     for result in results:
         assert result.returncode != 0, result.stdout[-4000:]  # the launcher reports its worker's exit 2 as 1
         assert (
@@ -92,7 +94,7 @@ def test_checkpoint_in_a_shared_output_dir_resumes_on_both_nodes(nodes, tmp_path
     shared = tmp_path / "shared"
     for out in outs:  # what a shared file system would hold: every rank's writes
         shutil.copytree(out, shared, dirs_exist_ok=True)
-    results = run_nodes([shared, shared], caches, 29683, steps=2)
+    results = run_nodes([shared, shared], caches, steps=2)
     for result in results:
         assert result.returncode == 0, result.stdout[-4000:]
     summary = json.loads((shared / "summary.json").read_text())
@@ -104,8 +106,8 @@ def test_checkpoint_in_a_shared_output_dir_resumes_on_both_nodes(nodes, tmp_path
 def test_two_gpu_nodes_train_then_refuse_a_checkpoint_on_one_node(tmp_path):
     """The same on one GPU per node: NCCL carries rank 0's choice and the ranks' answers as objects."""
     caches, outs = [tmp_path / f"cache{rank}" for rank in range(2)], [tmp_path / f"out{rank}" for rank in range(2)]
-    for result in run_nodes(outs, caches, 29684, steps=1, devices=[0, 1]):
+    for result in run_nodes(outs, caches, steps=1, devices=[0, 1]):
         assert result.returncode == 0, result.stdout[-4000:]
     AutoModelForCausalLM.from_pretrained(model_folder(outs[0], 1))
-    for result in run_nodes(outs, caches, 29685, steps=2, devices=[0, 1]):
+    for result in run_nodes(outs, caches, steps=2, devices=[0, 1]):
         assert result.returncode != 0 and "do not find that checkpoint" in result.stdout, result.stdout[-4000:]

@@ -12,6 +12,7 @@ from rlkit.recipe import load_recipe
 from rlkit.recipe.schema import TrainerConfig
 from rlkit.trainer import Trainer
 from rlkit.trainer.startup import LaunchRefused, check_launch
+from tests.ports import free_port
 from tests.trainer.launching import ACCELERATE, ROOT
 
 LAUNCHED = {"ACCELERATE_MIXED_PRECISION": "no"}  # what every `accelerate launch` sets, at least
@@ -84,8 +85,6 @@ def test_trainer_refuses_before_the_warm_start(tmp_path, monkeypatch):
                 "2",
                 "--mixed_precision",
                 "no",
-                "--main_process_port",
-                "29666",
             ],
             "error: launch asked for FSDP, the run got NO on cpu",
         ),
@@ -97,6 +96,8 @@ def test_plain_accelerate_launches_that_lose_processes_or_sharding_are_refused(f
             ACCELERATE,
             "launch",
             *flags,
+            "--main_process_port",
+            str(free_port()),
             "-m",
             "rlkit.cli",
             "train",

@@ -230,7 +230,7 @@ COLUMNS = ["prompt", "completion", "reward", "advantage", "step"]
 def test_tensorboard_has_the_scalars_and_a_text_table(run):
     events = EventAccumulator(str(run.out / "rlkit-test"))  # accelerate's folder: the project's name
     events.Reload()
-    for key in ("reward/mean", "rollout/len_mean", "train/lr", "eval/accuracy"):
+    for key in ("reward/mean", "rollout/len_mean", "train/lr", "eval/score"):
         expected = [(step, m[key]) for step, m in run.metrics.items() if key in m]
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         assert [s for s, _ in logged] == [s for s, _ in expected], key
@@ -304,7 +304,7 @@ def test_mlflow_store_in_the_output_folder_has_the_metrics_and_the_tables(run, t
     (logged,) = client.search_runs([client.get_experiment_by_name("rlkit-test").experiment_id])
     assert logged.info.run_name == "tiny-run" and logged.data.params["trainer.steps"] == "3"
     assert Path(logged.info.artifact_uri).is_relative_to(run.out / "mlruns")
-    for key in ("reward/mean", "rollout/len_mean", "train/lr", "eval/accuracy"):
+    for key in ("reward/mean", "rollout/len_mean", "train/lr", "eval/score"):
         expected = [(step, m[key]) for step, m in run.metrics.items() if key in m]
         history = client.get_metric_history(logged.info.run_id, key)
         assert sorted((m.step, m.value) for m in history) == expected, key

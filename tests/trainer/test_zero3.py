@@ -11,6 +11,8 @@ import pytest
 
 from tests.trainer.launching import ROOT, launch, max_difference, model_at
 
+pytestmark = pytest.mark.slow  # two-process launches
+
 # on-policy distillation from the built-in teacher, both models untrained (quick to build; the student's
 # and the teacher's distributions differ, so the reverse KL has a gradient); 2 steps, a checkpoint after each
 LR = 2e-3  # the tolerances below are fractions of it
@@ -28,7 +30,7 @@ OPD = [
 ]
 
 
-def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
+def test_evaluation_with_unequal_shards_matches_one_process(tmp_path, shared_cache):
     """7 prompts in generate calls of 3: shards of 4 and 3 rows. Unpadded, rank 0 would call generate
     twice and rank 1 once, and rank 0 would wait for rank 1 forever (synced_gpus); the launch's timeout
     catches that. Both evaluations score the same completions of the same weights, so the score
@@ -41,14 +43,13 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "RLKIT_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "RLKIT_CACHE": str(shared_cache)},
     )
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch(
         "zero3",
         ["tests/trainer/eval_shards.py", "--out", str(tmp_path / "two.json")],
-        tmp_path / "cache",
-        29611,
+        shared_cache,
         timeout=300,
     )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
@@ -59,8 +60,8 @@ def test_evaluation_with_unequal_shards_matches_one_process(tmp_path):
     assert 0 < one["sampled"]["pass_at_k"] < 1
 
 
-def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache, port: int):
-    result = launch(launcher, [*script, *OPD, *overrides, f"output_dir={output_dir}"], cache, port)
+def run(launcher: str, script: list[str], overrides: list[str], output_dir, cache):
+    result = launch(launcher, [*script, *OPD, *overrides, f"output_dir={output_dir}"], cache)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
 
@@ -80,7 +81,6 @@ def opd_zero3(tmp_path_factory, cache):
         ["trainer.micro_batch_size=4"],
         tmp_path_factory.mktemp("zero3"),
         cache,
-        29614,
     )
 
 
@@ -103,7 +103,7 @@ def test_distillation_under_zero3_equals_ddp(opd_zero3, cache, tmp_path):
     models and the DDP run found them built, so this also checks that a run from an empty cache
     samples as one from a full cache (an in-process build once reseeded rank 0's global RNG, and
     ~10% of the weights then differed by 2 x lr after one step)."""
-    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path, cache, 29615)
+    ddp = run("ddp", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=64"], tmp_path, cache)
     for step in (1, 2):
         assert max_difference(model_at(ddp, step), model_at(opd_zero3, step)) < LR / 20
     assert max_difference(model_at(ddp, 2), model_at(ddp, 1)) > 1e-4  # the second step moved the weights
@@ -114,6 +114,6 @@ def test_zero3_run_resumed_from_step_1_equals_the_uninterrupted_run(opd_zero3, c
     directory) resumes from its sharded state to step 2, with the same weights as the run that went
     on: same prompts, sampling RNG, optimizer moments and step count, so equal to fp32 rounding."""
     shutil.copytree(opd_zero3 / "checkpoints" / "step-000001", tmp_path / "checkpoints" / "step-000001")
-    run("zero3", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], tmp_path, cache, 29616)
+    run("zero3", ["-m", "rlkit.cli", "train"], ["trainer.micro_batch_size=4"], tmp_path, cache)
     assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == 1
     assert max_difference(model_at(tmp_path, 2), model_at(opd_zero3, 2)) < 1e-6
