@@ -2,10 +2,11 @@
 
 The quickstart as a newcomer runs it (`rlkit train`, an empty RLKIT_CACHE, so the warm start is
 included), cut to its first 100 RL steps, must raise held-out accuracy (200 problems, greedy) by at
-least ``MIN_GAIN``. The threshold comes from the spread over seeds of this very run, measured from a
-fresh clone (docs/benchmarks.md, "CI learning test"): seeds 0-4 gained between the figures quoted there,
-so ``MIN_GAIN`` sits far below the worst seed and far above what a broken update gives (a flipped
-objective sign lowers accuracy; a learning rate of 0 leaves it exactly where it started).
+least ``MIN_GAIN``. The threshold comes from the spread over seeds of this very run (docs/benchmarks.md,
+"CI learning test"): seeds 0-2 gained +0.090, +0.170 and +0.210 (mean 0.157, standard deviation 0.061),
+and the difference of two evaluations on the same 200 problems moves by about 0.03 without any learning.
+``MIN_GAIN`` = 0.05 is under the worst seed (0, the one run here: +0.090) and over what a broken update
+gives: a flipped objective sign lowers accuracy, a learning rate of 0 leaves it exactly where it started.
 """
 
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-MIN_GAIN = 0.08
+MIN_GAIN = 0.05
 STEPS = 100
 
 
