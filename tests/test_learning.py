@@ -1,12 +1,12 @@
 """The built-in task learns: a change that breaks learning fails here, not in a later benchmark.
 
 The quickstart as a newcomer runs it (`rlkit train`, an empty RLKIT_CACHE, so the warm start is
-included), cut to its first 100 RL steps, must raise held-out accuracy (200 problems, greedy) by at
+included), cut to its first 200 RL steps, must raise held-out accuracy (200 problems, greedy) by at
 least ``MIN_GAIN``. The threshold comes from the spread over seeds of this very run (docs/benchmarks.md,
-"CI learning test"): seeds 0-2 gained +0.090, +0.170 and +0.210 (mean 0.157, standard deviation 0.061),
-and the difference of two evaluations on the same 200 problems moves by about 0.03 without any learning.
-``MIN_GAIN`` = 0.05 is under the worst seed (0, the one run here: +0.090) and over what a broken update
-gives: a flipped objective sign lowers accuracy, a learning rate of 0 leaves it exactly where it started.
+"CI learning test"): seeds 0-3 gained +0.200, +0.230, +0.315 and +0.045 (seed 3's warm start learns
+slowly: +0.045 after 100 steps too). ``MIN_GAIN`` = 0.04 is under every seed, and over what a broken
+update gives: a flipped objective sign lowers accuracy, a learning rate of 0 leaves it exactly where it
+started. Seed 0 runs here.
 """
 
 import json
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-MIN_GAIN = 0.05
-STEPS = 100
+MIN_GAIN = 0.04
+STEPS = 200
 
 
 @pytest.mark.slow
-def test_quickstart_learns_in_100_steps(tmp_path):
+def test_quickstart_learns_in_200_steps(tmp_path):
     run = tmp_path / "run"
     command = [
         sys.executable,
