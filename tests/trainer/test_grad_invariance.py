@@ -12,6 +12,7 @@ import torch
 
 from rlkit.objectives import PRESETS
 from tests.ports import free_port
+from tests.trainer.launching import LAUNCHERS
 
 pytestmark = pytest.mark.slow  # its fixture launches two processes
 
@@ -35,21 +36,9 @@ def run(cmd, env=None):
 def gradients(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grads")
     run([sys.executable, str(HERE / "grad_step.py"), *ONE_PROCESS, "--out", str(tmp / "one.pt")])
-    # docs/architecture.md, "Running on a CPU": `--cpu --num_processes 2` silently starts one process; this form starts two (gloo).
-    accelerate = Path(sys.executable).parent / "accelerate"
     run(
         [
-            str(accelerate),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *LAUNCHERS["ddp"],
             "--main_process_port",
             str(free_port()),
             str(HERE / "grad_step.py"),

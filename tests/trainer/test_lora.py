@@ -27,7 +27,7 @@ from rlkit.recipe.schema import LoraSettings
 from rlkit.trainer import Trainer
 from rlkit.trainer.checkpoint import export_merged
 from tests.ports import free_port
-from tests.trainer.launching import ACCELERATE, ROOT
+from tests.trainer.launching import LAUNCHERS, ROOT
 
 SMALL = [
     "model.warm_start=null",
@@ -211,17 +211,7 @@ def gradients(tmp_path_factory):
         ([sys.executable, *script, "--micro", "16,4", "--out", str(tmp / "one.pt")], {}),
         (
             [
-                ACCELERATE,
-                "launch",
-                "--multi_gpu",
-                "--num_processes",
-                "2",
-                "--num_machines",
-                "1",
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
+                *LAUNCHERS["ddp"],
                 "--main_process_port",
                 str(free_port()),
                 *script,
