@@ -16,6 +16,7 @@ from rlkit.rollout import EngineOutOfSync, EngineSetup, Sampling, build_engine
 from rlkit.trainer import Trainer
 from rlkit.trainer.logprobs import completion_scores
 from tests.ports import free_port
+from tests.test_learning import MIN_GAIN, STEPS
 
 pytestmark = pytest.mark.vllm
 PROMPTS = ["12+34=", "7+5=", "99+99="]
@@ -218,12 +219,14 @@ def test_two_ranks_with_one_colocated_engine_each(tmp_path):
 
 
 def test_the_quickstart_learns_on_vllm(tmp_path):
-    """100 steps of the quickstart (seed 0) on the colocated engine: held-out accuracy rises by at least 0.1
-    (measured here: 0.265 -> 0.440 on vllm; the hf engine gains +0.12 to +0.18 by step 100 on seed 0)."""
+    """The CI learning test (tests/test_learning.py) on the colocated engine: the quickstart's first
+    ``STEPS`` RL steps (seed 0) raise held-out accuracy by at least ``MIN_GAIN``, the threshold set there
+    from the seed-to-seed spread on the ``hf`` engine (both engines learn alike: docs/benchmarks.md)."""
     recipe = load_recipe(
         "recipes/quickstart.yaml",
         [
-            "trainer.steps=100",
+            f"trainer.steps={STEPS}",
+            "trainer.seed=0",
             "log.eval_every=0",
             "trainer.save_every=0",
             "log.trackers=[]",
@@ -232,7 +235,7 @@ def test_the_quickstart_learns_on_vllm(tmp_path):
         ],
     )
     summary = Trainer(recipe).train()
-    assert summary["eval_end"]["score"] - summary["eval_start"]["score"] >= 0.1, summary
+    assert summary["eval_end"]["score"] - summary["eval_start"]["score"] >= MIN_GAIN, summary
 
 
 def test_lora_pushes_merged_weights(tmp_path):
