@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import numbers
 import signal
 import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rewards.registry import Verifier
@@ -40,30 +42,36 @@ def _alarm(signum, frame):
     raise VerifierTimeout
 
 
-def call(fn: Verifier, kwargs: dict, task: Task) -> Outcome:
-    """``fn([prompt], [completion], **{column: [value]}, **kwargs)`` -> its single score.
-
-    The time limit is a SIGALRM timer, so it interrupts Python code but only works in the main thread
-    (as in a pool worker); elsewhere the call runs unbounded. Code stuck inside one C call ignores the
-    signal: the pool kills such a worker from outside.
-    """
-    bounded = threading.current_thread() is threading.main_thread()
-    if bounded:
-        previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, task.timeout_s)
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`VerifierTimeout` in the block once it has run ``seconds``: a SIGALRM timer, so it
+    interrupts Python code (and sleeps) but only in the main thread; elsewhere the block runs unbounded.
+    Code stuck inside one C call ignores the signal (the verifier pool kills such a worker from outside)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        result = fn([task.prompt], [task.completion], **{k: [v] for k, v in task.row.items()}, **kwargs)
-        if inspect.iscoroutine(result):  # an async verifier
-            result = asyncio.run(result)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def call(fn: Verifier, kwargs: dict, task: Task) -> Outcome:
+    """``fn([prompt], [completion], **{column: [value]}, **kwargs)`` -> its single score, within the task's
+    :func:`time_limit`."""
+    try:
+        with time_limit(task.timeout_s):
+            result = fn([task.prompt], [task.completion], **{k: [v] for k, v in task.row.items()}, **kwargs)
+            if inspect.iscoroutine(result):  # an async verifier
+                result = asyncio.run(result)
         return Outcome(_single_score(result))
     except VerifierTimeout:
         return Outcome(None, "timeout", f"exceeded {task.timeout_s} s")
     except Exception as e:  # any bug or bad input in a verifier is that sample's failure, never the run's
         return Outcome(None, "error", "".join(traceback.format_exception_only(e)).strip())
-    finally:
-        if bounded:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
 
 def _single_score(result) -> float | None:

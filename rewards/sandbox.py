@@ -115,15 +115,33 @@ def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: s
     for test in tests:
         if not (set(test) == {"assert"} or set(test) == {"input", "output"}):
             raise ValueError(f"a test is {{'assert': str}} or {{'input': str, 'output': str}}, got keys {sorted(test)}")
-    isolate = namespaces_available()
     # What enters the sandbox: inputs and assert tests, never an expected output.
     jobs = [
         {"input": t["input"]} if "input" in t else {"assert": t["assert"], "status": secrets.choice(PASS_STATUSES)}
         for t in tests
     ]
+    results = _run_jobs(code, jobs, limits, python)
+    return [
+        result["exit"] == job["status"]
+        if "assert" in job
+        else result["exit"] == 0 and same_output(result["stdout"], test["output"])
+        for test, job, result in zip(tests, jobs, results, strict=True)
+    ]
+
+
+def run_program(code: str, stdin: str = "", limits: Limits = Limits(), python: str = "python3") -> tuple[int, str]:
+    """Run ``code`` as a program reading ``stdin`` in the sandbox: (exit status, what it printed, cut to
+    ``limits.output_bytes``). Raises as :func:`run_tests`."""
+    result = _run_jobs(code, [{"input": stdin}], limits, python)[0]
+    return result["exit"], result["stdout"]
+
+
+def _run_jobs(code: str, jobs: list[dict], limits: Limits, python: str) -> list[dict]:
+    """The runner's report of each job (``{"exit": int, "stdout": str}``), one sandbox process for all."""
+    isolate = namespaces_available()
     request = json.dumps({"child": CHILD, "code": code, "tests": jobs, "limits": asdict(limits), "isolate": isolate})
     command = [*(NAMESPACES if isolate else []), python, "-I", "-c", RUNNER]
-    budget = STARTUP_S + limits.timeout_s * len(tests)
+    budget = STARTUP_S + limits.timeout_s * len(jobs)
     with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as workdir:
         proc = subprocess.Popen(
             command,
@@ -138,21 +156,15 @@ def run_tests(code: str, tests: list[dict], limits: Limits = Limits(), python: s
         try:
             out, err = proc.communicate(request, timeout=budget)
         except subprocess.TimeoutExpired:
-            raise TimeoutError(f"sandbox did not finish {len(tests)} tests in {budget:.0f} s") from None
+            raise TimeoutError(f"sandbox did not finish {len(jobs)} tests in {budget:.0f} s") from None
         finally:  # also when the caller is interrupted: nothing may outlive this call
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     try:
-        results = json.loads(out)["results"]
+        return json.loads(out)["results"]
     except (ValueError, KeyError):
         raise RuntimeError(f"sandbox runner failed (exit {proc.returncode}): {err[-2000:]}") from None
-    return [
-        result["exit"] == job["status"]
-        if "assert" in job
-        else result["exit"] == 0 and same_output(result["stdout"], test["output"])
-        for test, job, result in zip(tests, jobs, results, strict=True)
-    ]
 
 
 def same_output(produced: str, expected: str) -> bool:

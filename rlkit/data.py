@@ -8,6 +8,7 @@ under these names once ``data.columns`` has renamed the data's own.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from rlkit.builtins import BUILTIN_MULTIPLICATION
 
 if TYPE_CHECKING:
     from rlkit.recipe.schema import DataConfig, DataSource
@@ -53,6 +56,40 @@ def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     if chat:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     rows = {"prompt": prompts, "answer": [str(a + b) for a, b in pairs]}
+    full = Dataset.from_dict(rows)
+    return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
+
+
+TOOL_SHARE = 0.5  # of builtin:multiplication's demonstrations that call the calculator (the others answer)
+
+
+def multiplication_task(seed: int, eval_size: int) -> TaskData:
+    """Two-digit products ``"a*b="`` -> ``"a*b"``, a, b in [10, 99] (8,100 problems), as chat messages, for the
+    ``calculator`` environment: the built-in tool-use task. The tiny model cannot multiply in its head, so it
+    gains by calling the tool. Each row has a ``demonstration`` for the warm start: for a ``TOOL_SHARE`` of the
+    rows (chosen with ``seed``) the calculator call, its result and the answer; for the others the answer
+    alone, so the warm-started model sometimes calls the tool and sometimes guesses, and RL decides. Split as
+    :func:`addition_task`."""
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    rng.shuffle(pairs)
+
+    def demonstration(a: int, b: int) -> list[dict]:
+        answer = {"role": "assistant", "content": str(a * b)}
+        if rng.random() >= TOOL_SHARE:
+            return [answer]
+        call = {"name": "calculator", "arguments": {"expression": f"{a}*{b}"}}
+        return [
+            {"role": "assistant", "content": f"<tool_call>{json.dumps(call, separators=(',', ':'))}</tool_call>"},
+            {"role": "tool", "content": str(a * b)},
+            answer,
+        ]
+
+    rows = {
+        "prompt": [[{"role": "user", "content": f"{a}*{b}="}] for a, b in pairs],
+        "answer": [str(a * b) for a, b in pairs],
+        "demonstration": [demonstration(a, b) for a, b in pairs],
+    }
     full = Dataset.from_dict(rows)
     return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
 
@@ -113,6 +150,8 @@ def load_source(source: DataSource, columns: dict[str, str]) -> Dataset:
 
 def load_task(data: DataConfig, seed: int) -> TaskData:
     """The built-in ``data.task``, or ``data.train``/``data.eval`` (eval defaults to a held-out slice of train)."""
+    if data.task == BUILTIN_MULTIPLICATION:
+        return multiplication_task(seed, data.eval_size)
     if data.task is not None:
         return addition_task(seed, data.eval_size, chat=data.task == "builtin:addition_chat")
     assert data.train is not None  # the schema gives one of task and train
@@ -125,22 +164,27 @@ def load_task(data: DataConfig, seed: int) -> TaskData:
     return TaskData(train=split["train"], eval=split["test"])
 
 
-def render_prompt(prompt, tokenizer) -> str:
-    """A prompt as text, for verifiers and logs: chat messages go through the chat template."""
+def render_prompt(prompt, tokenizer, tools: list[dict] | None = None) -> str:
+    """A prompt as text, for verifiers and logs: chat messages go through the chat template (with the
+    JSON schemas of the ``tools`` offered, if any)."""
     if isinstance(prompt, str):
         return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
-def tokenize_prompts(prompts: list, tokenizer) -> list[list[int]]:
+def tokenize_prompts(prompts: list, tokenizer, tools: list[dict] | None = None) -> list[list[int]]:
     """Token ids of each prompt (all strings, or all chat messages), as TRL's GRPOTrainer makes them, and
     its SFTTrainer for the warm start, so RL sees the tokens SFT trained on: a string with the tokenizer's
     special tokens (its BOS, where it adds one), messages through the chat template with the generation
     prompt (the template writes the BOS itself; nothing is added to it).
     """
     if isinstance(prompts[0], str):
+        if tools:
+            raise ValueError("tools are offered through the chat template: the prompts must be chat messages")
         return tokenizer(prompts).input_ids
-    return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True).input_ids
+    return tokenizer.apply_chat_template(
+        prompts, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
+    ).input_ids
 
 
 class PromptTooLong(ValueError):
@@ -148,14 +192,16 @@ class PromptTooLong(ValueError):
     ``rollout.max_new_tokens`` are more positions than the model has."""
 
 
-def prompt_lengths(data: TaskData, tokenizer, batch_size: int = 1024) -> dict[str, list[int]]:
+def prompt_lengths(
+    data: TaskData, tokenizer, tools: list[dict] | None = None, batch_size: int = 1024
+) -> dict[str, list[int]]:
     """Tokens of every prompt of each split, ``{"train": [...], "eval": [...]}``, counted as
-    :func:`tokenize_prompts` makes them."""
+    :func:`tokenize_prompts` makes them (with the ``tools`` offered)."""
     return {
         split: [
             len(ids)
             for start in range(0, len(dataset), batch_size)
-            for ids in tokenize_prompts(dataset[start : start + batch_size]["prompt"], tokenizer)
+            for ids in tokenize_prompts(dataset[start : start + batch_size]["prompt"], tokenizer, tools)
         ]
         for split, dataset in (("train", data.train), ("eval", data.eval))
     }

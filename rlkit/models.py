@@ -36,8 +36,10 @@ from rlkit.cache import cache_dir, cached_folder, run_alone
 from rlkit.recipe.schema import LoraSettings, ModelConfig
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-# ChatML-like, so conversational datasets work with the tiny model too.
+# ChatML-like, so conversational datasets work with the tiny model too; the tools offered are listed by name
+# (their whole JSON schemas would take most of its 256 positions), and a tool's message is a `<|tool|>` turn.
 CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>tools: {{ tools | map(attribute='function.name') | join(',') }}\n{% endif %}"
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
@@ -184,8 +186,8 @@ def build_tiny_teacher_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCaus
 
 # cache folder name -> (tokenizer builder, model builder); the same weights every time
 SAVED_BUILTINS = {
-    "tiny-llama-char-v1": (build_char_tokenizer, build_tiny_model),
-    "tiny-llama-char-teacher-v1": (build_char_tokenizer, build_tiny_teacher_model),
+    "tiny-llama-char-v2": (build_char_tokenizer, build_tiny_model),
+    "tiny-llama-char-teacher-v2": (build_char_tokenizer, build_tiny_teacher_model),
     "tiny-llama-bpe-v1": (build_bpe_tokenizer, build_tiny_bpe_model),
 }
 
@@ -205,13 +207,13 @@ def _saved_once(name: str) -> Path:
 
 def builtin_tiny_path() -> Path:
     """The saved folder of ``builtin:tiny``."""
-    return _saved_once("tiny-llama-char-v1")
+    return _saved_once("tiny-llama-char-v2")
 
 
 def builtin_tiny_teacher_path() -> Path:
     """The saved folder of ``builtin:tiny-teacher``: builtin:tiny's tokenizer and a larger model
     (:func:`build_tiny_teacher_model`), to be warm-started to high accuracy as an OPD teacher."""
-    return _saved_once("tiny-llama-char-teacher-v1")
+    return _saved_once("tiny-llama-char-teacher-v2")
 
 
 def builtin_tiny_bpe_path() -> Path:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import shutil
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,26 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from rlkit.cache import cache_dir, cached_folder, is_complete, run_alone
+from rlkit.data import tokenize_prompts
+from rlkit.environments.spec import EnvironmentSpec
 from rlkit.models import eos_token_ids, load_model, load_tokenizer
-from rlkit.rollout import HFEngine, Sampling, sample
+from rlkit.recipe.schema import EnvironmentConfig
+from rlkit.rollout import HFEngine, Sampling, episode_ids, run_episodes, sample
 
 CACHE_VERSION = 2  # bump when this stage's recipe changes
 REPORT = "warm_start.json"  # steps run and validation accuracy, saved beside the weights
 
 
-def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = True) -> Path:
-    """The cached result of fine-tuning ``model_path`` on ``train`` (columns prompt, answer).
+def warm_start(
+    model_path: Path, train: Dataset, cfg, seed: int, log: bool = True, episodes: EpisodeTask | None = None
+) -> Path:
+    """The cached result of fine-tuning ``model_path`` on ``train`` (columns prompt, answer; and demonstration,
+    an episode's messages after the prompt, for a multi-turn task).
 
-    The first ``cfg.val_size`` rows of ``train`` are the validation slice; the rest is trained on.
+    The first ``cfg.val_size`` rows of ``train`` are the validation slice; the rest is trained on. With
+    ``episodes`` (a multi-turn task), validation runs whole episodes in its environment and compares the
+    final turn with the answer, and the ``demonstration`` column is trained on, laid out as rollouts lay
+    out episodes (:func:`rlkit.rollout.episode_ids`), the loss on the model's turns only.
     On a miss the stage runs in a plain child process (``run_alone``), whatever the launch (DDP,
     DeepSpeed), so the same settings give the same weights. Concurrent calls are safe; the trainer
     makes one process per node build it (``local_main_process_first``) while the others wait.
@@ -58,6 +68,7 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
             "data": train._fingerprint,
             "cfg": cfg.model_dump(),
             "seed": seed,
+            "episodes": None if episodes is None else asdict(episodes),
             "transformers": transformers.__version__,
             "trl": trl.__version__,
         },
@@ -80,7 +91,10 @@ def warm_start(model_path: Path, train: Dataset, cfg, seed: int, log: bool = Tru
 
     def build(tmp: Path) -> None:
         train.save_to_disk(tmp / "data")
-        run_alone(["rlkit.warm_start", str(model_path), str(tmp), cfg.model_dump_json(), str(seed), str(int(log))])
+        task = json.dumps(None if episodes is None else asdict(episodes))
+        run_alone(
+            ["rlkit.warm_start", str(model_path), str(tmp), cfg.model_dump_json(), str(seed), str(int(log)), task]
+        )
         shutil.rmtree(tmp / "data")
 
     cached_folder(out, build)
@@ -142,25 +156,40 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
     )
 
 
+@dataclass(frozen=True)
+class EpisodeTask:
+    """What the warm start of a multi-turn task needs to run its validation episodes."""
+
+    environment: dict  # the recipe's environment section (EnvironmentConfig, dumped)
+    max_new_tokens: int  # rollout.max_new_tokens: the longest model turn
+
+
 class AccuracyTarget(TrainerCallback):
-    """Every ``every`` steps: greedy exact-match accuracy on the validation rows; stop at ``target``.
+    """Every ``every`` steps: greedy exact-match accuracy on the validation rows (of the final turn of whole
+    episodes, for a multi-turn task); stop at ``target``.
 
-    Completions come from the ``hf`` engine's greedy path (same prompt tokens, same EOS ids), so RL
-    starts where this measured."""
+    Completions come from the ``hf`` engine's greedy path (same prompt tokens, same EOS ids, the same
+    episode loop), so RL starts where this measured."""
 
-    def __init__(self, tokenizer, model, validation: Dataset, every: int, target: float, log: bool):
+    def __init__(self, tokenizer, model, validation: Dataset, every: int, target: float, log: bool, env, task):
         self.answers = [str(a).strip() for a in validation["answer"]]
         longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in self.answers)
         self.tokenizer, self.eos_token_ids = tokenizer, eos_token_ids(tokenizer, model)
-        self.sampling = Sampling(n=1, max_new_tokens=longest + 2, greedy=True)
+        self.sampling = Sampling(n=1, max_new_tokens=task.max_new_tokens if task else longest + 2, greedy=True)
         self.prompts = list(validation["prompt"])
+        self.columns = {c: list(validation[c]) for c in validation.column_names if c != "prompt"}
+        self.env = env
         self.every, self.target, self.log = every, target, log
         self.history: list[tuple[int, float]] = []
 
     def accuracy(self, model) -> float:
         was_training = model.training
         model.eval()
-        out = sample(HFEngine.on(model, self.tokenizer, self.eos_token_ids), self.prompts, {}, self.sampling)
+        engine = HFEngine.on(model, self.tokenizer, self.eos_token_ids)
+        if self.env is None:
+            out = sample(engine, self.prompts, {}, self.sampling)
+        else:
+            out = run_episodes(engine, self.env, self.prompts, self.columns, self.sampling)
         model.train(was_training)
         return sum(c.strip() == a for c, a in zip(out.completions, self.answers)) / len(self.answers)
 
@@ -174,16 +203,20 @@ class AccuracyTarget(TrainerCallback):
         return control
 
 
-def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool) -> None:
+def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool, task: EpisodeTask | None) -> None:
     """TRL's SFTTrainer on ``out/data`` until the validation target; saves model, tokenizer and report."""
     tokenizer, model = load_tokenizer(model_path), load_model(model_path)
     data = load_from_disk(str(out / "data"))
     validation, train = data.select(range(cfg["val_size"])), data.select(range(cfg["val_size"], len(data)))
-    pairs = train.map(
-        lambda row: {"prompt": row["prompt"], "completion": completion(row)},
-        remove_columns=[c for c in train.column_names if c != "prompt"],
-    )
-    target = AccuracyTarget(tokenizer, model, validation, cfg["eval_every"], cfg["target_accuracy"], log)
+    env = None if task is None else EnvironmentSpec.from_config(EnvironmentConfig(**task.environment))
+    if env is None:
+        pairs = train.map(
+            lambda row: {"prompt": row["prompt"], "completion": completion(row)},
+            remove_columns=[c for c in train.column_names if c != "prompt"],
+        )
+    else:
+        pairs = demonstrations(train, tokenizer, env.schemas(), eos_token_ids(tokenizer, model)[0])
+    target = AccuracyTarget(tokenizer, model, validation, cfg["eval_every"], cfg["target_accuracy"], log, env, task)
     SFTTrainer(
         model=model,
         args=sft_config(cfg, out / "trainer", seed, log),
@@ -208,6 +241,20 @@ def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool
     )
 
 
+def demonstrations(train: Dataset, tokenizer, tools: list[dict] | None, eos: int) -> Dataset:
+    """Pre-tokenized SFT examples of multi-turn ``train`` rows: the prompt's tokens (as rollouts make them,
+    with the tools offered), then the ``demonstration`` episode; the loss on the model's turns only."""
+    if "demonstration" not in train.column_names:
+        raise ValueError("the warm start of a multi-turn task needs a 'demonstration' column (an episode's messages)")
+
+    def tokenized(row: dict) -> dict:
+        prompt = tokenize_prompts([row["prompt"]], tokenizer, tools)[0]
+        ids, mask = episode_ids(tokenizer, row["demonstration"], tools, eos)
+        return {"input_ids": prompt + ids, "completion_mask": [0] * len(prompt) + mask}
+
+    return train.map(tokenized, remove_columns=train.column_names)
+
+
 def completion(row: dict):
     """The answer as SFT's completion: a string after a string prompt, an assistant turn after chat messages."""
     answer = str(row["answer"])
@@ -229,4 +276,12 @@ def _fingerprint(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    supervised_stage(sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
+    episode_task = json.loads(sys.argv[6])
+    supervised_stage(
+        sys.argv[1],
+        Path(sys.argv[2]),
+        json.loads(sys.argv[3]),
+        int(sys.argv[4]),
+        sys.argv[5] == "1",
+        None if episode_task is None else EpisodeTask(**episode_task),
+    )

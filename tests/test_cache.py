@@ -28,9 +28,9 @@ def dead_pid() -> int:
 def test_half_written_model_and_dead_build_are_rebuilt_not_used(tmp_path, monkeypatch):
     monkeypatch.setenv("RLKIT_CACHE", str(tmp_path))
     models = tmp_path / "models"
-    half = models / "tiny-llama-char-v1"
+    half = models / "tiny-llama-char-v2"
     build_char_tokenizer().save_pretrained(half)  # all that save_pretrained wrote on global rank 1
-    prefix = f"tiny-llama-char-v1.tmp-{socket.gethostname()}-"
+    prefix = f"tiny-llama-char-v2.tmp-{socket.gethostname()}-"
     killed, running = models / f"{prefix}{dead_pid()}", models / f"{prefix}{os.getppid()}"
     for leftover in (killed, running):
         leftover.mkdir()

@@ -227,6 +227,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), make_output_dir
     check_rewards(recipe, where)
     check_eval(recipe, where)
     check_engine(recipe, where)
+    check_environment(recipe, where)
     check_training(recipe, where)
     check_data(recipe, where)
     check_trackers(recipe, where)
@@ -319,6 +320,41 @@ def check_engine(recipe: Recipe, where: Locator) -> None:
         raise RecipeError(f"{where(loc + ('type',))}: rollout.engine.type: {e.args[0] if e.args else e}") from None
 
 
+def check_environment(recipe: Recipe, where: Locator) -> None:
+    """Resolve ``environment.name`` and each of ``environment.tools`` (importing a user's, as training will)
+    and build every tool's schema, so a misspelt name or a tool without type hints or docstring fails here.
+    Tools are offered through the chat template, so the prompts must be chat messages: the built-in
+    ``builtin:addition`` task's are strings."""
+    env = recipe.environment
+    if env is None:
+        return
+    from rlkit.environments import environment_class, resolve_tool
+    from rlkit.environments.spec import EnvironmentSpec
+
+    try:
+        environment_class(env.name)
+    except (KeyError, TypeError, ImportError, AttributeError) as e:
+        raise _error(where, ("environment", "name"), str(e.args[0] if e.args else e)) from None
+    for i, tool in enumerate(env.tools):
+        try:
+            resolve_tool(tool)
+        except (KeyError, TypeError, ImportError, AttributeError) as e:
+            raise _error(where, ("environment", "tools", i), str(e.args[0] if e.args else e)) from None
+    spec = EnvironmentSpec.from_config(env)
+    try:
+        spec.schemas()
+    except Exception as e:  # transformers' TypeHintParsingException / DocstringParsingException
+        raise _error(where, ("environment", "tools"), f"a tool's JSON schema: {e}") from None
+    if spec.tools and recipe.data.task == "builtin:addition":
+        raise _error(
+            where,
+            ("data", "task"),
+            "builtin:addition's prompts are strings; tools are offered through the chat template, which needs "
+            "chat messages (builtin:addition_chat, builtin:multiplication)",
+            ("environment",),
+        )
+
+
 def check_rewards(recipe: Recipe, where: Locator) -> None:
     """Resolve every verifier (importing user modules, as training will), so a misspelt name or a bad
     import path fails here rather than after the models are loaded."""
@@ -365,11 +401,11 @@ def check_training(recipe: Recipe, where: Locator) -> None:
             ("objective",),
         )
     positions, model_key = position_limit(recipe)
-    new = recipe.rollout.max_new_tokens
+    new = recipe.completion_tokens
     if positions is not None and new >= positions:
         raise _error(
             where,
-            ("rollout", "max_new_tokens"),
+            ("rollout", "max_new_tokens") if recipe.environment is None else ("environment", "max_tokens"),
             f"{new} new tokens leave no room for a prompt in the "
             f"{positions} positions of {model_key}={_value(recipe, model_key)} (max_position_embeddings "
             f"in its config.json)",
@@ -411,8 +447,9 @@ def check_data(recipe: Recipe, where: Locator) -> None:
     data = recipe.data
     rows: int | None
     if data.task is not None:
-        _read(where, ("data", "task"), lambda: check_columns(data.task, list(BUILTIN_TASK_COLUMNS), readers))
-        rows = BUILTIN_TASK_ROWS
+        task = data.task
+        _read(where, ("data", "task"), lambda: check_columns(task, list(BUILTIN_TASK_COLUMNS[task]), readers))
+        rows = BUILTIN_TASK_ROWS[task]
     else:
         assert data.train is not None  # the schema gives one of task and train
         rows = _check_source(where, "train", data.train, readers, data.columns)

@@ -235,6 +235,29 @@ class DataConfig(Section):
         return self
 
 
+class EnvironmentConfig(Section):
+    """Multi-turn episodes: the model's turns and an environment's replies (tool results), one training row
+    per episode with the replies masked from the loss (docs/environments.md)."""
+
+    name: str = Field(description="a registered environment (calculator, tools) or an import path module:Class")
+    tools: list[str] = Field(
+        [],
+        description="tools offered besides the environment's own: built-in (calculator, python) or import paths "
+        "module:function (type hints and an Args: docstring give the schema)",
+    )
+    max_turns: int = Field(4, ge=1, description="model turns per episode; one still running after them is truncated")
+    max_tokens: int = Field(
+        256,
+        gt=0,
+        description="tokens of an episode after its prompt, the model's and the replies' (each model turn also at "
+        "most rollout.max_new_tokens); an episode that reaches it is truncated",
+    )
+    truncated_reward: float | None = Field(
+        None, description="the reward of a truncated episode (null: the verifiers score its last turn as usual)"
+    )
+    options: dict[str, Any] = Field({}, description="the environment's own options, e.g. {tool_timeout_s: 5}")
+
+
 class RolloutConfig(Section):
     engine: dict[str, Any] = Field(
         default_factory=lambda: {"type": "hf"},
@@ -382,6 +405,9 @@ class Recipe(Section):
     teacher: TeacherConfig | None = Field(None, description="teacher model, for objectives that distill from one")
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
+    environment: EnvironmentConfig | None = Field(
+        None, description="multi-turn episodes in an environment (null: one completion per prompt)"
+    )
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(verifier="exact_number")],
         min_length=1,
@@ -395,3 +421,8 @@ class Recipe(Section):
     log: LogConfig = LogConfig()
     eval: EvalConfig = EvalConfig()
     output_dir: str = Field(description="where the run writes metrics, samples, checkpoints and summary.json")
+
+    @property
+    def completion_tokens(self) -> int:
+        """The most tokens sampled after a prompt: a whole episode's with an environment, else one completion's."""
+        return self.rollout.max_new_tokens if self.environment is None else self.environment.max_tokens

@@ -13,6 +13,7 @@ from rlkit.rollout.engine import (
     engine_class,
     engine_options,
 )
+from rlkit.rollout.episodes import EpisodeRecord, episode_ids, episode_metrics, reply_ids, run_episodes
 from rlkit.rollout.hf import HFEngine
 from rlkit.rollout.sync import EngineOutOfSync, check_sync, default_tolerance
 
@@ -23,6 +24,7 @@ __all__ = [
     "EngineOptions",
     "EngineOutOfSync",
     "EngineSetup",
+    "EpisodeRecord",
     "HFEngine",
     "RolloutBatch",
     "Sampling",
@@ -32,5 +34,9 @@ __all__ = [
     "default_tolerance",
     "engine_class",
     "engine_options",
+    "episode_ids",
+    "episode_metrics",
+    "reply_ids",
+    "run_episodes",
     "sample",
 ]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from rlkit.data import render_prompt, tokenize_prompts
 from rlkit.rollout.engine import Completions, Engine, Sampling, Tokenizer
+
+if TYPE_CHECKING:
+    from rlkit.rollout.episodes import EpisodeRecord
+
+Value = TypeVar("Value")
 
 
 @dataclass
@@ -34,6 +39,7 @@ class RolloutBatch:
     logp: torch.Tensor | None = None  # [B,T] fp32 behaviour log-probs log mu(y_t): each sampled token's
     # log-prob under softmax(logits / temperature) as the engine computed it, 0 after EOS; None if greedy
     rewards: torch.Tensor | None = None  # [B] total reward, once the verifiers ran (NaN = all abstained)
+    episodes: list[EpisodeRecord] | None = None  # [B] multi-turn episodes: transcript, tool calls, env reward
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -96,6 +102,7 @@ class RolloutBatch:
         offsets = torch.tensor([0] + [b.n_groups for b in batches[:-1]], device=batches[0].group_ids.device).cumsum(0)
         rewards = _all_or_none([b.rewards for b in batches], "rewards")
         logp = _all_or_none([b.logp for b in batches], "logp")
+        episodes = _all_or_none([b.episodes for b in batches], "episodes")
         return RolloutBatch(
             prompt_ids=torch.cat([left(b.prompt_ids, pad_token_id) for b in batches]),
             prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
@@ -110,10 +117,11 @@ class RolloutBatch:
             policy_version=torch.cat([b.policy_version for b in batches]),
             rewards=None if rewards is None else torch.cat(rewards),
             logp=None if logp is None else torch.cat([right(t, 0.0) for t in logp]),
+            episodes=None if episodes is None else [e for b in episodes for e in b],
         )
 
 
-def _all_or_none(values: list[torch.Tensor | None], name: str) -> list[torch.Tensor] | None:
+def _all_or_none(values: list[Value | None], name: str) -> list[Value] | None:
     """``values`` when every batch has its ``name`` tensor, None when none has (concatenating a batch that
     has it with one that has not would lose it or fail)."""
     present = [v for v in values if v is not None]

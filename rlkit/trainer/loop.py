@@ -20,7 +20,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TypeVar
 
@@ -34,6 +34,7 @@ from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_g
 from rewards.scoring import RewardScorer
 from rlkit.data import check_prompt_lengths, check_room, load_task, prompt_lengths, tokenize_prompts
 from rlkit.distributed import all_max, all_sum
+from rlkit.environments.spec import EnvironmentSpec
 from rlkit.metrics import Metrics
 from rlkit.models import (
     check_quantization_support,
@@ -49,12 +50,15 @@ from rlkit.recipe import Recipe
 from rlkit.recipe.loader import position_limit
 from rlkit.rollout import (
     EngineSetup,
+    EpisodeRecord,
     RolloutBatch,
     Sampling,
     build_engine,
     check_sync,
     default_tolerance,
     engine_options,
+    episode_metrics,
+    run_episodes,
     sample,
 )
 from rlkit.trainer.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
@@ -63,7 +67,7 @@ from rlkit.trainer.logprobs import completion_scores
 from rlkit.trainer.reference import AdaptersOffReference, FrozenReference
 from rlkit.trainer.startup import check_launch, check_sharding
 from rlkit.trainer.tracking import RunLog
-from rlkit.warm_start import warm_start
+from rlkit.warm_start import EpisodeTask, warm_start
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses or gradient norms before the run stops
 EVAL_CHUNK = 256  # held-out prompts per generate call (memory only: results do not depend on it)
@@ -122,6 +126,7 @@ class Trainer:
         cfg = recipe.trainer
         check_quantization_support(recipe.model.lora)
         self.objective = build_objective(recipe.objective)
+        self.environment = None if recipe.environment is None else EnvironmentSpec.from_config(recipe.environment)
         self.data = load_task(recipe.data, cfg.seed)
         self._setup_accelerator()
         self._split_prompts_over_ranks()
@@ -172,22 +177,25 @@ class Trainer:
         """Every prompt of the task, tokenized, fits the recipe's limits: before the warm start and the
         model load, so that a prompt too long fails in seconds rather than mid-run."""
         recipe = self.recipe
-        lengths = prompt_lengths(self.data, self.tokenizer)  # every prompt, before any training
+        tools = None if self.environment is None else self.environment.schemas()
+        lengths = prompt_lengths(self.data, self.tokenizer, tools)  # every prompt, before any training
         if recipe.rollout.prompt_overflow == "error":
             check_prompt_lengths(lengths, recipe.rollout.max_prompt_tokens)
-        check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.rollout.max_new_tokens, *position_limit(recipe))
+        check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.completion_tokens, *position_limit(recipe))
 
     def _warm_start(self, start_path):
         """The model RL starts from: ``start_path``, or the recipe's cached supervised warm start of it."""
         recipe, cfg = self.recipe, self.recipe.trainer
         if recipe.model.warm_start is None:
             return start_path
+        env = recipe.environment
         return warm_start(
             start_path,
             self.data.train,
             recipe.model.warm_start,
             cfg.seed,
             log=self.accelerator.is_local_main_process,
+            episodes=None if env is None else EpisodeTask(env.model_dump(), recipe.rollout.max_new_tokens),
         )
 
     def _setup_model_and_optimizer(self, start_path):
@@ -273,7 +281,7 @@ class Trainer:
             dtype=dtype,
             device=self.accelerator.device,
             seed=cfg.seed + self.accelerator.process_index,
-            max_model_len=min(r.max_prompt_tokens + r.max_new_tokens, positions or 1 << 30),
+            max_model_len=min(r.max_prompt_tokens + self.recipe.completion_tokens, positions or 1 << 30),
             live_policy=self._generation,
             synced_gpus=self._sharded,
         )
@@ -385,6 +393,7 @@ class Trainer:
                 "completion": rollout.completions[i],
                 "reward": float(rewards[i]),
                 "advantage": float(batch.advantages[i]),
+                **({} if rollout.episodes is None else {"episode": rollout.episodes[i].transcript}),
             }
             for i in range(0, len(rollout), self.recipe.rollout.samples_per_prompt)
         ]
@@ -423,8 +432,22 @@ class Trainer:
         for failure in scores.failures[:3]:
             self.log.write(f"  reward failure: {failure}")
         rollout.rewards = torch.tensor(scores.total, dtype=torch.float32, device=rollout.group_ids.device)
+        if rollout.episodes is not None:
+            rollout.rewards = self._episode_rewards(rollout.episodes, rollout.truncated, rollout.rewards)
+            episode_metrics(metrics, rollout.episodes, rollout.rewards, self.recipe.eval.pass_threshold)
         self._rollout_metrics(metrics, rollout, scores.metrics)
         return rollout
+
+    def _episode_rewards(
+        self, episodes: list[EpisodeRecord], truncated: torch.Tensor, verified: torch.Tensor
+    ) -> torch.Tensor:
+        """[B] each episode's reward: the verifiers' total on its final turn (``verified``) plus the
+        environment's rewards, or ``environment.truncated_reward`` where it was ``truncated`` (if set)."""
+        env = required(self.recipe.environment, "the recipe's environment")
+        total = verified + torch.tensor([e.env_reward for e in episodes], device=verified.device)
+        if env.truncated_reward is None:
+            return total
+        return total.masked_fill(truncated, env.truncated_reward)
 
     # ---------------------------------------------------------------- stages
     def prompts_for(self, step: int, round: int = 0) -> tuple[list, dict[str, list]]:
@@ -460,9 +483,20 @@ class Trainer:
         """Completions of ``prompts`` from the engine, synced to the current policy first; the engine
         sleeps again afterwards (where it can), so the update has its memory."""
         self.sync_engine()
-        batch = sample(self.engine, prompts, columns, sampling, self.recipe.rollout.max_prompt_tokens)
+        limit = self.recipe.rollout.max_prompt_tokens
+        if self.environment is None:
+            batch = sample(self.engine, prompts, columns, sampling, limit)
+        else:
+            batch = run_episodes(self.engine, self.environment, prompts, columns, sampling, limit, self._any_rank)
         self.engine.sleep()
         return batch
+
+    def _any_rank(self, running: bool) -> bool:
+        """Whether any rank still runs episodes: with sharded parameters every rank must make the same number of
+        ``generate`` calls (rlkit/rollout/episodes.py); otherwise each rank stops on its own."""
+        if not self._sharded:
+            return running
+        return bool(all_max(torch.tensor(float(running), device=self.accelerator.device)) > 0)
 
     @torch.no_grad()
     def sync_engine(self) -> None:
@@ -671,14 +705,20 @@ class Trainer:
         else:
             seed = self.recipe.trainer.seed
             sampling = Sampling(n=cfg.k, max_new_tokens=max_new_tokens, temperature=cfg.temperature, seed=seed)
-        tally = EvalTally(cfg.metric, cfg.k, cfg.pass_threshold)
+        tally = EvalTally(cfg.metric, cfg.k, cfg.pass_threshold, episodes=self.environment is not None)
         for start in range(0, per_rank, EVAL_CHUNK):
             rows = shard.select(range(start, min(start + EVAL_CHUNK, per_rank)))
             columns = {c: list(rows[c]) for c in rows.column_names if c != "prompt"}
             out = self._sample(list(rows["prompt"]), columns, sampling)
             real = slice(0, max(0, len(own) - start) * cfg.k)  # the padding rows come last
             columns = {**out.columns, "completion_tokens": out.lengths.long().tolist()}  # as in training
-            tally.add(self.scorer(out.prompts[real], out.completions[real], {c: v[real] for c, v in columns.items()}))
+            scores = self.scorer(out.prompts[real], out.completions[real], {c: v[real] for c, v in columns.items()})
+            if out.episodes is None:
+                tally.add(scores)
+                continue
+            episodes = out.episodes[real]
+            total = self._episode_rewards(episodes, out.truncated[real].cpu(), torch.tensor(scores.total))
+            tally.add(replace(scores, total=total.tolist()), [e.tool_calls > 0 for e in episodes])
         return tally.result(all_sum(tally.sums))
 
     def _log_eval(self, step: int) -> EvalResult:

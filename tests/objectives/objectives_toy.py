@@ -13,6 +13,7 @@ from rlkit.objectives import Objective, StepBatch
 from rlkit.objectives.aggregation import Aggregation
 
 N_GROUPS, G, T, V = 4, 4, 7, 6
+TOOL = slice(2, 4)  # with ``tool_span``: the positions of a tool's reply inside rows longer than 4 tokens
 
 
 class HalfTokenMean(Aggregation):
@@ -26,12 +27,15 @@ def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
+def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3, tool_span: str | None = None):
     """(theta, batch fields, rewards, rollout logits, tokens) for N_GROUPS groups of G rollouts.
 
     Lengths vary (one row is empty), one group has all-equal rewards, one row is truncated. The
     teacher's logits [B,T,V] travel in ``batch.extras["teacher_logits"]`` (what the trainer would compute
-    per micro-batch), its log-probs of the tokens in ``logp_teacher``.
+    per micro-batch), its log-probs of the tokens in ``logp_teacher``. ``tool_span``: "masked" puts a
+    tool reply at ``TOOL`` in every row longer than 4 tokens (loss mask 0 there, as multi-turn episodes
+    have it); "perturbed" does too, and changes every value there (tokens, policy, old, reference and
+    teacher logits) while the other positions keep theirs.
     """
     gen = torch.Generator().manual_seed(seed)
     b = N_GROUPS * G
@@ -43,6 +47,13 @@ def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
     lengths = torch.randint(1, T + 1, (b,), generator=gen)
     lengths[3] = 0
     mask = (torch.arange(T)[None] < lengths[:, None]).double()
+    if tool_span is not None:
+        mask[lengths > 4, TOOL] = 0.0
+    if tool_span == "perturbed":
+        noise, rows = torch.Generator().manual_seed(seed + 1000), lengths > 4
+        for logits in (theta, old_logits, ref_logits, teacher_logits):
+            logits[rows, TOOL] += 3 * torch.randn(int(rows.sum()), 2, V, generator=noise, dtype=torch.float64)
+        tokens[rows, TOOL] = torch.randint(V, (int(rows.sum()), 2), generator=noise)
     if empty_mask:
         mask.zero_()
     rewards = torch.randint(0, 2, (b,), generator=gen).double()
@@ -65,10 +76,17 @@ def toy_step(seed: int = 0, empty_mask: bool = False, progress: float = 0.3):
     return theta, batch, rewards, old_logits, tokens
 
 
-def prepared(objective: Objective, seed: int = 0, empty_mask: bool = False, rows=None, on_policy: bool = False):
+def prepared(
+    objective: Objective,
+    seed: int = 0,
+    empty_mask: bool = False,
+    rows=None,
+    on_policy: bool = False,
+    tool_span: str | None = None,
+):
     """Fill a toy step for ``objective`` as the trainer would: only what it needs, extras, advantages,
     weights. ``rows``: the rows of the step this process holds (whole groups), default all."""
-    theta, batch, rewards, old_logits, tokens = toy_step(seed, empty_mask)
+    theta, batch, rewards, old_logits, tokens = toy_step(seed, empty_mask, tool_span=tool_span)
     needs = objective.needs
     batch.logp_old = None if on_policy or "logp_old" not in needs else batch.logp_old
     batch.logp_ref = batch.logp_ref if "logp_ref" in needs else None
@@ -101,10 +119,11 @@ def step_gradient(
     split_seed: int = 0,
     on_policy: bool = False,
     active_only: bool = False,
+    tool_span: str | None = None,
 ):
     """(total loss, d loss / d theta) of one optimizer step split into ``micro_batches`` random row sets;
     ``active_only``: of the rows :meth:`Objective.active_rows` keeps only, as the trainer runs them."""
-    theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows, on_policy)
+    theta, batch, weights, tokens, metrics = prepared(objective, seed, empty_mask, rows, on_policy, tool_span)
     theta = theta.clone().requires_grad_(True)
     order = torch.randperm(batch.n_rows, generator=torch.Generator().manual_seed(split_seed))
     if active_only:

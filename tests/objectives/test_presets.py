@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from objectives_toy import G, prepared, step_gradient
+from objectives_toy import TOOL, G, prepared, step_gradient
 
 from rlkit.objectives import KINDS, PARTS, PRESETS, build_objective, describe, resolve_spec
 
@@ -70,6 +70,23 @@ def test_all_masked_batch_gives_finite_loss_and_zero_gradient(name):
     loss, grad, _ = step_gradient(objective, 2, empty_mask=True)
     assert math.isfinite(loss) and loss == 0.0
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_tool_tokens_get_no_gradient_and_change_nothing(name):
+    """Multi-turn rows hold tool output with loss mask 0 (rlkit/rollout/episodes.py): under every preset its
+    positions (and the padding) get exactly zero gradient, and changing everything there (tokens, policy,
+    old, reference and teacher values) leaves the loss and every other gradient exactly as they were."""
+    objective = objective_for(name)
+    mask = prepared(objective, tool_span="masked")[1].mask
+    assert mask[:, TOOL].sum() < mask[:, TOOL].numel() and (mask[:, 4:].sum(-1) > 0).any()  # holes in rows
+    loss, grad, _ = step_gradient(objective, 2, tool_span="masked")
+    loss_changed, grad_changed, _ = step_gradient(objective, 2, tool_span="perturbed")
+    masked = (mask == 0)[..., None].expand_as(grad)
+    assert grad[masked].abs().sum() == 0 and grad_changed[masked].abs().sum() == 0
+    assert grad.abs().sum() > 0
+    assert loss_changed == pytest.approx(loss, rel=1e-12, abs=1e-15)
+    torch.testing.assert_close(grad_changed, grad, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", ALL)
