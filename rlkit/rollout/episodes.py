@@ -106,8 +106,8 @@ def run_episodes(
     episodes = [_Episode(env.make(rows[i]), i) for i in range(len(prompts)) for _ in range(n)]
     limits = Limits(env.max_turns, env.max_tokens)
     first = engine.generate(prompt_ids, sampling)  # every rank makes this call
-    _take_turn(episodes, first, limits, tok, tools)
-    for _ in range(limits.max_turns - 1):
+    _take_turn(episodes, first, limits, tok, tools, last=limits.max_turns == 1)
+    for turn in range(1, limits.max_turns):
         running = [e for e in episodes if not e.done]
         if not any_rank(bool(running)):
             break
@@ -115,16 +115,15 @@ def run_episodes(
             budget = max(limits.max_tokens - len(e.ids) for e in running)
             histories = [prompt_ids[e.prompt] + e.ids for e in running]
             one = replace(sampling, n=1, max_new_tokens=min(sampling.max_new_tokens, budget))
-            _take_turn(running, engine.generate(histories, one), limits, tok, tools)
+            _take_turn(running, engine.generate(histories, one), limits, tok, tools, last=turn == limits.max_turns - 1)
         else:  # another rank still runs episodes: join its decoding steps
             engine.generate([prompt_ids[0]], replace(sampling, n=1, max_new_tokens=1))
-    for e in episodes:
-        e.truncated |= not e.done  # still running after max_turns
     return _batch(episodes, prompts, columns, prompt_ids, tok, tools, sampling, first.version, engine.setup.device)
 
 
-def _take_turn(running: list[_Episode], out: Completions, limits: Limits, tok, tools) -> None:
-    """Append each episode's sampled turn (row r of ``out`` is ``running[r]``'s) and the environment's reply."""
+def _take_turn(running: list[_Episode], out: Completions, limits: Limits, tok, tools, last: bool) -> None:
+    """Append each episode's sampled turn (row r of ``out`` is ``running[r]``'s) and the environment's reply;
+    after the ``last`` turn an episode the environment does not end is truncated, its reply left out."""
     lengths = out.mask.sum(-1).long().tolist()
     for r, e in enumerate(running):
         room = limits.max_tokens - len(e.ids)
@@ -141,8 +140,8 @@ def _take_turn(running: list[_Episode], out: Completions, limits: Limits, tok, t
         e.reward += reply.reward
         e.tool_calls += reply.tool_calls
         e.tool_errors.update(reply.tool_errors)
-        if reply.done:
-            e.done = True
+        if reply.done or last:
+            e.done, e.truncated = True, not reply.done
             continue
         e.transcript += reply.messages
         observation = reply_ids(tok, reply.messages, tools)
