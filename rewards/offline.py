@@ -1,7 +1,9 @@
 """Offline scoring: ``rlkit verify RECIPE FILE.jsonl`` runs a recipe's verifiers over saved completions.
 
-Each line of the file is a JSON object with ``prompt`` and ``completion`` strings; every other key is a
-dataset column handed to the verifiers (``answer``, ``tests``, a routing column such as ``task``, a
+Each line of the file is a JSON object with ``prompt`` and ``completion`` strings, or, for a multi-turn
+episode (a line of a run's samples.jsonl), ``prompt`` and ``episode``, its turns as chat messages: the
+verifiers score its final assistant turn, as in training.
+Every other key is a dataset column handed to the verifiers (``answer``, ``tests``, a routing column such as ``task``, a
 ``completion_tokens`` count for ``overlong``...). All lines must have the same keys.
 """
 
@@ -31,12 +33,17 @@ def read_completions(path: str | Path) -> tuple[list[str], list[str], dict[str, 
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: not valid JSON: {e}") from None
+            if isinstance(row, dict) and isinstance(row.get("episode"), list):
+                turns = [m.get("content", "") for m in row.pop("episode") if m.get("role") == "assistant"]
+                row["completion"] = row.get("completion", turns[-1] if turns else "")
             if (
                 not isinstance(row, dict)
                 or not isinstance(row.get("prompt"), str)
                 or not isinstance(row.get("completion"), str)
             ):
-                raise ValueError(f"{path}:{number}: a line needs string 'prompt' and 'completion' fields")
+                raise ValueError(
+                    f"{path}:{number}: a line needs string 'prompt' and 'completion' fields (or an 'episode' list)"
+                )
             prompts.append(row.pop("prompt"))
             completions.append(row.pop("completion"))
             if rows and row.keys() != rows[0].keys():

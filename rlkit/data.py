@@ -221,11 +221,17 @@ def check_prompt_lengths(lengths: dict[str, list[int]], limit: int) -> None:
 
 
 def check_room(
-    lengths: dict[str, list[int]], max_prompt_tokens: int, max_new_tokens: int, positions: int | None, model: str
+    lengths: dict[str, list[int]],
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    positions: int | None,
+    model: str,
+    key: str = "rollout.max_new_tokens",
 ) -> None:
     """Raise :class:`PromptTooLong` naming the first row whose prompt (cut to ``max_prompt_tokens``, as the
-    rollout worker cuts it) and ``max_new_tokens`` do not fit in the ``positions`` of ``model`` (a recipe
-    key): past them a model with learned positions fails and one with rotary positions extrapolates."""
+    rollout worker cuts it) and ``max_new_tokens`` (the recipe's ``key``) do not fit in the ``positions`` of
+    ``model`` (a recipe key): past them a model with learned positions fails and one with rotary positions
+    extrapolates."""
     if positions is None:
         return
     for split, counts in lengths.items():
@@ -233,8 +239,8 @@ def check_room(
         if over:
             n = min(counts[over[0]], max_prompt_tokens)
             raise PromptTooLong(
-                f"{split} data, row {over[0]}: the prompt's {n} tokens and rollout.max_new_tokens={max_new_tokens} "
+                f"{split} data, row {over[0]}: the prompt's {n} tokens and {key}={max_new_tokens} "
                 f"are {n + max_new_tokens} positions, over the {positions} of {model} (max_position_embeddings; "
-                f"{len(over)} of {len(counts)} {split} prompts are over); lower rollout.max_new_tokens or "
+                f"{len(over)} of {len(counts)} {split} prompts are over); lower {key} or "
                 f"rollout.max_prompt_tokens"
             )

@@ -48,6 +48,12 @@ class Environment:
         raise NotImplementedError
 
 
+def render_transcript(transcript: list[dict]) -> str:
+    """An episode's turns on one line, each after its role: ``[assistant] <tool_call>... [tool] 1665 [assistant] 1665``
+    (the samples log, the trackers' completion tables)."""
+    return " ".join(f"[{m['role']}] {m['content']}" for m in transcript)
+
+
 ENVIRONMENTS: dict[str, str] = {  # registered name -> import path, so that `rlkit check` imports nothing heavy
     "tools": "rlkit.environments.tools:ToolEnvironment",
     "calculator": "rlkit.environments.tools:Calculator",

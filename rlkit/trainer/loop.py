@@ -181,7 +181,8 @@ class Trainer:
         lengths = prompt_lengths(self.data, self.tokenizer, tools)  # every prompt, before any training
         if recipe.rollout.prompt_overflow == "error":
             check_prompt_lengths(lengths, recipe.rollout.max_prompt_tokens)
-        check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.completion_tokens, *position_limit(recipe))
+        key = "rollout.max_new_tokens" if recipe.environment is None else "environment.max_tokens"
+        check_room(lengths, recipe.rollout.max_prompt_tokens, recipe.completion_tokens, *position_limit(recipe), key)
 
     def _warm_start(self, start_path):
         """The model RL starts from: ``start_path``, or the recipe's cached supervised warm start of it."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from rlkit.environments.base import render_transcript
 from rlkit.recipe.schema import LogConfig
 from rlkit.trackers import CompletionTable, tracker_setup
 
@@ -97,7 +98,8 @@ class RunLog:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}) + "\n")
         for row in rows:
-            self.write(f"  step {step}  reward {row['reward']:+.2f}  {row['prompt']!r} -> {row['completion']!r}")
+            shown = render_transcript(row["episode"]) if "episode" in row else row["completion"]
+            self.write(f"  step {step}  reward {row['reward']:+.2f}  {row['prompt']!r} -> {shown!r}")
         table = CompletionTable.of(step, rows)
         for tracker in self.accelerator.trackers:
             log_table = tracker_setup(tracker.name).log_table

@@ -100,3 +100,21 @@ def test_the_environment_answers_every_call_and_ends_on_a_turn_without_one():
 def test_the_python_tool_runs_in_the_sandbox():
     assert python("print(6 * 7)").strip() == "42"
     assert "exit status 1" in python("raise SystemExit(1)")
+
+
+def test_verify_scores_an_episode_by_its_final_turn(tmp_path):
+    from rewards.offline import read_completions
+    from rlkit.environments import render_transcript
+
+    episode = [
+        {"role": "assistant", "content": call_text("calculator", {"expression": "6*7"})},
+        {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": "42"},
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps({"prompt": "6*7=", "episode": episode, "answer": "42"}) + "\n")
+    prompts, completions, columns, _ = read_completions(path)
+    assert (prompts, completions, columns) == (["6*7="], ["42"], {"answer": ["42"]})
+    assert render_transcript(episode).startswith(
+        "[assistant] <tool_call>"
+    ) and "[tool] 42 [assistant] 42" in render_transcript(episode)
