@@ -7,6 +7,7 @@ import pytest
 
 from rlkit.environments import Calculator, ToolCall, ToolEnvironment, ToolError, calculator, parse_tool_calls, run_tool
 from rlkit.environments.tools import python
+from tests.environments.chaos import fail, hang
 
 
 def call_text(name, arguments) -> str:
@@ -30,26 +31,7 @@ def test_calls_are_parsed_in_order_and_failures_are_named():
     assert parse_tool_calls("1665") == []
 
 
-def slow(seconds: float) -> str:
-    """Sleeps.
-
-    Args:
-        seconds: how long
-    """
-    time.sleep(seconds)
-    return "woke"
-
-
-def broken(x: int) -> str:
-    """Raises a TypeError of its own.
-
-    Args:
-        x: anything
-    """
-    return "a" + x  # type: ignore[operator]
-
-
-TOOLS = {"calculator": calculator, "slow": slow, "broken": broken}
+TOOLS = {"calculator": calculator, "hang": hang, "fail": fail}
 
 
 @pytest.mark.parametrize(
@@ -60,8 +42,8 @@ TOOLS = {"calculator": calculator, "slow": slow, "broken": broken}
         (ToolCall("calculator", {"expression": "1", "extra": 2}), "bad_arguments"),
         (ToolCall("calculator", {"expression": "2**99999"}), "raised"),  # not arithmetic the tool allows
         (ToolCall("calculator", {"expression": "1/0"}), "raised"),
-        (ToolCall("broken", {"x": 1}), "raised"),  # a TypeError inside the tool is not a bad argument
-        (ToolCall("slow", {"seconds": 30}), "timeout"),
+        (ToolCall("fail", {"x": 1}), "raised"),  # a TypeError inside the tool is not a bad argument
+        (ToolCall("hang", {"seconds": 30}), "timeout"),
     ],
 )
 def test_each_failure_is_an_error_of_its_kind(call, kind):
@@ -73,7 +55,7 @@ def test_each_failure_is_an_error_of_its_kind(call, kind):
 
 def test_a_good_call_returns_the_result_as_text():
     assert run_tool(TOOLS, ToolCall("calculator", {"expression": "37*45"}), 1.0) == "1665"
-    assert run_tool(TOOLS, ToolCall("slow", {"seconds": 0}), 1.0) == "woke"
+    assert run_tool(TOOLS, ToolCall("hang", {"seconds": 0}), 1.0) == "late"
 
 
 def test_calculator_is_exact_and_refuses_what_is_not_arithmetic():
@@ -85,8 +67,8 @@ def test_calculator_is_exact_and_refuses_what_is_not_arithmetic():
 
 
 def test_the_environment_answers_every_call_and_ends_on_a_turn_without_one():
-    env = ToolEnvironment({"prompt": "?"}, [calculator, slow], {"tool_timeout_s": 0.5})
-    turn = call_text("calculator", {"expression": "6*7"}) + call_text("nope", {}) + call_text("slow", {"seconds": 9})
+    env = ToolEnvironment({"prompt": "?"}, [calculator, hang], {"tool_timeout_s": 0.5})
+    turn = call_text("calculator", {"expression": "6*7"}) + call_text("nope", {}) + call_text("hang", {"seconds": 9})
     reply = env.step(turn)
     assert not reply.done and reply.tool_calls == 3
     assert reply.tool_errors == {"unknown_tool": 1, "timeout": 1}
