@@ -210,7 +210,8 @@ def test_seeded_sampling_draws_from_the_tempered_nucleus(top_p):
 def test_a_run_records_the_metric_and_pass_at_k_in_its_summary(make_trainer, tmp_path, capsys):
     summary = make_trainer("eval.metric=odd_length", "eval.k=2", "trainer.steps=1", "log.every=1").train()
     for key in ("eval_start", "eval_end"):
-        assert set(summary[key]) == {"metric", "k", "score", "reward", "pass_at_k"}
+        assert set(summary[key]) == {"metric", "k", "score", "reward", "pass_at_k", "tool_use", "tool_use_of_passing"}
+        assert summary[key]["tool_use"] is None and summary[key]["tool_use_of_passing"] is None  # single-turn
         assert summary[key]["metric"] == "odd_length" and summary[key]["k"] == 2
         assert summary[key]["pass_at_k"] >= summary[key]["score"]  # a verifier scoring 0 or 1
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -270,7 +271,7 @@ def test_check_takes_reward_labels_and_refuses_the_reserved_one():
 
 def test_every_shipped_recipe_names_its_metric():
     files = sorted((ROOT / "recipes").rglob("*.yaml"))
-    assert len(files) == 15
+    assert len(files) == 16
     for path in files:
         metric = yaml.safe_load(path.read_text())["eval"]["metric"]
         assert load_recipe(path).eval.metric == metric == "exact_number", path
