@@ -60,23 +60,38 @@ def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
 
 
-TOOL_SHARE = 0.5  # of builtin:multiplication's demonstrations that call the calculator (the others answer)
+TOOL_SHARE = 0.5  # of builtin:multiplication's hard demonstrations that call the calculator (the others answer)
+EASY_FACTORS = (1, 10, 100)  # a product by one of these is a copy (37*10 -> 370): done in the head
+
+
+def multiplication_pairs() -> list[tuple[int, int]]:
+    """The factors of ``builtin:multiplication``, sorted: hard ones, a, b in [11, 99] (7,921), and easy
+    ones, a in [10, 99] by 1, 10 or 100 in either order (539)."""
+    hard = {(a, b) for a in range(11, 100) for b in range(11, 100)}
+    easy = {pair for a in range(10, 100) for m in EASY_FACTORS for pair in ((a, m), (m, a))}
+    return sorted(hard | easy)
+
+
+def is_easy(a: int, b: int) -> bool:
+    return a in EASY_FACTORS or b in EASY_FACTORS
 
 
 def multiplication_task(seed: int, eval_size: int) -> TaskData:
-    """Two-digit products ``"a*b="`` -> ``"a*b"``, a, b in [10, 99] (8,100 problems), as chat messages, for the
-    ``calculator`` environment: the built-in tool-use task. The tiny model cannot multiply in its head, so it
-    gains by calling the tool. Each row has a ``demonstration`` for the warm start: for a ``TOOL_SHARE`` of the
-    rows (chosen with ``seed``) the calculator call, its result and the answer; for the others the answer
-    alone, so the warm-started model sometimes calls the tool and sometimes guesses, and RL decides. Split as
+    """Products ``"a*b="`` -> ``"a*b"`` (:func:`multiplication_pairs`) as chat messages, for the ``calculator``
+    environment: the built-in tool-use task. The tiny model cannot multiply two-digit numbers in its head, so
+    it gains by calling the tool; a product by 1, 10 or 100 it can copy. Each row has a ``demonstration`` for
+    the warm start: an easy product is answered directly; for a ``TOOL_SHARE`` of the hard ones (chosen with
+    ``seed``) the calculator call, its result and the answer, for the others the answer alone. So the
+    warm-started model sometimes calls the tool and sometimes guesses, and RL decides; and the share of
+    correct answers that used the tool can rise, since some answers without it are right. Split as
     :func:`addition_task`."""
     rng = random.Random(seed)
-    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    pairs = multiplication_pairs()
     rng.shuffle(pairs)
 
     def demonstration(a: int, b: int) -> list[dict]:
         answer = {"role": "assistant", "content": str(a * b)}
-        if rng.random() >= TOOL_SHARE:
+        if is_easy(a, b) or rng.random() >= TOOL_SHARE:
             return [answer]
         call = {"name": "calculator", "arguments": {"expression": f"{a}*{b}"}}
         return [

@@ -588,7 +588,7 @@ class Trainer:
         rows = slice(None) if trainer_logp is not None else slice(0, self.recipe.rollout.samples_per_prompt)
         if trainer_logp is None:
             trainer_logp = self._forward(self.model, batch.rows(rows)).logp
-        mask = rollout.completion_mask[rows]
+        mask = rollout.loss_mask[rows]  # the model's tokens: replies of an episode have no behaviour log-prob
         diff = (required(rollout.logp, "the rollout's behaviour log-probs")[rows] - trainer_logp).abs() * mask
         metrics.mean("rollout/logp_diff_mean", diff, mask)
         metrics.max("rollout/logp_diff_max", diff.max())

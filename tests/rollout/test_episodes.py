@@ -64,6 +64,17 @@ def chars(tok, text, eos=True):
     return tok(text, add_special_tokens=False).input_ids + ([tok.eos_token_id] if eos else [])
 
 
+def ending_early(model, tok, prompts, logit: float) -> None:
+    """Turn ``model``'s (tied) EOS embedding along its mean final hidden state on ``prompts``, scaled so the
+    EOS logit is about ``logit`` there: an untrained model then ends its turns after a few tokens, as an
+    episode needs, on any engine (a logits hook would reach the trainer's forward only)."""
+    enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.model(**enc).last_hidden_state[enc.attention_mask.bool()]  # after the final norm
+        direction = hidden.mean(0)
+        model.get_output_embeddings().weight[tok.eos_token_id] = logit * direction / direction.dot(direction)
+
+
 def test_an_episode_row_is_the_sampled_turns_and_the_encoded_replies():
     tok = build_char_tokenizer()
     turn1, turn2 = chars(tok, "ab"), chars(tok, "c")

@@ -12,10 +12,11 @@ import torch
 
 from rlkit.models import build_char_tokenizer, build_tiny_model
 from rlkit.recipe import load_recipe
-from rlkit.rollout import EngineOutOfSync, EngineSetup, Sampling, build_engine
+from rlkit.rollout import EngineOutOfSync, EngineSetup, Sampling, build_engine, run_episodes
 from rlkit.trainer import Trainer
 from rlkit.trainer.logprobs import completion_scores
 from tests.ports import free_port
+from tests.rollout.test_episodes import Echo, ending_early, spec
 from tests.test_learning import MIN_GAIN, STEPS
 
 pytestmark = pytest.mark.vllm
@@ -250,6 +251,42 @@ def test_lora_pushes_merged_weights(tmp_path):
     assert trainer.version == trainer.engine.version == 4 and trainer.sync_probe_diff <= 1e-4
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["rollout/logp_diff_max"] <= 1e-4 for r in rows if "rollout/logp_diff_max" in r)
+
+
+def test_episodes_on_vllm_train_the_sampled_tokens_with_their_logprobs(tiny, tmp_path):
+    """Token in, token out on the colocated engine: over 3-turn episodes, the model's tokens in each row are
+    the ones vLLM sampled, in order, and its behaviour log-probs equal the trainer's forward on them; the
+    replies between turns have none."""
+    tok, _, _ = tiny
+    model = build_tiny_model(tok, seed=0, hidden=256, layers=2).eval()
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
+    ending_early(model, tok, [tok.apply_chat_template(p, tokenize=False) for p in prompts], logit=6.0)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    engine = build_engine({"type": "vllm"}, setup_for(tok, tmp_path))
+    sampled: list[list[list[int]]] = []  # per generate call, each row's tokens
+    generate = engine.generate
+    engine.generate = lambda ids, sampling: record(generate(ids, sampling))
+
+    def record(out):
+        sampled.append([row[m > 0].tolist() for row, m in zip(out.ids, out.mask)])
+        return out
+
+    try:
+        out = run_episodes(engine, spec(Echo, turns=3, max_tokens=100), prompts, {}, Sampling(2, 8, temperature=0.9))
+    finally:
+        engine.close()
+    turns = [e.turns for e in out.episodes]
+    assert max(turns) == 3, turns  # else no reply came between turns, and the check below proves little
+    for r, episode in enumerate(out.episodes):  # call k samples turn k + 1 of the episodes that reached it, in order
+        reached = [[i for i, e in enumerate(out.episodes) if e.turns > k] for k in range(episode.turns)]
+        expected = sum((sampled[k][reached[k].index(r)] for k in range(episode.turns)), [])
+        assert out.completion_ids[r][out.loss_mask[r] > 0].tolist() == expected
+    scores = completion_scores(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.loss_mask, 0.9)
+    model_tokens = out.loss_mask > 0
+    assert (out.loss_mask < out.completion_mask).any()  # replies are in the rows, masked
+    assert out.logp is not None and torch.all(out.logp[~model_tokens] == 0)
+    assert (out.logp[model_tokens] - scores.logp[model_tokens]).abs().max() <= 1e-5
 
 
 def test_sleep_mode_is_refused_on_a_cpu(tiny):
