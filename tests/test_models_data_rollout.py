@@ -2,7 +2,8 @@
 
 import torch
 
-from rlkit.data import addition_task, load_task, render_prompt
+from rlkit.builtins import BUILTIN_MULTIPLICATION, BUILTIN_TASK_ROWS
+from rlkit.data import TOOL_SHARE, addition_task, load_task, multiplication_task, render_prompt
 from rlkit.models import build_char_tokenizer, build_tiny_model
 from rlkit.recipe.schema import DataConfig
 from rlkit.rollout import HFEngine, Sampling, sample
@@ -31,6 +32,35 @@ def test_addition_task_holds_out_a_seeded_share_of_all_ten_thousand_problems():
     assert len(rows) == 10_000 and set(rows) == every_problem  # each problem once, with its sum as the answer
     assert not set(a.eval["prompt"]) & set(a.train["prompt"])
     assert addition_task(seed=4, eval_size=50).eval["prompt"][:] != a.eval["prompt"][:]
+
+
+def test_multiplication_task_has_every_product_once_and_its_demonstrations_call_the_tool_on_hard_ones():
+    task = multiplication_task(seed=3, eval_size=50)
+    rows = [row for split in (task.train, task.eval) for row in split]
+    hard = {(a, b) for a in range(11, 100) for b in range(11, 100)}  # 89 * 89 = 7921
+    easy = {(a, m) for a in range(10, 100) for m in (1, 10, 100)} | {
+        (m, a) for a in range(10, 100) for m in (1, 10, 100)
+    }
+    assert len(hard) + len(easy) == 7921 + 3 * 90 * 2 - 1 == len(rows) == BUILTIN_TASK_ROWS[BUILTIN_MULTIPLICATION]
+    seen, calls = set(), 0
+    for row in rows:
+        a, b = map(int, row["prompt"][0]["content"].removesuffix("=").split("*"))
+        seen.add((a, b))
+        assert row["answer"] == str(a * b) and row["demonstration"][-1] == {"role": "assistant", "content": str(a * b)}
+        if len(row["demonstration"]) == 3:  # a call, its result, the answer
+            call, result, _ = row["demonstration"]
+            expected = '{"name":"calculator","arguments":{"expression":"' + f'{a}*{b}"' + "}}"
+            assert call["content"] == f"<tool_call>{expected}</tool_call>" and result == {
+                "role": "tool",
+                "content": str(a * b),
+            }
+            assert (a, b) in hard
+            calls += 1
+        else:
+            assert len(row["demonstration"]) == 1
+    assert seen == hard | easy
+    assert abs(calls / len(hard) - TOOL_SHARE) < 0.02  # 7921 coin flips: sd 0.0056
+    assert not set(map(str, task.eval["prompt"])) & set(map(str, task.train["prompt"]))
 
 
 def test_local_jsonl_holds_out_a_seeded_slice_of_at_most_a_fifth(tmp_path):
