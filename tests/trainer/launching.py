@@ -1,5 +1,6 @@
 """Starting rlkit under `accelerate launch` with two CPU processes, as the tests need it."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from transformers import AutoModelForCausalLM
 
 from tests.ports import free_port
@@ -70,14 +72,30 @@ def launch(launcher: str, args: list[str], cache: Path, timeout: int = 900) -> s
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     if launcher == "ddp":
         env["ACCELERATE_USE_CPU"] = "true"
-    return subprocess.run(
+    with subprocess.Popen(
         [*LAUNCHERS[launcher], "--main_process_port", str(free_port()), *args],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)  # a hung run: its workers too, or they would hang on for the rest of the suite
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a process and every process it started (torch elastic starts each worker in a session of its own,
+    so a process group does not reach them)."""
+    parent = psutil.Process(pid)
+    for process in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def model_at(output_dir, step: int):
