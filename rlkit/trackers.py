@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rlkit.environments.base import render_transcript
+from rlkit.environments.base import shown_completion
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,7 @@ class CompletionTable:
     @classmethod
     def of(cls, step: int, samples: list[dict]) -> CompletionTable:
         """Rows of ``samples``; a multi-turn episode's completion cell is its whole transcript."""
-
-        def shown(s: dict) -> str:
-            return render_transcript(s["episode"]) if "episode" in s else s["completion"]
-
-        return cls(step, [[s["prompt"], shown(s), s["reward"], s["advantage"], step] for s in samples])
+        return cls(step, [[s["prompt"], shown_completion(s), s["reward"], s["advantage"], step] for s in samples])
 
     def columns(self) -> dict[str, list[Any]]:
         return {name: [row[i] for row in self.rows] for i, name in enumerate(self.COLUMNS)}

@@ -1,6 +1,6 @@
 """Multi-turn environments and the tools a model calls in them (docs/environments.md)."""
 
-from rlkit.environments.base import ENVIRONMENTS, Environment, Reply, environment_class, render_transcript
+from rlkit.environments.base import ENVIRONMENTS, Environment, Reply, environment_class, shown_completion
 from rlkit.environments.tools import (
     TOOLS,
     Calculator,
@@ -24,7 +24,7 @@ __all__ = [
     "ToolError",
     "calculator",
     "environment_class",
-    "render_transcript",
+    "shown_completion",
     "parse_tool_calls",
     "resolve_tool",
     "run_tool",

@@ -48,10 +48,13 @@ class Environment:
         raise NotImplementedError
 
 
-def render_transcript(transcript: list[dict]) -> str:
-    """An episode's turns on one line, each after its role: ``[assistant] <tool_call>... [tool] 1665 [assistant] 1665``
-    (the samples log, the trackers' completion tables)."""
-    return " ".join(f"[{m['role']}] {m['content']}" for m in transcript)
+def shown_completion(sample: dict) -> str:
+    """What the samples log and the trackers' completion tables show of a sample: a multi-turn episode's
+    turns on one line, each after its role (``[assistant] <tool_call>... [tool] 1665 [assistant] 1665``),
+    else the completion."""
+    if "episode" not in sample:
+        return sample["completion"]
+    return " ".join(f"[{m['role']}] {m['content']}" for m in sample["episode"])
 
 
 ENVIRONMENTS: dict[str, str] = {  # registered name -> import path, so that `rlkit check` imports nothing heavy

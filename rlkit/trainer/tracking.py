@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from rlkit.environments.base import render_transcript
+from rlkit.environments.base import shown_completion
 from rlkit.recipe.schema import LogConfig
 from rlkit.trackers import CompletionTable, tracker_setup
 
@@ -98,8 +98,7 @@ class RunLog:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}) + "\n")
         for row in rows:
-            shown = render_transcript(row["episode"]) if "episode" in row else row["completion"]
-            self.write(f"  step {step}  reward {row['reward']:+.2f}  {row['prompt']!r} -> {shown!r}")
+            self.write(f"  step {step}  reward {row['reward']:+.2f}  {row['prompt']!r} -> {shown_completion(row)!r}")
         table = CompletionTable.of(step, rows)
         for tracker in self.accelerator.trackers:
             log_table = tracker_setup(tracker.name).log_table

@@ -86,7 +86,7 @@ def test_the_python_tool_runs_in_the_sandbox():
 
 def test_verify_scores_an_episode_by_its_final_turn(tmp_path):
     from rewards.offline import read_completions
-    from rlkit.environments import render_transcript
+    from rlkit.environments import shown_completion
 
     episode = [
         {"role": "assistant", "content": call_text("calculator", {"expression": "6*7"})},
@@ -97,6 +97,6 @@ def test_verify_scores_an_episode_by_its_final_turn(tmp_path):
     path.write_text(json.dumps({"prompt": "6*7=", "episode": episode, "answer": "42"}) + "\n")
     prompts, completions, columns, _ = read_completions(path)
     assert (prompts, completions, columns) == (["6*7="], ["42"], {"answer": ["42"]})
-    assert render_transcript(episode).startswith(
-        "[assistant] <tool_call>"
-    ) and "[tool] 42 [assistant] 42" in render_transcript(episode)
+    shown = shown_completion({"completion": "42", "episode": episode})
+    assert shown == f"[assistant] {call_text('calculator', {'expression': '6*7'})} [tool] 42 [assistant] 42"
+    assert shown_completion({"completion": "42"}) == "42"
