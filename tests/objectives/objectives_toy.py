@@ -157,6 +157,7 @@ def two_rank_worker(rank: int, world: int, port: int, out_path: str) -> None:
     import torch.distributed as dist
 
     from rlkit.objectives import PRESETS, build_objective
+    from tests.process_groups import leave
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -171,5 +172,4 @@ def two_rank_worker(rank: int, world: int, port: int, out_path: str) -> None:
         out[name] = full / world
     if rank == 0:
         torch.save(out, out_path)
-    dist.barrier()  # neither rank tears gloo down while the other still talks to it ("terminate called ...")
-    dist.destroy_process_group()
+    leave()

@@ -23,6 +23,7 @@ from rlkit.rollout import Completions, Engine, EngineOptions, EngineSetup, HFEng
 from rlkit.rollout import sample as single_turn
 from rlkit.trainer.logprobs import completion_scores
 from tests.ports import free_port
+from tests.process_groups import leave
 
 
 class Echo(Environment):
@@ -202,8 +203,7 @@ def _rank(rank: int, world: int, port: int, counts) -> None:
     any_rank = lambda running: bool(all_max(torch.tensor(float(running))) > 0)  # noqa: E731
     out = run_episodes(engine, spec(turns=turns), ["q", "r"], {}, Sampling(1, 4), any_rank=any_rank)
     counts[rank] = (engine.calls, out.episodes[0].turns)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()
 
 
 def test_every_rank_makes_the_same_number_of_generate_calls():
