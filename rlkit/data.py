@@ -60,7 +60,7 @@ def addition_task(seed: int, eval_size: int, chat: bool = False) -> TaskData:
     return TaskData(train=full.select(range(eval_size, len(full))), eval=full.select(range(eval_size)))
 
 
-TOOL_SHARE = 0.5  # of builtin:multiplication's hard demonstrations that call the calculator (the others answer)
+TOOL_SHARE = 0.3  # of builtin:multiplication's hard demonstrations that call the calculator (the others answer)
 EASY_FACTORS = (1, 10, 100)  # a product by one of these is a copy (37*10 -> 370): done in the head
 
 
@@ -90,7 +90,7 @@ def multiplication_task(seed: int, eval_size: int) -> TaskData:
     rng.shuffle(pairs)
 
     def demonstration(a: int, b: int) -> list[dict]:
-        answer = {"role": "assistant", "content": str(a * b)}
+        answer = {"role": "assistant", "content": f"Answer: {a * b}"}
         if is_easy(a, b) or rng.random() >= TOOL_SHARE:
             return [answer]
         call = {"name": "calculator", "arguments": {"expression": f"{a}*{b}"}}

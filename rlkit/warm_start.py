@@ -6,7 +6,9 @@ stops at the first check where greedy exact-match accuracy on a *validation* sli
 prompts (kept out of the supervised data, and apart from the held-out evaluation set) reaches
 ``target_accuracy``. A fixed step count put the start model anywhere between 0.05 and 0.6 accuracy
 depending on the library version and the data order; the target makes the start of RL the same
-whatever the seed.
+whatever the seed. A target of ``null`` runs all ``max_steps``: for a task whose greedy accuracy cannot
+show what the stage taught (the tool-use task's model learns to read the calculator's result, but answers
+directly when greedy, so its validation accuracy stays near 0 by design).
 
 Two further choices, both measured on the built-in task: the learning rate is constant and the stage
 simply stops (a model annealed to LR 0 at a similar accuracy sat where policy-gradient noise outweighed
@@ -84,10 +86,8 @@ def warm_start(
     if len(train) <= cfg.val_size:
         raise ValueError(f"model.warm_start.val_size ({cfg.val_size}) leaves no training rows ({len(train)} in all)")
     if log:
-        print(
-            f"warm start: supervised steps until validation accuracy >= {cfg.target_accuracy} "
-            f"(at most {cfg.max_steps}) -> {out}"
-        )
+        until = "" if cfg.target_accuracy is None else f" until validation accuracy >= {cfg.target_accuracy}, at most"
+        print(f"warm start: supervised steps{until} {cfg.max_steps} -> {out}")
 
     def build(tmp: Path) -> None:
         train.save_to_disk(tmp / "data")
@@ -146,6 +146,7 @@ def sft_config(cfg: dict, output_dir: Path, seed: int, log: bool) -> SFTConfig:
         neftune_noise_alpha=None,
         label_smoothing_factor=0.0,
         dataloader_drop_last=False,
+        train_sampling_strategy="random",
         save_strategy="no",
         eval_strategy="no",
         report_to=[],
@@ -171,8 +172,10 @@ class AccuracyTarget(TrainerCallback):
     Completions come from the ``hf`` engine's greedy path (same prompt tokens, same EOS ids, the same
     episode loop), so RL starts where this measured."""
 
-    def __init__(self, tokenizer, model, validation: Dataset, every: int, target: float, log: bool, env, task):
-        self.answers = [str(a).strip() for a in validation["answer"]]
+    def __init__(self, tokenizer, model, validation: Dataset, every: int, target: float | None, log: bool, env, task):
+        # an episode's final turn is its demonstration's last message ("Answer: 2146"), not the bare answer
+        finals = [d[-1]["content"] for d in validation["demonstration"]] if env else validation["answer"]
+        self.answers = [str(a).strip() for a in finals]
         longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in self.answers)
         self.tokenizer, self.eos_token_ids = tokenizer, eos_token_ids(tokenizer, model)
         self.sampling = Sampling(n=1, max_new_tokens=task.max_new_tokens if task else longest + 2, greedy=True)
@@ -199,7 +202,7 @@ class AccuracyTarget(TrainerCallback):
             self.history.append((state.global_step, accuracy))
             if self.log:
                 print(f"warm start: step {state.global_step}, validation accuracy {accuracy:.3f}", flush=True)
-            control.should_training_stop = accuracy >= self.target
+            control.should_training_stop = self.target is not None and accuracy >= self.target
         return control
 
 
@@ -233,7 +236,7 @@ def supervised_stage(model_path: str, out: Path, cfg: dict, seed: int, log: bool
             {
                 "steps": steps,
                 "validation_accuracy": accuracy,
-                "reached_target": accuracy >= cfg["target_accuracy"],
+                "reached_target": cfg["target_accuracy"] is None or accuracy >= cfg["target_accuracy"],
                 "history": target.history,
             },
             indent=1,

@@ -46,7 +46,8 @@ def test_multiplication_task_has_every_product_once_and_its_demonstrations_call_
     for row in rows:
         a, b = map(int, row["prompt"][0]["content"].removesuffix("=").split("*"))
         seen.add((a, b))
-        assert row["answer"] == str(a * b) and row["demonstration"][-1] == {"role": "assistant", "content": str(a * b)}
+        final = {"role": "assistant", "content": f"Answer: {a * b}"}
+        assert row["answer"] == str(a * b) and row["demonstration"][-1] == final
         if len(row["demonstration"]) == 3:  # a call, its result, the answer
             call, result, _ = row["demonstration"]
             expected = '{"name":"calculator","arguments":{"expression":"' + f'{a}*{b}"' + "}}"

@@ -50,8 +50,8 @@ class Environment:
 
 def shown_completion(sample: dict) -> str:
     """What the samples log and the trackers' completion tables show of a sample: a multi-turn episode's
-    turns on one line, each after its role (``[assistant] <tool_call>... [tool] 1665 [assistant] 1665``),
-    else the completion."""
+    turns on one line, each after its role
+    (``[assistant] <tool_call>... [tool] 1665 [assistant] Answer: 1665``), else the completion."""
     if "episode" not in sample:
         return sample["completion"]
     return " ".join(f"[{m['role']}] {m['content']}" for m in sample["episode"])

@@ -35,11 +35,12 @@ class WarmStartConfig(Section):
     """A short supervised stage on the task's answers before RL, stopped once greedy accuracy on a
     validation slice of the training prompts reaches a target; cached by its settings (rlkit/warm_start.py)."""
 
-    target_accuracy: float = Field(
+    target_accuracy: float | None = Field(
         0.2,
         gt=0,
         le=1,
-        description="stop once validation exact-match accuracy reaches this (checked every eval_every steps)",
+        description="stop once validation exact-match accuracy reaches this (checked every eval_every steps); "
+        "null: run all max_steps",
     )
     max_steps: int = Field(2000, gt=0, description="upper bound on optimizer steps if the target is not reached")
     eval_every: int = Field(10, gt=0, description="optimizer steps between validation checks")

@@ -43,6 +43,7 @@ EXPECTED = {
     "neftune_noise_alpha": None,
     "label_smoothing_factor": 0.0,
     "dataloader_drop_last": False,
+    "train_sampling_strategy": "random",
 }
 
 
@@ -83,6 +84,17 @@ def test_target_is_checked_every_eval_every_steps_and_stops_training(monkeypatch
     assert target.history == [(10, 0.1), (20, 0.3)]
 
 
+def test_without_a_target_every_step_runs_and_the_report_says_so(monkeypatch):
+    target = AccuracyTarget.__new__(AccuracyTarget)
+    target.every, target.target, target.log, target.history = 5, None, False, []
+    monkeypatch.setattr(target, "accuracy", lambda model: 1.0)  # even a perfect score does not stop it
+    control = Control()
+    for step in range(1, 11):
+        target.on_step_end(None, State(step, max_steps=10), control, model=Model())
+        assert not control.should_training_stop
+    assert target.history == [(5, 1.0), (10, 1.0)]
+
+
 def test_stage_runs_to_max_steps_below_target_reports_and_caches(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RLKIT_CACHE", str(tmp_path))
     train = addition_task(seed=0, eval_size=50).train
@@ -100,3 +112,26 @@ def test_validation_slice_must_leave_training_rows():
     train = addition_task(seed=0, eval_size=50).train.select(range(8))
     with pytest.raises(ValueError, match="val_size"):
         warm_start(builtin_tiny_path(), train, WarmStartConfig(val_size=8), seed=0)
+
+
+def test_episodes_are_validated_against_the_demonstrations_final_message(monkeypatch, shared_cache):
+    """The tool task's final turn reads "Answer: 391": validation compares it with the demonstration's last
+    message, not with the bare answer column (against which no episode could ever be right)."""
+    from datasets import Dataset
+
+    from rlkit.models import load_model, load_tokenizer
+    from rlkit.warm_start import EpisodeTask
+
+    monkeypatch.setenv("RLKIT_CACHE", str(shared_cache))
+    path = builtin_tiny_path()
+    final = {"role": "assistant", "content": "Answer: 391"}
+    rows = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": "17*23="}]],
+            "answer": ["391"],
+            "demonstration": [[{"role": "assistant", "content": "<tool_call>...</tool_call>"}, final]],
+        }
+    )
+    task = EpisodeTask({"name": "calculator"}, max_new_tokens=8)
+    target = AccuracyTarget(load_tokenizer(path), load_model(path), rows, 1, None, False, object(), task)
+    assert target.answers == ["Answer: 391"]
