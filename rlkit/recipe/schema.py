@@ -33,7 +33,8 @@ def _existing_path(value: str | None, what: str) -> str | None:
 
 class WarmStartConfig(Section):
     """A short supervised stage on the task's answers before RL, stopped once greedy accuracy on a
-    validation slice of the training prompts reaches a target; cached by its settings (rlkit/warm_start.py)."""
+    validation slice of the training prompts reaches a target (or after max_steps, with no target); cached
+    by its settings (rlkit/warm_start.py)."""
 
     target_accuracy: float | None = Field(
         0.2,
@@ -42,7 +43,7 @@ class WarmStartConfig(Section):
         description="stop once validation exact-match accuracy reaches this (checked every eval_every steps); "
         "null: run all max_steps",
     )
-    max_steps: int = Field(2000, gt=0, description="upper bound on optimizer steps if the target is not reached")
+    max_steps: int = Field(2000, gt=0, description="upper bound on optimizer steps (the step count, with no target)")
     eval_every: int = Field(10, gt=0, description="optimizer steps between validation checks")
     val_size: int = Field(
         200,
